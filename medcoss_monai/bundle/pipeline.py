@@ -1,0 +1,149 @@
+"""Run a curriculum of pre-training stages, one stage bundle after another.
+
+Example::
+
+    python -m medcoss_monai.bundle.pipeline --stages report,xray,ct,mri,pathology \\
+        --method medcoss --output_dir runs/demo --max_epochs 3
+
+Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` (plus the method's
+overlay), exactly as a user would run it alone, with ``previous_stage`` set to the stage before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["bundles_dir", "stage_command", "run_pipeline", "main"]
+
+
+def bundles_dir() -> Path:
+    """The folder holding the stage bundles: ``$MEDCOSS_BUNDLES``, the repository's ``bundles/``, or ``./bundles``.
+
+    Returns:
+        The folder path.
+    """
+    env = os.environ.get("MEDCOSS_BUNDLES")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "bundles"
+    return repo if repo.is_dir() else Path.cwd() / "bundles"
+
+
+def stage_command(
+    modality: str,
+    output_dir: str | os.PathLike,
+    previous_stage: str,
+    overlays: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    bundle_dir: str | os.PathLike | None = None,
+) -> list[str]:
+    """The ``monai.bundle run`` command line of one stage.
+
+    Args:
+        modality: the stage's modality (``bundles/stage_<modality>.json``).
+        output_dir: the run folder.
+        previous_stage: the modality of the stage before, or "" for the first.
+        overlays: more config files merged after the stage bundle (method, paper scale...).
+        overrides: extra ``--id value`` arguments, as strings.
+        bundle_dir: where the bundles are (default :func:`bundles_dir`).
+
+    Returns:
+        The argument list for ``subprocess``.
+    """
+    folder = Path(bundle_dir) if bundle_dir else bundles_dir()
+    stage = folder / f"stage_{modality}.json"
+    if not stage.is_file():
+        raise FileNotFoundError(f"{stage}: no stage bundle for modality '{modality}' (write bundles/stage_{modality}.json)")
+    configs = [str(stage)] + [str(o) for o in overlays]
+    config_arg = configs[0] if len(configs) == 1 else "[" + ",".join(repr(c) for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
+    logging_conf = folder / "logging.conf"
+    if logging_conf.is_file():
+        cmd += ["--logging_file", str(logging_conf)]
+    cmd += ["--output_dir", str(output_dir), "--previous_stage", previous_stage]
+    return cmd + list(overrides)
+
+
+def _final_loss(stage_dir: Path) -> str:
+    path = stage_dir / "loss_history.csv"
+    if not path.is_file():
+        return "-"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return "-"
+    return f"{float(rows[0]['loss']):.4f} -> {float(rows[-1]['loss']):.4f} ({len(rows)} epochs)"
+
+
+def run_pipeline(
+    stages: Sequence[str],
+    output_dir: str | os.PathLike,
+    overlays: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    bundle_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Run the stages in order; stop at the first that fails.
+
+    Args:
+        stages: modalities in curriculum order.
+        output_dir: the run folder.
+        overlays: config files merged onto every stage bundle.
+        overrides: ``--id value`` arguments passed to every stage.
+        bundle_dir: where the bundles are.
+
+    Returns:
+        One summary dict per stage (``stage``, ``folder``, ``seconds``, ``loss``).
+    """
+    summary = []
+    previous = ""
+    for modality in stages:
+        cmd = stage_command(modality, output_dir, previous, overlays, overrides, bundle_dir)
+        print(f"\n=== stage {modality} (previous: {previous or 'none'}) ===\n$ {' '.join(cmd)}", flush=True)
+        start = time.time()
+        result = subprocess.run(cmd)
+        seconds = time.time() - start
+        if result.returncode != 0:
+            raise SystemExit(f"stage '{modality}' failed (exit {result.returncode}); later stages were not run.")
+        folder = Path(output_dir) / f"stage_{modality}"
+        summary.append({"stage": modality, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
+        previous = modality
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        Process exit code.
+    """
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", default="report,xray,ct,mri,pathology", help="comma-separated modalities in order")
+    parser.add_argument("--output_dir", default="runs/medcoss", help="run folder (stage_<modality>/ inside)")
+    parser.add_argument("--max_epochs", type=int, default=None, help="epochs of every stage (default: the bundle's)")
+    parser.add_argument("--config_file", action="append", default=[], help="extra overlay merged onto every stage")
+    parser.add_argument("--bundles_dir", default=None, help="folder of the stage bundles")
+    args, extra = parser.parse_known_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    overrides = list(extra)
+    if args.max_epochs is not None:
+        overrides += ["--train#trainer#max_epochs", str(args.max_epochs)]
+    start = time.time()
+    summary = run_pipeline(stages, args.output_dir, args.config_file, overrides, args.bundles_dir)
+    print(f"\n=== curriculum finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
+    for row in summary:
+        print(f"  stage_{row['stage']:<10} {row['seconds']:7.1f} s  loss {row['loss']}  -> {row['folder']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Builds what a later stage needs from earlier ones: buffer loaders and the frozen teacher."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import CacheDataset, DataLoader
+
+from medcoss_monai.bundle.stage import previous_stage_dir
+from medcoss_monai.handlers.distillation import freeze_teacher
+from medcoss_monai.handlers.stage_outputs import unwrap_network
+
+__all__ = ["find_buffers", "buffer_loaders", "load_teacher"]
+
+logger = logging.getLogger(__name__)
+
+
+def find_buffers(output_dir: str | os.PathLike, modality: str) -> dict[str, Path]:
+    """Every earlier stage's ``buffer.json`` in a run folder, oldest stage first.
+
+    Args:
+        output_dir: the run folder.
+        modality: the current stage (its own buffer, from an earlier run, is excluded).
+
+    Returns:
+        ``{modality: path of buffer.json}``.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return {}
+    found = [
+        (p.stat().st_mtime, p.parent.name[len("stage_"):], p)
+        for p in root.glob("stage_*/buffer.json")
+        if p.parent.name != f"stage_{modality}"
+    ]
+    return {m: p for _, m, p in sorted(found)}
+
+
+def _preprocessing_of(
+    bundle_file: Path, output_dir: str | os.PathLike, shared: Mapping[str, Any], tokenizer: Any = None
+) -> Any:
+    """Instantiate ``train#preprocessing`` of another stage bundle with this stage's shared sizes."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_file))
+    parser["output_dir"] = str(output_dir)
+    for key, value in shared.items():
+        if key in parser:  # only ids the other bundle has (a report bundle has no 3D sizes)
+            parser[key] = value
+    if tokenizer is not None:
+        parser["tokenizer"] = tokenizer  # a plain object: nothing is evaluated from text
+    parser.parse()
+    return parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
+
+
+def buffer_loaders(
+    output_dir: str | os.PathLike,
+    modality: str,
+    shared: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+    enabled: bool = True,
+    bundles: str | os.PathLike | None = None,
+    num_workers: int = 0,
+    cache_rate: float = 1.0,
+    distributed: bool = False,
+) -> dict[str, DataLoader]:
+    """Loaders over the rehearsal buffers of every earlier stage of a run.
+
+    Each buffer's items go through the training transforms of their own stage bundle
+    (``bundles/stage_<modality>.json``), with this stage's shared sizes (``img_size_2d``...). Buffers
+    whose files vanished are refused before training, with the missing paths listed.
+
+    Args:
+        output_dir: the run folder.
+        modality: the current modality.
+        shared: ids of the current bundle to impose on the earlier bundles (input sizes, text length).
+        batch_size: samples per buffer batch (divided by ``crops_per_volume`` for 3D bundles).
+        enabled: False returns no loader (methods without rehearsal).
+        bundles: folder of the stage bundles (default: the repository's ``bundles/``).
+        num_workers: loader workers.
+        cache_rate: fraction of each buffer cached after its deterministic transforms.
+        distributed: shard each buffer over ranks with a ``DistributedSampler``.
+
+    Returns:
+        ``{modality: DataLoader}``, empty for a first stage or when disabled.
+    """
+    if not enabled:
+        return {}
+    from medcoss_monai.buffer import load_buffer_manifest
+    from medcoss_monai.bundle.pipeline import bundles_dir
+
+    folder = Path(bundles) if bundles else bundles_dir()
+    loaders: dict[str, DataLoader] = {}
+    for mod, path in find_buffers(output_dir, modality).items():
+        manifest = load_buffer_manifest(path, check_files=True)
+        items = [{k: v for k, v in it.items() if k not in ("cluster", "distance")} for it in manifest["items"]]
+        if not items:
+            continue
+        tokenizer = None
+        tok_dir = path.parent / "tokenizer"
+        if tok_dir.is_dir():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        bundle_file = folder / f"stage_{mod}.json"
+        if not bundle_file.is_file():
+            raise FileNotFoundError(f"{path}: its stage bundle {bundle_file} is missing, so its items cannot be prepared")
+        transform, crops = _preprocessing_of(bundle_file, output_dir, shared or {}, tokenizer)
+        dataset = CacheDataset(items, transform=transform, cache_rate=cache_rate, num_workers=0, progress=False)
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True) if distributed else None
+        loaders[mod] = DataLoader(
+            dataset,
+            batch_size=max(1, int(batch_size) // max(1, int(crops))),
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=num_workers,
+        )
+        logger.info(f"rehearsal: {len(items)} '{mod}' buffer items from {path}")
+    return loaders
+
+
+def load_teacher(
+    network: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    previous_stage: str | None,
+    device: torch.device | str = "cpu",
+    enabled: bool = True,
+) -> torch.nn.Module | None:
+    """The previous stage's network, frozen in ``eval()`` mode, for feature distillation.
+
+    Args:
+        network: a network of the stage's architecture (copied; it is not modified).
+        output_dir: the run folder.
+        previous_stage: the previous stage's modality.
+        device: device of the teacher.
+        enabled: False returns None (methods without distillation).
+
+    Returns:
+        The teacher, or None for a first stage or when disabled.
+    """
+    folder = previous_stage_dir(output_dir, previous_stage)
+    if not enabled or folder is None:
+        return None
+    teacher = copy.deepcopy(unwrap_network(network)).cpu()
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    teacher.load_state_dict(state)
+    logger.info(f"distillation teacher: {folder / 'model.pt'} (frozen, eval mode)")
+    return freeze_teacher(teacher.to(device))

@@ -1,0 +1,138 @@
+"""What a stage bundle calls to find its data, its previous stage and its folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import load_decathlon_datalist
+
+from medcoss_monai.data.checks import check_datalist
+from medcoss_monai.handlers.stage_outputs import unwrap_network
+
+__all__ = ["resolve_datalist", "load_stage_datalist", "init_from_previous_stage", "previous_stage_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_datalist(dataset_dir: str | os.PathLike | None, modality: str) -> Path:
+    """Find the datalist JSON of a stage.
+
+    Args:
+        dataset_dir: a datalist JSON file, a folder holding ``<modality>.json``, ``datalist.json`` or
+            ``datalists/<modality>.json``, or empty/None for the built-in sample data.
+        modality: the stage's modality.
+
+    Returns:
+        Path of the datalist JSON.
+
+    Raises:
+        FileNotFoundError: with one sentence saying what to do (fetch the sample data, or fix the path).
+    """
+    if not dataset_dir:
+        from medcoss_monai.data.samples import require_datalist
+
+        return Path(require_datalist(modality))
+    path = Path(dataset_dir).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for cand in (path / f"{modality}.json", path / "datalist.json", path / "datalists" / f"{modality}.json"):
+            if cand.is_file():
+                return cand
+        raise FileNotFoundError(
+            f"--dataset_dir {path} is a folder without {modality}.json, datalist.json or datalists/{modality}.json: "
+            "point it at a decathlon-style datalist JSON."
+        )
+    raise FileNotFoundError(f"--dataset_dir {path} does not exist: point it at a decathlon-style datalist JSON.")
+
+
+def load_stage_datalist(
+    dataset_dir: str | os.PathLike | None,
+    modality: str,
+    key: str = "training",
+    max_items: int | None = None,
+    seed: int = 0,
+    check: bool = True,
+    skip_bad_inputs: bool = False,
+    rejected_path: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Load, optionally subsample, and check the items of a stage's datalist.
+
+    Args:
+        dataset_dir: see :func:`resolve_datalist`.
+        modality: the stage's modality.
+        key: datalist section (``training``, ``validation``).
+        max_items: keep at most this many items, chosen with ``seed`` (demo runs); None keeps all.
+        seed: seed of the subsample.
+        check: check every file before training (:func:`medcoss_monai.data.checks.check_datalist`).
+        skip_bad_inputs: drop bad items (listed in ``rejected_path``) instead of stopping.
+        rejected_path: where dropped items are listed.
+
+    Returns:
+        The datalist items, paths absolute.
+    """
+    path = resolve_datalist(dataset_dir, modality)
+    try:
+        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: cannot read section '{key}' of the datalist ({e})") from e
+    if max_items is not None and 0 < max_items < len(items):
+        items = random.Random(seed).sample(items, int(max_items))
+    if check:
+        items = check_datalist(
+            items, modality, datalist_path=path, skip_bad_inputs=skip_bad_inputs, rejected_path=rejected_path
+        )
+    return items
+
+
+def previous_stage_dir(output_dir: str | os.PathLike, previous_stage: str | None) -> Path | None:
+    """The folder of the previous stage when it finished (holds ``model.pt``), else None.
+
+    Args:
+        output_dir: the run folder holding ``stage_<modality>`` folders.
+        previous_stage: modality of the previous stage, or empty for a first stage.
+
+    Returns:
+        ``<output_dir>/stage_<previous_stage>`` or None.
+    """
+    if not previous_stage:
+        return None
+    folder = Path(output_dir) / f"stage_{previous_stage}"
+    return folder if (folder / "model.pt").is_file() else None
+
+
+def init_from_previous_stage(
+    network: torch.nn.Module, output_dir: str | os.PathLike, previous_stage: str | None, modality: str = ""
+) -> torch.nn.Module:
+    """Load the previous stage's ``model.pt`` into ``network``, or say that this is a first stage.
+
+    Position embeddings of another input size are resized; keys that do not fit are reported.
+
+    Args:
+        network: the freshly built network.
+        output_dir: the run folder.
+        previous_stage: the previous stage's modality (bundle id ``previous_stage``).
+        modality: this stage's modality, for the log line.
+
+    Returns:
+        The same network, with weights loaded when a previous stage exists.
+    """
+    folder = previous_stage_dir(output_dir, previous_stage)
+    name = f"stage '{modality}'" if modality else "this stage"
+    if folder is None:
+        why = "no previous stage configured" if not previous_stage else f"{Path(output_dir) / f'stage_{previous_stage}'} has no model.pt"
+        logger.info(f"{name} runs as a first stage ({why}): encoder initialised from scratch.")
+        return network
+    from medcoss_monai.networks import adapt_state_dict
+
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    target = unwrap_network(network)
+    state, report = adapt_state_dict(state, target)
+    target.load_state_dict(state, strict=False)
+    logger.info(f"{name} starts from {folder / 'model.pt'} ({report})")
+    return network

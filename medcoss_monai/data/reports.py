@@ -1,0 +1,215 @@
+"""Report-corpus helpers: Indiana University chest X-ray XML reports, plain text and CSV corpora.
+
+A report item is a dict with at least ``"text"``; items parsed from Indiana XML also carry ``"id"``
+(e.g. ``"CXR1"``), ``"findings"``, ``"impression"``, ``"mesh"`` (major MeSH headings, lower-cased,
+e.g. ``["cardiomegaly", "pulmonary artery"]``) and ``"normal"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tarfile
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["parse_indiana_report", "load_report_corpus", "report_text"]
+
+_TAR_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+_CSV_TEXT_COLUMNS = ("text", "report")
+
+
+def _clean(text: str | None) -> str:
+    """Collapse whitespace (the XML is hand-indented) and strip."""
+    return re.sub(r"\s+", " ", text or "").strip()
+
+
+def _mesh_heading(term: str) -> str:
+    """Main heading of a MeSH term: the part before the first '/' (qualifiers dropped), lower-cased."""
+    return _clean(term.split("/", 1)[0]).lower()
+
+
+def _parse_indiana_xml(source: str | os.PathLike | IO[bytes], name: str) -> dict[str, Any]:
+    """Parse one Indiana report from a path or a binary file object; ``name`` is used in errors."""
+    try:
+        root = ET.parse(source).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"Cannot parse Indiana report XML '{name}': {e}.") from e
+    sections = {str(a.get("Label", "")).upper(): _clean(a.text) for a in root.iter("AbstractText")}
+    uid = root.find("uId")
+    if uid is not None and uid.get("id"):
+        report_id = str(uid.get("id"))
+    else:  # not an Indiana eCitation: fall back on the file name so the item stays traceable
+        report_id = Path(name).stem
+    mesh: list[str] = []
+    for major in root.iter("major"):
+        heading = _mesh_heading(major.text or "")
+        if heading and heading not in mesh:
+            mesh.append(heading)
+    findings, impression = sections.get("FINDINGS", ""), sections.get("IMPRESSION", "")
+    return {
+        "id": report_id,
+        "findings": findings,
+        "impression": impression,
+        "text": " ".join(t for t in (findings, impression) if t),
+        "mesh": mesh,
+        "normal": mesh == ["normal"],
+    }
+
+
+def parse_indiana_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse one Indiana University chest X-ray report (an ``ecgen-radiology/<n>.xml`` file).
+
+    Args:
+        path: the XML file.
+
+    Returns:
+        dict with ``id`` (the ``uId``, e.g. ``"CXR1"``), ``findings``, ``impression``, ``text``
+        (findings then impression, joined by a space; empty when both are missing), ``mesh`` (major
+        MeSH main headings, lower-cased, de-duplicated, in file order) and ``normal`` (True when the
+        only major heading is ``"normal"``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not well-formed XML (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Report file '{path}' does not exist.")
+    return _parse_indiana_xml(path, str(path))
+
+
+def _numeric_key(name: str) -> tuple[int, str]:
+    """Sort ``10.xml`` after ``9.xml`` so corpora come out in the order of their ids."""
+    stem = Path(name).stem
+    return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
+
+
+def _load_xml_folder(folder: Path) -> list[dict[str, Any]]:
+    files = sorted(folder.rglob("*.xml"), key=lambda p: _numeric_key(p.name))
+    if not files:
+        raise ValueError(f"Report folder '{folder}' contains no .xml files.")
+    return [parse_indiana_report(f) for f in files]
+
+
+def _load_xml_tar(archive: Path) -> list[dict[str, Any]]:
+    items = []
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")]
+            for member in sorted(members, key=lambda m: _numeric_key(m.name)):
+                f = tar.extractfile(member)
+                if f is not None:  # read in memory: nothing is written next to the archive
+                    items.append(_parse_indiana_xml(f, f"{archive}:{member.name}"))
+    except tarfile.TarError as e:
+        raise ValueError(f"Cannot read report archive '{archive}': {e}.") from e
+    if not items:
+        raise ValueError(f"Report archive '{archive}' contains no .xml files.")
+    return items
+
+
+def _load_txt(path: Path) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Cannot read report text file '{path}': not UTF-8 ({e}).") from e
+    return [{"id": f"{path.stem}:{i + 1}", "text": _clean(line)} for i, line in enumerate(lines) if line.strip()]
+
+
+def _load_csv(path: Path) -> list[dict[str, Any]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = {c.strip().lower(): c for c in (reader.fieldnames or []) if c}
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"Cannot read report CSV '{path}': {e}.") from e
+    text_col = next((columns[c] for c in _CSV_TEXT_COLUMNS if c in columns), None)
+    parts = [columns[c] for c in ("findings", "impression") if c in columns]
+    if text_col is None and not parts:
+        raise ValueError(
+            f"Report CSV '{path}' has no column named 'text', 'report', 'findings' or 'impression' "
+            f"(columns: {list(columns.values())})."
+        )
+    id_col = columns.get("id")
+    items = []
+    for i, row in enumerate(rows):
+        if text_col is not None:
+            text = _clean(row.get(text_col))
+        else:
+            text = " ".join(t for t in (_clean(row.get(c)) for c in parts) if t)
+        if text:
+            items.append({"id": _clean(row.get(id_col)) if id_col else f"{path.stem}:{i + 1}", "text": text})
+    return items
+
+
+def load_report_corpus(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Load a report corpus, keeping only reports with some text.
+
+    Accepted inputs:
+
+    - a folder of Indiana XML reports (searched recursively for ``*.xml``);
+    - the Indiana archive (``.tgz``, ``.tar.gz`` or ``.tar`` of XML files), read in memory;
+    - a ``.txt`` file: one report per non-empty line;
+    - a ``.csv`` file with a column ``text`` or ``report``, or ``findings`` and/or ``impression``
+      (joined), and optionally ``id`` (column names are matched case-insensitively).
+
+    Args:
+        path: the folder or file.
+
+    Returns:
+        list of report items, each with ``"id"`` and ``"text"`` (and, for XML, the other fields of
+        :func:`parse_indiana_report`), in id order for XML and file order otherwise.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the format is not supported or a file cannot be parsed (the message names it).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Report corpus '{path}' does not exist.")
+    name = path.name.lower()
+    if path.is_dir():
+        items = _load_xml_folder(path)
+    elif name.endswith(_TAR_SUFFIXES):
+        items = _load_xml_tar(path)
+    elif name.endswith(".xml"):
+        items = [parse_indiana_report(path)]
+    elif name.endswith(".txt"):
+        items = _load_txt(path)
+    elif name.endswith(".csv"):
+        items = _load_csv(path)
+    else:
+        raise ValueError(
+            f"Unsupported report corpus '{path}': expected a folder of XML, a .tgz/.tar of XML, a .txt or a .csv."
+        )
+    return [item for item in items if item["text"]]
+
+
+def report_text(item: Mapping[str, Any]) -> str:
+    """Text of a report datalist item: its ``"text"``, or the content of the file named by ``"text_file"``.
+
+    Args:
+        item: a datalist item.
+
+    Returns:
+        the report text, whitespace collapsed.
+
+    Raises:
+        ValueError: the item has neither key, or the file cannot be decoded as UTF-8.
+        FileNotFoundError: ``"text_file"`` names a missing file.
+    """
+    if isinstance(item.get("text"), str):
+        return _clean(item["text"])
+    if item.get("text_file"):
+        path = Path(item["text_file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"Report text file '{path}' does not exist.")
+        try:
+            return _clean(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"Cannot read report text file '{path}': not UTF-8 ({e}).") from e
+    raise ValueError(f"Report item has neither 'text' nor 'text_file' (keys: {sorted(item)}).")

@@ -1,0 +1,1 @@
+"""medcoss_monai.losses"""

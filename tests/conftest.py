@@ -1,0 +1,50 @@
+"""Shared fixtures: the real sample data, fetched once per test session.
+
+- ``sample_data``: the sample folder (:func:`medcoss_monai.data.samples.sample_dir`) after
+  :func:`~medcoss_monai.data.samples.fetch` (a no-op, offline, once the cache is complete).
+- ``datalist``: a function ``modality -> dict``, the parsed datalist JSON
+  (``{"training": [...], "validation": [...], ...}``, paths absolute).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the test machines have 2 cores; more threads only contend
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """Fetch the sample data once (idempotent; offline after the first fetch) and return its folder."""
+    from medcoss_monai.data.samples import fetch
+
+    return fetch(verbose=False)
+
+
+@pytest.fixture(scope="session")
+def datalist(sample_data: Path) -> Callable[[str], dict[str, Any]]:
+    """A loader of the sample datalists: ``datalist("mri")["training"]``."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def load(modality: str) -> dict[str, Any]:
+        if modality not in cache:
+            # resolved from the fetched folder, not $MEDCOSS_DATA, which a test may have monkeypatched
+            with open(sample_data / "datalists" / f"{modality}.json", encoding="utf-8") as f:
+                cache[modality] = json.load(f)
+        # a copy, so one test editing items cannot change what the next one sees
+        return json.loads(json.dumps(cache[modality]))
+
+    return load
