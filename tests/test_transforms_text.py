@@ -29,10 +29,20 @@ def report_chain(tokenizer_dir: str) -> tuple[list[dict], list[dict]]:
     """Default report chain in bundle syntax (deterministic, random), as given to the bundles."""
     deterministic = [
         {"_target_": "medcoss_monai.transforms.ReportTextd", "keys": ["text"]},
-        {"_target_": "medcoss_monai.transforms.TokenizeTextd", "keys": ["text"], "tokenizer": tokenizer_dir, "max_length": MAX_LEN},
+        {
+            "_target_": "medcoss_monai.transforms.TokenizeTextd",
+            "keys": ["text"],
+            "tokenizer": tokenizer_dir,
+            "max_length": MAX_LEN,
+        },
     ]
     random = [
-        {"_target_": "medcoss_monai.transforms.WholeWordMaskd", "keys": ["input_ids"], "tokenizer": tokenizer_dir, "mlm_probability": 0.15},
+        {
+            "_target_": "medcoss_monai.transforms.WholeWordMaskd",
+            "keys": ["input_ids"],
+            "tokenizer": tokenizer_dir,
+            "mlm_probability": 0.15,
+        },
         {"_target_": "SelectItemsd", "keys": ["input_ids", "attention_mask", "labels"]},
     ]
     return deterministic, random
@@ -61,7 +71,13 @@ def test_tokenizer_saved_in_hf_format_and_round_trips(tokenizer_dir, tokenizer, 
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         assert (tokenizer_dir / name).is_file(), name
     assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert (tokenizer.bos_token, tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token, tokenizer.mask_token) == SPECIAL_TOKENS
+    assert (
+        tokenizer.bos_token,
+        tokenizer.pad_token,
+        tokenizer.eos_token,
+        tokenizer.unk_token,
+        tokenizer.mask_token,
+    ) == SPECIAL_TOKENS
     assert 1000 < len(tokenizer) <= 8192
     for item in reports["validation"][:50]:
         ids = tokenizer(item["text"])["input_ids"]
@@ -159,7 +175,9 @@ def test_whole_word_mask_ratio_and_80_10_10_split(tokenizer, reports):
 
 def test_whole_word_mask_is_reproducible_and_differs_across_seeds(tokenizer, reports):
     item = TokenizeTextd("text", tokenizer=tokenizer, max_length=MAX_LEN)(reports["validation"][3])
-    runs = [WholeWordMaskd("input_ids", tokenizer=tokenizer).set_random_state(s)(dict(item))["labels"] for s in (7, 7, 8)]
+    runs = [
+        WholeWordMaskd("input_ids", tokenizer=tokenizer).set_random_state(s)(dict(item))["labels"] for s in (7, 7, 8)
+    ]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 

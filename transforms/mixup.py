@@ -127,7 +127,11 @@ class TextMixup(RandomizableTransform):
         labels: torch.Tensor | None = None,
         randomize: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Mix ``input_ids`` (B, L) and, alike, ``attention_mask`` and ``labels``; returns the three (None stays None)."""
+        """Mix ``input_ids`` (B, L) and, alike, ``attention_mask`` and ``labels``.
+
+        Returns:
+            the mixed ``(input_ids, attention_mask, labels)``; a None input stays None.
+        """
         _check_batch(input_ids, "TextMixup")
         if randomize:
             self.randomize((input_ids.shape[0], input_ids.shape[1]))

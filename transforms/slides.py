@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import PILReader, WSIReader
-from monai.transforms import LoadImage, MapTransform, RandomizableTransform, Transform
+from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import ensure_tuple_rep
 
 __all__ = ["SLIDE_SUFFIXES", "LoadSlideTile", "LoadSlideTiled", "RandLoadSlideTile", "RandLoadSlideTiled"]
@@ -63,7 +63,7 @@ class LoadSlideTile(Transform):
         self.backend = backend
         self.max_open_slides = int(max_open_slides)
         self.reader = WSIReader(backend=backend)
-        self._pil = LoadImage(reader=PILReader(reverse_indexing=False), image_only=True, ensure_channel_first=True)
+        self._pil = PILReader(reverse_indexing=False)  # (H, W[, C]) as the image is stored
         self._handles: OrderedDict[str, Any] = OrderedDict()
         self._pid = os.getpid()
 
@@ -102,7 +102,9 @@ class LoadSlideTile(Transform):
         if path.suffix.lower() not in SLIDE_SUFFIXES:
             return self._load_tile(path)
         if location is None:
-            raise ValueError(f"Slide '{path}': the item has no 'location'; use RandLoadSlideTiled to draw tissue tiles.")
+            raise ValueError(
+                f"Slide '{path}': the item has no 'location'; use RandLoadSlideTiled to draw tissue tiles."
+            )
         size = self.size if size is None else ensure_tuple_rep(size, 2)
         level = self.level if level is None else int(level)
         wsi = self._slide(str(path))
@@ -112,7 +114,10 @@ class LoadSlideTile(Transform):
         finally:
             if self.max_open_slides <= 0:
                 _close(wsi)
-        return _to_rgb_unit(torch.as_tensor(np.asarray(tile)), path, 255.0)
+        tile = np.asarray(tile)
+        if not tile.flags.writeable:  # openslide regions come as read-only buffers
+            tile = tile.copy()
+        return _to_rgb_unit(torch.as_tensor(tile), path, 255.0)
 
     def _check_fits(self, wsi: Any, path: Path, location: Sequence[int], size: Sequence[int], level: int) -> None:
         n_levels = self.reader.get_level_count(wsi)
@@ -129,11 +134,13 @@ class LoadSlideTile(Transform):
 
     def _load_tile(self, path: Path) -> torch.Tensor:
         try:
-            img = self._pil(str(path))
+            array, meta = self._pil.get_data(self._pil.read(str(path)))
         except Exception as e:
             raise ValueError(f"Cannot read pathology tile '{path}': {e}") from e
-        scale = 65535.0 if str(img.meta.get("mode", "")).startswith("I") else 255.0
-        return _to_rgb_unit(img.as_tensor(), path, scale)
+        array = np.array(array)  # writable copy of PIL's buffer
+        array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        scale = 65535.0 if str(meta.get("mode", "")).startswith("I") else 255.0
+        return _to_rgb_unit(torch.as_tensor(array), path, scale)
 
 
 def _close(wsi: Any) -> None:
@@ -237,7 +244,9 @@ class RandLoadSlideTile(RandomizableTransform):
         if key not in self._grids:
             self._grids[key] = tissue_tile_locations(path, tile_size=side, level=level, min_tissue=self.min_tissue)
         if not self._grids[key]:
-            raise ValueError(f"Slide '{path}' has no {side}x{side} tile at level {level} with tissue >= {self.min_tissue}.")
+            raise ValueError(
+                f"Slide '{path}' has no {side}x{side} tile at level {level} with tissue >= {self.min_tissue}."
+            )
         return self._grids[key]
 
     def randomize(self, locations: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]
@@ -288,10 +297,14 @@ class RandLoadSlideTiled(RandomizableTransform, LoadSlideTiled):
             self, keys, size, level, backend, max_open_slides, location_key, size_key, level_key, allow_missing_keys
         )
         RandomizableTransform.__init__(self, prob=1.0)
-        self.picker = RandLoadSlideTile(size=size, level=level, backend=backend, max_open_slides=0, min_tissue=min_tissue)
+        self.picker = RandLoadSlideTile(
+            size=size, level=level, backend=backend, max_open_slides=0, min_tissue=min_tissue
+        )
         self.picker.loader = self.loader  # one set of open handles
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandLoadSlideTiled:
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandLoadSlideTiled:
         super().set_random_state(seed, state)
         self.picker.set_random_state(seed, state)
         return self

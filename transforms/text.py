@@ -161,7 +161,9 @@ class ReportTextd(MapTransform):
         allow_missing_keys: see ``MapTransform``.
     """
 
-    def __init__(self, keys: KeysCollection = "text", text_file_key: str = "text_file", allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection = "text", text_file_key: str = "text_file", allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys)
         self.text_file_key = text_file_key
 
@@ -177,7 +179,9 @@ class ReportTextd(MapTransform):
             elif self.allow_missing_keys:
                 continue
             else:
-                raise ValueError(f"Report item has neither '{key}' nor '{self.text_file_key}' (keys: {sorted(map(str, d))}).")
+                raise ValueError(
+                    f"Report item has neither '{key}' nor '{self.text_file_key}' (keys: {sorted(map(str, d))})."
+                )
             d[key] = report_text(source)
         return d
 
@@ -339,6 +343,9 @@ class WholeWordMask(RandomizableTransform):
         self.random_replace_prob = float(random_replace_prob)
         # kept to find words from the tokens when an item comes without `word_ids`
         self.tokenizer = tok
+        self._target: np.ndarray | None = None
+        self._action: np.ndarray | None = None
+        self._random_ids: np.ndarray | None = None
 
     def _fallback_word_ids(self, ids: np.ndarray) -> np.ndarray:
         """Word ids from the tokens themselves: a byte-level ``Ġ`` or a WordPiece non-``##`` token starts a word."""
@@ -358,12 +365,11 @@ class WholeWordMask(RandomizableTransform):
         word = np.cumsum(starts) - 1
         return np.where(special, -1, word)
 
-    def randomize(self, word_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[override]
-        """Draw the target tokens and, per target, mask / random / keep plus the random token.
+    def randomize(self, word_ids: np.ndarray) -> None:  # type: ignore[override]
+        """Draw the target tokens and, per token, mask / random / keep plus the random replacement.
 
-        Returns:
-            ``(target, action, random_ids)``: bool (L,), int (L,) with 0 = mask, 1 = random, 2 = keep,
-            and (L,) replacement ids.
+        Sets ``self._target`` bool (L,), ``self._action`` int (L,) with 0 = mask, 1 = random, 2 = keep,
+        and ``self._random_ids`` (L,).
         """
         super().randomize(None)
         words = np.unique(word_ids[word_ids >= 0])
@@ -373,23 +379,29 @@ class WholeWordMask(RandomizableTransform):
             chosen = self.R.choice(words, size=min(n_pick, words.size), replace=False)
             target = np.isin(word_ids, chosen)
         u = self.R.random_sample(word_ids.shape)
-        action = np.where(u < self.mask_replace_prob, 0, np.where(u < self.mask_replace_prob + self.random_replace_prob, 1, 2))
+        action = np.where(
+            u < self.mask_replace_prob, 0, np.where(u < self.mask_replace_prob + self.random_replace_prob, 1, 2)
+        )
         random_ids = self.replacement_ids[self.R.randint(0, len(self.replacement_ids), size=word_ids.shape)]
-        return target, action, random_ids
+        self._target, self._action, self._random_ids = target, action, random_ids
 
     def __call__(  # type: ignore[override]
         self, input_ids: torch.Tensor, word_ids: torch.Tensor | None = None, randomize: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.as_tensor(input_ids).long()
         if ids.ndim != 1:
-            raise ValueError(f"WholeWordMask acts on one sequence (L,), got shape {tuple(ids.shape)}; mask before collation.")
+            raise ValueError(
+                f"WholeWordMask acts on one sequence (L,), got shape {tuple(ids.shape)}; mask before collation."
+            )
         ids_np = ids.cpu().numpy()
         words = self._fallback_word_ids(ids_np) if word_ids is None else torch.as_tensor(word_ids).cpu().numpy()
         if words.shape != ids_np.shape:
             raise ValueError(f"word_ids shape {words.shape} differs from input_ids shape {ids_np.shape}.")
         if randomize:
-            self._target, self._action, self._random_ids = self.randomize(words)
+            self.randomize(words)
         target, action, random_ids = self._target, self._action, self._random_ids
+        if target is None or target.shape != words.shape:
+            raise RuntimeError("WholeWordMask: no draw for a sequence of this length; call with randomize=True.")
         labels = np.where(target, ids_np, -100)
         masked = ids_np.copy()
         masked[target & (action == 0)] = self.mask_token_id
@@ -429,7 +441,13 @@ class WholeWordMaskd(RandomizableTransform, MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f"WholeWordMaskd takes one token-id key, got {self.keys}.")
         self.masker = WholeWordMask(
-            mlm_probability, tokenizer, mask_token_id, vocab_size, special_token_ids, mask_replace_prob, random_replace_prob
+            mlm_probability,
+            tokenizer,
+            mask_token_id,
+            vocab_size,
+            special_token_ids,
+            mask_replace_prob,
+            random_replace_prob,
         )
         self.word_ids_key = word_ids_key
         self.labels_key = labels_key

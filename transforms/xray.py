@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor, PILReader, PydicomReader
-from monai.transforms import LoadImage, MapTransform, Transform
+from monai.data import ImageReader, MetaTensor, PILReader, PydicomReader
+from monai.transforms import EnsureChannelFirst, MapTransform, Transform
 from monai.utils import optional_import
 
 pydicom, has_pydicom = optional_import("pydicom")
@@ -92,10 +92,8 @@ class LoadXRay(Transform):
     def __init__(self, dtype: torch.dtype = torch.float32):
         self.dtype = dtype
         # swap_ij=False keeps (rows, cols); prune_metadata=False keeps the tags read below
-        self._dicom = LoadImage(
-            reader=PydicomReader(swap_ij=False, prune_metadata=False), image_only=True, ensure_channel_first=True
-        )
-        self._pil = LoadImage(reader=PILReader(reverse_indexing=False), image_only=True, ensure_channel_first=True)
+        self._dicom = PydicomReader(swap_ij=False, prune_metadata=False)
+        self._pil = PILReader(reverse_indexing=False)
 
     def __call__(self, filename: str | os.PathLike) -> MetaTensor:
         path = Path(filename)
@@ -112,7 +110,7 @@ class LoadXRay(Transform):
             with warnings.catch_warnings():
                 # projection radiographs have no ImagePositionPatient/ImageOrientationPatient, by design
                 warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
-                img = self._dicom(str(path))
+                img = _read(self._dicom, path)
         except Exception as e:  # decoding errors come from deep inside pydicom: say which file and syntax
             raise ValueError(f"Cannot decode DICOM X-ray '{path}' ({_transfer_syntax(path)}): {e}") from e
         meta = img.meta
@@ -120,7 +118,9 @@ class LoadXRay(Transform):
         bits_stored = int(_tag_value(meta, "00280101", _tag_value(meta, "00280100", 16)))
         signed = int(_tag_value(meta, "00280103", 0)) == 1
         if not photometric.startswith("MONOCHROME"):
-            raise ValueError(f"X-ray '{path}' has PhotometricInterpretation {photometric}; a grayscale film is expected.")
+            raise ValueError(
+                f"X-ray '{path}' has PhotometricInterpretation {photometric}; a grayscale film is expected."
+            )
         low, high = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
         # PydicomReader applies RescaleSlope/Intercept when present; map the stored range the same way
         slope, intercept = float(_tag_value(meta, "00281053", 1.0)), float(_tag_value(meta, "00281052", 0.0))
@@ -136,7 +136,7 @@ class LoadXRay(Transform):
 
     def _load_image(self, path: Path) -> MetaTensor:
         try:
-            img = self._pil(str(path))
+            img = _read(self._pil, path)
         except Exception as e:
             raise ValueError(f"Cannot read X-ray image '{path}': {e}") from e
         mode = str(img.meta.get("mode", "L"))
@@ -152,6 +152,15 @@ class LoadXRay(Transform):
         img.meta["photometric_interpretation"] = "MONOCHROME2"
         img.meta["bits_stored"] = bits
         return img
+
+
+def _read(reader: ImageReader, path: Path) -> MetaTensor:
+    """Read with this reader only (``LoadImage`` would fall back on other readers, with other axis conventions)."""
+    array, meta = reader.get_data(reader.read(str(path)))
+    if isinstance(array, np.ndarray) and not array.flags.writeable:  # PIL hands out read-only buffers
+        array = array.copy()
+    meta["filename_or_obj"] = str(path)
+    return EnsureChannelFirst()(MetaTensor.ensure_torch_and_prune_meta(array, meta))
 
 
 def _transfer_syntax(path: Path) -> str:
@@ -173,7 +182,9 @@ class LoadXRayd(MapTransform):
         allow_missing_keys: see ``MapTransform``.
     """
 
-    def __init__(self, keys: KeysCollection = "image", dtype: torch.dtype = torch.float32, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection = "image", dtype: torch.dtype = torch.float32, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadXRay(dtype=dtype)
 

@@ -1,5 +1,14 @@
-"""Bundle-side helpers: stage data and chaining, the multi-stage pipeline, Model Zoo export."""
+"""Bundle-side helpers: stage data and chaining, rehearsal and teacher, the pipeline, Model Zoo export."""
 
+from .rehearsal import buffer_loaders, find_buffers, load_teacher
 from .stage import init_from_previous_stage, load_stage_datalist, previous_stage_dir, resolve_datalist
 
-__all__ = ["init_from_previous_stage", "load_stage_datalist", "previous_stage_dir", "resolve_datalist"]
+__all__ = [
+    "buffer_loaders",
+    "find_buffers",
+    "init_from_previous_stage",
+    "load_stage_datalist",
+    "load_teacher",
+    "previous_stage_dir",
+    "resolve_datalist",
+]

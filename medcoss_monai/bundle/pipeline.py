@@ -5,8 +5,12 @@ Example::
     python -m medcoss_monai.bundle.pipeline --stages report,xray,ct,mri,pathology \\
         --method medcoss --output_dir runs/demo --max_epochs 3
 
-Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` (plus the method's
-overlay), exactly as a user would run it alone, with ``previous_stage`` set to the stage before it.
+Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` merged with the
+method's overlay ``bundles/method_<method>.json``, exactly as a user would run it alone, with
+``previous_stage`` set to the stage before it. Methods are switches of the same bundles:
+``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer),
+``er`` (buffer batches get the pretext loss), ``random_buffer`` (random sampler) and ``joint``
+(one stage, ``stage_joint``, over all the listed modalities, each batch single-modality).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["bundles_dir", "stage_command", "run_pipeline", "main"]
+__all__ = ["METHODS", "bundles_dir", "stage_command", "run_pipeline", "main"]
+
+METHODS = ("medcoss", "sequential", "er", "random_buffer", "joint")
 
 
 def bundles_dir() -> Path:
@@ -88,32 +94,43 @@ def run_pipeline(
     overlays: Sequence[str | os.PathLike] = (),
     overrides: Sequence[str] = (),
     bundle_dir: str | os.PathLike | None = None,
+    method: str = "medcoss",
 ) -> list[dict]:
     """Run the stages in order; stop at the first that fails.
 
     Args:
         stages: modalities in curriculum order.
         output_dir: the run folder.
-        overlays: config files merged onto every stage bundle.
+        overlays: config files merged onto every stage bundle (after the method's overlay).
         overrides: ``--id value`` arguments passed to every stage.
         bundle_dir: where the bundles are.
+        method: one of :data:`METHODS`.
 
     Returns:
         One summary dict per stage (``stage``, ``folder``, ``seconds``, ``loss``).
     """
+    if method not in METHODS:
+        raise SystemExit(f"unknown --method '{method}': choose one of {', '.join(METHODS)}")
+    folder_of_bundles = Path(bundle_dir) if bundle_dir else bundles_dir()
+    overlays = [folder_of_bundles / f"method_{method}.json", *overlays]
+    if method == "joint":
+        # one stage: the last modality's bundle, with the others' training data interleaved
+        joint = "[" + ",".join(repr(s) for s in stages) + "]"
+        plan = [(stages[-1], "", ["--joint_modalities", joint, "--stage_dir", str(Path(output_dir) / "stage_joint")])]
+    else:
+        plan = [(m, stages[i - 1] if i else "", []) for i, m in enumerate(stages)]
     summary = []
-    previous = ""
-    for modality in stages:
-        cmd = stage_command(modality, output_dir, previous, overlays, overrides, bundle_dir)
-        print(f"\n=== stage {modality} (previous: {previous or 'none'}) ===\n$ {' '.join(cmd)}", flush=True)
+    for modality, previous, extra in plan:
+        cmd = stage_command(modality, output_dir, previous, overlays, list(overrides) + extra, bundle_dir)
+        name = "joint" if method == "joint" else modality
+        print(f"\n=== stage {name} (previous: {previous or 'none'}, method: {method}) ===\n$ {' '.join(cmd)}", flush=True)
         start = time.time()
         result = subprocess.run(cmd)
         seconds = time.time() - start
         if result.returncode != 0:
-            raise SystemExit(f"stage '{modality}' failed (exit {result.returncode}); later stages were not run.")
-        folder = Path(output_dir) / f"stage_{modality}"
-        summary.append({"stage": modality, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
-        previous = modality
+            raise SystemExit(f"stage '{name}' failed (exit {result.returncode}); later stages were not run.")
+        folder = Path(output_dir) / f"stage_{name}"
+        summary.append({"stage": name, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
     return summary
 
 
@@ -128,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="report,xray,ct,mri,pathology", help="comma-separated modalities in order")
+    parser.add_argument("--method", default="medcoss", choices=METHODS, help="continual-learning method")
     parser.add_argument("--output_dir", default="runs/medcoss", help="run folder (stage_<modality>/ inside)")
     parser.add_argument("--max_epochs", type=int, default=None, help="epochs of every stage (default: the bundle's)")
     parser.add_argument("--config_file", action="append", default=[], help="extra overlay merged onto every stage")
@@ -138,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_epochs is not None:
         overrides += ["--train#trainer#max_epochs", str(args.max_epochs)]
     start = time.time()
-    summary = run_pipeline(stages, args.output_dir, args.config_file, overrides, args.bundles_dir)
+    summary = run_pipeline(stages, args.output_dir, args.config_file, overrides, args.bundles_dir, args.method)
     print(f"\n=== curriculum finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
     for row in summary:
         print(f"  stage_{row['stage']:<10} {row['seconds']:7.1f} s  loss {row['loss']}  -> {row['folder']}")

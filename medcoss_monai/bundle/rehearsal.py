@@ -68,9 +68,12 @@ def buffer_loaders(
     bundles: str | os.PathLike | None = None,
     num_workers: int = 0,
     cache_rate: float = 1.0,
-    distributed: bool = False,
+    distributed: bool | None = None,
+    joint_modalities: Sequence[str] = (),
+    stage_dir: str | os.PathLike | None = None,
 ) -> dict[str, DataLoader]:
-    """Loaders over the rehearsal buffers of every earlier stage of a run.
+    """Loaders over the rehearsal buffers of every earlier stage of a run (or, for joint training, over
+    the whole training data of the other modalities).
 
     Each buffer's items go through the training transforms of their own stage bundle
     (``bundles/stage_<modality>.json``), with this stage's shared sizes (``img_size_2d``...). Buffers
@@ -85,7 +88,11 @@ def buffer_loaders(
         bundles: folder of the stage bundles (default: the repository's ``bundles/``).
         num_workers: loader workers.
         cache_rate: fraction of each buffer cached after its deterministic transforms.
-        distributed: shard each buffer over ranks with a ``DistributedSampler``.
+        distributed: shard each buffer over ranks with a ``DistributedSampler`` (default: when a
+            process group is initialised).
+        joint_modalities: joint training: the modalities trained together with this one; their full
+            training datalists (as their own bundles load them) replace the buffers.
+        stage_dir: this stage's folder (joint training keeps the report tokenizer there).
 
     Returns:
         ``{modality: DataLoader}``, empty for a first stage or when disabled.
@@ -96,6 +103,11 @@ def buffer_loaders(
     from medcoss_monai.bundle.pipeline import bundles_dir
 
     folder = Path(bundles) if bundles else bundles_dir()
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if joint_modalities:
+        return _joint_loaders(folder, output_dir, modality, joint_modalities, shared or {}, batch_size, num_workers,
+                              distributed, stage_dir)
     loaders: dict[str, DataLoader] = {}
     for mod, path in find_buffers(output_dir, modality).items():
         manifest = load_buffer_manifest(path, check_files=True)
@@ -113,15 +125,47 @@ def buffer_loaders(
             raise FileNotFoundError(f"{path}: its stage bundle {bundle_file} is missing, so its items cannot be prepared")
         transform, crops = _preprocessing_of(bundle_file, output_dir, shared or {}, tokenizer)
         dataset = CacheDataset(items, transform=transform, cache_rate=cache_rate, num_workers=0, progress=False)
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True) if distributed else None
-        loaders[mod] = DataLoader(
-            dataset,
-            batch_size=max(1, int(batch_size) // max(1, int(crops))),
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=num_workers,
-        )
+        loaders[mod] = _loader(dataset, max(1, int(batch_size) // max(1, int(crops))), num_workers, distributed)
         logger.info(f"rehearsal: {len(items)} '{mod}' buffer items from {path}")
+    return loaders
+
+
+def _loader(dataset: Any, batch_size: int, num_workers: int, distributed: bool) -> DataLoader:
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True) if distributed else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=num_workers)
+
+
+def _joint_loaders(
+    folder: Path,
+    output_dir: str | os.PathLike,
+    modality: str,
+    modalities: Sequence[str],
+    shared: Mapping[str, Any],
+    batch_size: int,
+    num_workers: int,
+    distributed: bool,
+    stage_dir: str | os.PathLike | None,
+) -> dict[str, DataLoader]:
+    """Training loaders of the other modalities of a joint run, each built by its own stage bundle."""
+    loaders = {}
+    for mod in modalities:
+        if mod == modality:
+            continue
+        parser = ConfigParser()
+        parser.read_config(str(folder / f"stage_{mod}.json"))
+        parser["output_dir"] = str(output_dir)
+        if stage_dir is not None:
+            parser["stage_dir"] = str(stage_dir)  # rejected inputs and the tokenizer stay in the joint folder
+        for key, value in shared.items():
+            if key in parser:
+                parser[key] = value
+        parser.parse()
+        dataset = parser.get_parsed_content("train#dataset")
+        crops = parser.get("crops_per_volume", 1)
+        repeats = parser.get("train#repeats", 1)
+        dataset = torch.utils.data.ConcatDataset([dataset] * int(repeats))
+        loaders[mod] = _loader(dataset, max(1, int(batch_size) // max(1, int(crops))), num_workers, distributed)
+        logger.info(f"joint training: {len(dataset)} '{mod}' items")
     return loaders
 
 

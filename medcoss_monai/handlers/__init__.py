@@ -1,15 +1,28 @@
-"""Ignite handlers of medcoss-monai: stage outputs, loss history, reconstructions, continual learning."""
+"""Ignite handlers of medcoss-monai: stage outputs, loss history, reconstructions, continual learning, probes."""
 
+from .buffer_selection import BufferSelectionHandler, embed_dataset
+from .distillation import FeatureDistillationHandler, freeze_teacher
 from .loss_history import LossHistoryHandler
+from .mixup import IntraModalMixupHandler
+from .probes import ProbeHandler
 from .reconstruction import ReconstructionSnapshotHandler, reconstruction_panels
+from .rehearsal import RehearsalHandler, is_buffer_batch
 from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHandler, latest_checkpoint, unwrap_network
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "BufferSelectionHandler",
+    "FeatureDistillationHandler",
+    "IntraModalMixupHandler",
     "LossHistoryHandler",
+    "ProbeHandler",
     "ReconstructionSnapshotHandler",
+    "RehearsalHandler",
     "StageModelSaver",
     "StageResumeHandler",
+    "embed_dataset",
+    "freeze_teacher",
+    "is_buffer_batch",
     "latest_checkpoint",
     "reconstruction_panels",
     "unwrap_network",

@@ -1,1 +1,14 @@
-"""medcoss_monai.losses"""
+"""medcoss_monai.losses: masked reconstruction, masked-token CE, feature distillation, contrastive."""
+
+from medcoss_monai.losses.contrastive import InfoNCELoss
+from medcoss_monai.losses.distillation import FeatureDistillationLoss
+from medcoss_monai.losses.reconstruction import MaskedReconstructionLoss
+from medcoss_monai.losses.token import MaskedTokenLoss, masked_token_accuracy
+
+__all__ = [
+    "MaskedReconstructionLoss",
+    "MaskedTokenLoss",
+    "masked_token_accuracy",
+    "FeatureDistillationLoss",
+    "InfoNCELoss",
+]

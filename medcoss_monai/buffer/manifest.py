@@ -1,0 +1,193 @@
+"""The rehearsal-buffer manifest ``stage_<modality>/buffer.json``: written once per stage, read by later stages.
+
+Layout::
+
+    {
+      "modality": "report", "n_total": 3164, "n_clusters": 32, "buffer_ratio": 0.05,
+      "cluster_ratio": 0.01, "sampler": "kmeans",
+      "items": [{...the datalist item..., "cluster": 0, "distance": 0.41}, ...]
+    }
+
+A random buffer has ``"cluster": -1`` and ``"distance": null`` on its items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BUFFER_FIELDS", "FILE_KEYS", "load_buffer_manifest", "missing_files", "write_buffer_manifest"]
+
+BUFFER_FIELDS = ("modality", "n_total", "n_clusters", "buffer_ratio", "cluster_ratio", "sampler", "items")
+"""Top-level fields every buffer.json has."""
+
+FILE_KEYS = ("image", "label", "text_file")
+"""Item keys that name files; an item with inline ``"text"`` needs no file."""
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars/arrays and paths as plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    return value
+
+
+def write_buffer_manifest(
+    path: str | os.PathLike,
+    modality: str,
+    items: Sequence[Mapping[str, Any]],
+    indices: Sequence[int] | np.ndarray,
+    n_total: int,
+    n_clusters: int,
+    buffer_ratio: float,
+    cluster_ratio: float,
+    sampler: str,
+    cluster_ids: Sequence[int] | np.ndarray | None = None,
+    distances: Sequence[float] | np.ndarray | None = None,
+) -> Path:
+    """Writes buffer.json atomically (a temporary file in the same folder, then ``os.replace``).
+
+    Args:
+        path: the buffer.json to write (its folder is created).
+        modality: the stage's modality.
+        items: the stage's datalist items, in the order the embeddings were computed.
+        indices: the chosen rows of ``items``, in the order they are written.
+        n_total: number of items the buffer was chosen from.
+        n_clusters: number of k-means centres (0 for a random buffer).
+        buffer_ratio: the fraction kept.
+        cluster_ratio: the clusters per item.
+        sampler: the sampler's name ("kmeans", "random").
+        cluster_ids: cluster of each chosen item (aligned with ``indices``); -1 when None.
+        distances: distance of each chosen item to its centre (aligned with ``indices``); null when None.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    bad = [i for i in indices if not 0 <= i < len(items)]
+    if bad:
+        raise IndexError(f"{path}: buffer indices {bad[:10]} are outside the {len(items)} items.")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{path}: buffer indices are not unique.")
+    for name, values in (("cluster_ids", cluster_ids), ("distances", distances)):
+        if values is not None and len(values) != len(indices):
+            raise ValueError(f"{path}: {name} has {len(values)} entries for {len(indices)} chosen items.")
+    chosen = []
+    for j, i in enumerate(indices):
+        item = {str(k): v for k, v in dict(items[i]).items() if k not in ("cluster", "distance")}
+        item["cluster"] = int(cluster_ids[j]) if cluster_ids is not None else -1
+        item["distance"] = float(distances[j]) if distances is not None else None
+        chosen.append(item)
+    manifest = {
+        "modality": str(modality),
+        "n_total": int(n_total),
+        "n_clusters": int(n_clusters),
+        "buffer_ratio": float(buffer_ratio),
+        "cluster_ratio": float(cluster_ratio),
+        "sampler": str(sampler),
+        "items": chosen,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a reader (or a killed run) never sees half a file
+    fd, tmp = tempfile.mkstemp(prefix=".buffer_", suffix=".json.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_jsonable(manifest), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def missing_files(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Paths named by items' file keys (:data:`FILE_KEYS`) that do not exist, each listed once, in order.
+
+    Args:
+        items: datalist items.
+
+    Returns:
+        The missing paths.
+    """
+    missing: list[str] = []
+    for item in items:
+        for key in FILE_KEYS:
+            value = item.get(key)
+            if value is None:
+                continue
+            for p in value if isinstance(value, (list, tuple)) else [value]:
+                p = os.fspath(p)
+                if not os.path.exists(p) and p not in missing:
+                    missing.append(p)
+    return missing
+
+
+def load_buffer_manifest(path: str | os.PathLike, check_files: bool = True) -> dict[str, Any]:
+    """Reads and validates a buffer.json.
+
+    Args:
+        path: the buffer.json.
+        check_files: refuse a buffer whose items' files (``image``, ``label``, ``text_file``) have vanished.
+
+    Returns:
+        The manifest dict (fields :data:`BUFFER_FIELDS`).
+
+    Raises:
+        FileNotFoundError: the manifest is missing, or (``check_files``) files of its items are; the
+            message names the buffer.json and lists every missing path.
+        ValueError: the manifest is not valid JSON or lacks fields / has malformed items.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"rehearsal buffer manifest {path} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}).") from e
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object with fields {list(BUFFER_FIELDS)}.")
+    absent = [k for k in BUFFER_FIELDS if k not in manifest]
+    if absent:
+        raise ValueError(f"{path}: missing fields {absent}.")
+    items = manifest["items"]
+    if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+        raise ValueError(f"{path}: 'items' must be a list of objects.")
+    for name in ("n_total", "n_clusters"):
+        if not isinstance(manifest[name], int) or manifest[name] < 0:
+            raise ValueError(f"{path}: '{name}' must be a non-negative integer, got {manifest[name]!r}.")
+    if len(items) > manifest["n_total"]:
+        raise ValueError(f"{path}: {len(items)} items but n_total is {manifest['n_total']}.")
+    no_data = [i for i, it in enumerate(items) if not any(k in it for k in (*FILE_KEYS, "text"))]
+    if no_data:
+        raise ValueError(f"{path}: items {no_data[:10]} have none of {[*FILE_KEYS, 'text']}.")
+    if check_files:
+        missing = missing_files(items)
+        if missing:
+            listing = "\n  ".join(missing)
+            raise FileNotFoundError(
+                f"{path}: {len(missing)} file(s) of the rehearsal buffer have vanished; "
+                f"restore them or select the buffer again:\n  {listing}"
+            )
+    return manifest

@@ -1,0 +1,54 @@
+"""Intra-modal mixup of rehearsal batches, applied before the forward pass."""
+
+from __future__ import annotations
+
+from ignite.engine import Engine
+
+from medcoss_monai.engines.pretext_trainer import PretextEvents
+from medcoss_monai.handlers.rehearsal import is_buffer_batch
+from medcoss_monai.transforms import ImageMixup, TextMixupd
+
+__all__ = ["IntraModalMixupHandler"]
+
+
+class IntraModalMixupHandler:
+    """Mixes each buffer batch with a shuffled copy of itself (same modality), as MedCoSS does.
+
+    Images: ``x' = lam * x + (1 - lam) * x[perm]`` with ``lam ~ U(0, 1)`` per sample
+    (:class:`~medcoss_monai.transforms.ImageMixup`). Reports: one ``r ~ U(0, 1)`` per batch, then each
+    token is the partner's with probability ``1 - r``; attention masks and MLM labels follow the same
+    choice (:class:`~medcoss_monai.transforms.TextMixupd`). Current-modality batches are untouched.
+    Register it after :class:`~medcoss_monai.handlers.RehearsalHandler` in ``train#handlers``.
+
+    Args:
+        seed: seed of the mixing draws.
+        all_batches: mix current batches too (an ablation).
+    """
+
+    def __init__(self, seed: int = 0, all_batches: bool = False) -> None:
+        self.image_mixup = ImageMixup().set_random_state(seed)
+        self.text_mixup = TextMixupd(keys=("input_ids", "attention_mask", "labels")).set_random_state(seed + 1)
+        self.all_batches = all_batches
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``PretextEvents.INPUTS_PREPARED``.
+
+        Args:
+            engine: the trainer.
+        """
+        engine.add_event_handler(PretextEvents.INPUTS_PREPARED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not (self.all_batches or is_buffer_batch(engine)):
+            return
+        out = engine.state.output
+        inputs, batch = out["inputs"], out["batch"]
+        if out["pretext"] == "mae":
+            inputs["x"] = self.image_mixup(inputs["x"])
+            out["mixup_lam"] = self.image_mixup.lam
+            return
+        mixed = self.text_mixup({k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch})
+        inputs["x"] = mixed["input_ids"]
+        inputs["attention_mask"] = mixed["attention_mask"]
+        if "labels" in mixed:
+            batch["labels"] = mixed["labels"]

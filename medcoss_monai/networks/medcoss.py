@@ -1,0 +1,218 @@
+"""The MedCoSS pre-training network: unified encoder + MAE decoder + MLM head behind one forward."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medcoss_monai.networks.encoder import UnifiedEncoder
+from medcoss_monai.networks.mae import MAEDecoder
+from medcoss_monai.networks.mlm import MLMHead
+
+__all__ = ["MedCoSSModel", "PRETEXTS"]
+
+PRETEXTS = (None, "encode", "mae", "mlm")
+
+
+class MedCoSSModel(nn.Module):
+    """Unified encoder with the two pretext heads, one ``forward`` for every use (DDP friendly).
+
+    ``model(x, attention_mask=None, pretext=None, mask_ratio=0.75, noise=None)``:
+
+    - ``pretext=None``: pooled features (B, hidden), mean of the final tokens of the unmasked input
+      (text: over ``attention_mask``);
+    - ``"mae"`` (2D/3D images): ``dict(pred, target, mask, latent, noise)``; ``pred``/``target``
+      (B, L, patch_dim), ``target`` the patchified input, per-patch normalised when ``norm_pix_loss``;
+    - ``"mlm"`` (text ids): ``dict(logits (B, L, vocab), latent (B, L, hidden))``;
+    - ``"encode"``: the encoder alone, masked as ``"mae"`` would be for images (unmasked text):
+      ``dict(latent, mask, ids_restore, noise)`` (rehearsal batches that only get distillation).
+
+    ``model.config`` holds the constructor arguments (``MedCoSSModel.from_config(model.config)`` rebuilds it).
+
+    Args:
+        hidden_size: encoder token size.
+        num_layers: encoder blocks.
+        num_heads: encoder attention heads.
+        mlp_ratio: MLP width over token size (encoder and decoder).
+        vocab_size: text vocabulary size.
+        max_text_len: text positions.
+        img_size_2d: 2D input size.
+        patch_size_2d: 2D patch size.
+        in_channels_2d: 2D image channels.
+        img_size_3d: 3D input size (H, W, D).
+        patch_size_3d: 3D patch size.
+        in_channels_3d: 3D image channels.
+        dropout_rate: encoder dropout.
+        qkv_bias: bias of the query/key/value projections.
+        decoder_hidden_size: MAE decoder token size.
+        decoder_layers: MAE decoder blocks.
+        decoder_heads: MAE decoder attention heads.
+        norm_pix_loss: MAE targets normalised per patch (mean/variance over the patch, eps 1e-6).
+        tie_mlm_weights: share the MLM output weights with the text token embedding.
+        pos_embed_type: ``"sincos"`` or ``"learnable"`` position tables.
+        kind_embedding: learned input-kind embedding in the encoder.
+        use_flash_attention: fused attention in MONAI's transformer blocks.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 192,
+        num_layers: int = 4,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        vocab_size: int = 8192,
+        max_text_len: int = 112,
+        img_size_2d: Sequence[int] | int = (96, 96),
+        patch_size_2d: Sequence[int] | int = (16, 16),
+        in_channels_2d: int = 3,
+        img_size_3d: Sequence[int] | int = (64, 64, 16),
+        patch_size_3d: Sequence[int] | int = (16, 16, 8),
+        in_channels_3d: int = 1,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = True,
+        decoder_hidden_size: int = 128,
+        decoder_layers: int = 2,
+        decoder_heads: int = 4,
+        norm_pix_loss: bool = True,
+        tie_mlm_weights: bool = True,
+        pos_embed_type: str = "sincos",
+        kind_embedding: bool = False,
+        use_flash_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        args = dict(locals())
+        self.config: dict[str, Any] = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items() if k not in ("self", "__class__")
+        }
+        self.norm_pix_loss = norm_pix_loss
+        self.encoder = UnifiedEncoder(
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            vocab_size=vocab_size,
+            max_text_len=max_text_len,
+            img_size_2d=img_size_2d,
+            patch_size_2d=patch_size_2d,
+            in_channels_2d=in_channels_2d,
+            img_size_3d=img_size_3d,
+            patch_size_3d=patch_size_3d,
+            in_channels_3d=in_channels_3d,
+            dropout_rate=dropout_rate,
+            qkv_bias=qkv_bias,
+            pos_embed_type=pos_embed_type,
+            kind_embedding=kind_embedding,
+            use_flash_attention=use_flash_attention,
+        )
+        enc = self.encoder
+        self.mae_decoder = MAEDecoder(
+            hidden_size,
+            decoder_hidden_size=decoder_hidden_size,
+            decoder_layers=decoder_layers,
+            decoder_heads=decoder_heads,
+            patch_dim_2d=enc.patch_dim("2d"),
+            patch_dim_3d=enc.patch_dim("3d"),
+            grid_2d=enc.grid_size("2d"),
+            grid_3d=enc.grid_size("3d"),
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            pos_embed_type=pos_embed_type,
+            use_flash_attention=use_flash_attention,
+        )
+        self.mlm_head = MLMHead(hidden_size, vocab_size)
+        if tie_mlm_weights:
+            self.mlm_head.tie_to(enc.text_embed)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MedCoSSModel:
+        """Build from a dict of constructor arguments (``model.config``, a bundle's ``network_def``).
+
+        A ``_target_`` key (bundle style) is ignored; unknown keys raise a ``TypeError`` naming them.
+        """
+        kwargs = {k: v for k, v in config.items() if k != "_target_"}
+        return cls(**kwargs)
+
+    def encoder_state_dict(self, prefix: str = "encoder.") -> dict[str, torch.Tensor]:
+        """Weights of the encoder and its tokenizers only (no MAE decoder, no MLM head).
+
+        Args:
+            prefix: prepended to every key; the default loads into a ``MedCoSSModel`` or an
+                ``EncoderClassifier``/``UNETRStyleSegmenter`` (``strict=False``); ``""`` into a bare encoder.
+
+        Returns:
+            A plain state dict of detached CPU tensors.
+        """
+        return {f"{prefix}{k}": v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+
+    def patch_target(self, x: torch.Tensor) -> torch.Tensor:
+        """The MAE target of images: their patches, per-patch normalised when ``norm_pix_loss``.
+
+        Args:
+            x: (B, C, H, W) or (B, C, H, W, D) images.
+
+        Returns:
+            (B, L, patch_dim) targets.
+        """
+        target = self.encoder.patchify(x)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pretext: str | None = None,
+        mask_ratio: float = 0.75,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """See the class docstring.
+
+        Args:
+            x: (B, L) token ids, (B, C, H, W) or (B, C, H, W, D) images.
+            attention_mask: (B, L) text padding mask, 1 = token.
+            pretext: ``None``, ``"encode"``, ``"mae"`` or ``"mlm"``.
+            mask_ratio: MAE masking ratio (images only).
+            noise: (B, L) MAE masking noise, to reproduce a mask.
+
+        Returns:
+            (B, hidden) features for ``pretext=None``, else a dict.
+        """
+        if pretext not in PRETEXTS:
+            raise ValueError(f"pretext must be one of {PRETEXTS}, got {pretext!r}.")
+        kind = self.encoder.kind_of(x)
+        if pretext is None:
+            out = self.encoder(x, attention_mask=attention_mask)
+            return self.encoder.pool(out["tokens"], out["attention_mask"])
+        if pretext == "encode":
+            ratio = mask_ratio if kind != "text" else 0.0  # text is masked at the token level, by the transforms
+            out = self.encoder(x, attention_mask=attention_mask, mask_ratio=ratio, noise=noise)
+            return {
+                "latent": out["tokens"],
+                "mask": out["mask"],
+                "ids_restore": out["ids_restore"],
+                "noise": out["noise"],
+            }
+        if pretext == "mae":
+            if kind == "text":
+                raise ValueError(
+                    "pretext 'mae' needs a (B, C, H, W) or (B, C, H, W, D) float image; got token ids (use 'mlm')."
+                )
+            out = self.encoder(x, mask_ratio=mask_ratio, noise=noise)
+            pred = self.mae_decoder(out["tokens"], out["ids_restore"], kind, out["grid"])
+            return {
+                "pred": pred,
+                "target": self.patch_target(x),
+                "mask": out["mask"],
+                "latent": out["tokens"],
+                "noise": out["noise"],
+            }
+        if kind != "text":
+            raise ValueError(f"pretext 'mlm' needs (B, L) integer token ids; got a {kind} image (use 'mae').")
+        out = self.encoder(x, attention_mask=attention_mask)
+        return {"logits": self.mlm_head(out["tokens"]), "latent": out["tokens"]}

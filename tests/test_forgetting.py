@@ -1,0 +1,100 @@
+"""Forgetting matrix of a small run folder and the method comparison."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from medcoss_monai.bundle.compare import compare_runs, parse_runs
+from medcoss_monai.bundle.forgetting import evaluate_run, forgetting_summary, read_matrix, stage_order
+from medcoss_monai.handlers.probes import CSV_COLUMNS
+from medcoss_monai.networks import MedCoSSModel
+
+TINY = dict(hidden_size=48, num_layers=2, num_heads=2, decoder_hidden_size=32, decoder_layers=1, decoder_heads=2,
+            img_size_2d=[64, 64], img_size_3d=[32, 32, 16])
+
+
+def _fake_run(root, stages, seed=0):
+    """Stage folders as the stages write them: model.pt (random weights) and stage.json."""
+    previous = ""
+    for i, m in enumerate(stages):
+        torch.manual_seed(seed + i)
+        net = MedCoSSModel(**TINY)
+        stage = root / f"stage_{m}"
+        stage.mkdir(parents=True)
+        torch.save(net.state_dict(), stage / "model.pt")
+        info = {"modality": m, "previous_stage": previous,
+                "network": {"_target_": "medcoss_monai.networks.MedCoSSModel", **net.config}}
+        (stage / "stage.json").write_text(json.dumps(info))
+        previous = m
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(sample_data, tmp_path_factory):
+    root = _fake_run(tmp_path_factory.mktemp("run"), ["report", "ct"])
+    rows, summary = evaluate_run(root, probes=["text", "ct"], text_n_test=200, mlm_n_items=40, verbose=False)
+    return root, rows, summary
+
+
+def test_stage_order_follows_chain(tmp_path):
+    _fake_run(tmp_path, ["ct", "report"])
+    assert stage_order(tmp_path) == ["ct", "report"]
+
+
+def test_forgetting_csv_rows_columns_and_png(run):
+    root, rows, summary = run
+    with open(root / "forgetting.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == CSV_COLUMNS
+    assert [r["after"] for r in table] == ["scratch", "stage_report", "stage_ct"]
+    scratch, report, ct = table
+    assert scratch["text_mlm_acc"] == "" and scratch["ct_mae_mse"] == ""
+    assert report["text_mlm_acc"] != "" and report["ct_mae_mse"] == ""
+    assert ct["text_mlm_acc"] != "" and ct["ct_mae_mse"] != ""
+    assert all(r["xray"] == "" for r in table)  # not asked for
+    assert 0.5 < float(scratch["text"]) < 0.95
+    assert (root / "forgetting.png").stat().st_size > 5000
+    assert "text_mlm_acc" in summary["per_column"] and "text" in summary["per_column"]
+    assert json.loads((root / "forgetting_summary.json").read_text())["stages"] == ["report", "ct"]
+    assert read_matrix(root / "forgetting.csv")[2]["ct_mae_mse"] == pytest.approx(rows[2]["ct_mae_mse"], rel=1e-5)
+
+
+def test_forgetting_summary_definitions():
+    rows = [
+        {"after": "scratch", "text": 0.6, "text_mlm_acc": None, "xray_mae_mse": None},
+        {"after": "stage_report", "text": 0.8, "text_mlm_acc": 0.5, "xray_mae_mse": None},
+        {"after": "stage_xray", "text": 0.9, "text_mlm_acc": 0.4, "xray_mae_mse": 0.30},
+        {"after": "stage_ct", "text": 0.7, "text_mlm_acc": 0.3, "xray_mae_mse": 0.45},
+    ]
+    s = forgetting_summary(rows)
+    assert s["per_column"]["text"]["forgetting"] == pytest.approx(0.2)  # best 0.9 -> 0.7
+    assert s["per_column"]["text"]["bwt"] == pytest.approx(-0.1)  # 0.8 right after its stage -> 0.7
+    assert s["per_column"]["text_mlm_acc"]["forgetting"] == pytest.approx(0.2)
+    # MSE: lower is better, forgetting is the rise over its best
+    assert s["per_column"]["xray_mae_mse"]["forgetting"] == pytest.approx(0.15)
+    assert s["per_column"]["xray_mae_mse"]["bwt"] == pytest.approx(-0.15)
+    assert s["avg_forgetting"] == pytest.approx(0.2)
+
+
+def test_compare_writes_table(run, tmp_path):
+    root = run[0]
+    other = tmp_path / "sequential"
+    other.mkdir()
+    rows = read_matrix(root / "forgetting.csv")
+    rows[1]["text_mlm_acc"], rows[-1]["text_mlm_acc"] = 0.5, 0.1  # a method that forgets the reports
+    with open(other / "forgetting.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = compare_runs(parse_runs([f"medcoss={root}", f"sequential={other}"]), tmp_path / "cmp")
+    assert [r["method"] for r in table] == ["medcoss", "sequential"]
+    assert table[1]["forgetting_text_mlm_acc"] > table[0]["forgetting_text_mlm_acc"]
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| medcoss |" in md and "avg forgetting" in md
+    assert (tmp_path / "cmp" / "comparison.png").is_file() and (tmp_path / "cmp" / "comparison.csv").is_file()
+    with pytest.raises(FileNotFoundError, match="no forgetting.csv"):
+        compare_runs({"er": tmp_path / "missing"}, tmp_path / "cmp2")

@@ -1,0 +1,181 @@
+"""Derived task datasets on the real sample data, paper-format loaders and label checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medcoss_monai.data.checks import BadInputError
+from medcoss_monai.data.tasks import (
+    TASKS,
+    check_task_labels,
+    datalist_from_class_folders,
+    datalist_from_image_mask_folders,
+    datalist_from_labelled_sentences,
+    load_task_datalist,
+    prepare_task,
+    prepare_tasks,
+    task_datalist_path,
+)
+
+
+@pytest.fixture(scope="module")
+def tasks(sample_data):
+    prepare_tasks(verbose=False)  # idempotent: a no-op once the cache holds them
+    return {t: load_task_datalist(t, prepare=False) for t in TASKS}
+
+
+def _ids(items, key="image"):
+    return {str(it[key]) if key in it else it["id"] for it in items}
+
+
+def test_splits_fixed_disjoint_and_written(tasks):
+    for name, data in tasks.items():
+        for split in ("training", "validation", "test"):
+            assert data[split], f"{name}: empty {split}"
+        if name.endswith("_seg") and name in ("ct_seg", "mri_seg"):
+            continue  # validation and test are the same held-out volume by design
+        key = "text" if name == "text_cls" else "image"
+        a, b, c = (_ids(data[s], "id" if key == "text" else key) for s in ("training", "validation", "test"))
+        assert not (a & b or a & c or b & c), f"{name}: splits overlap"
+        assert data["seed"] == 0
+
+
+def test_text_cls_labels(tasks):
+    data = tasks["text_cls"]
+    assert len(data["classes"]) == 8 and data["classes"][0] == "normal"
+    items = data["training"] + data["validation"] + data["test"]
+    assert len(items) == 3927 and len(data["test"]) >= 1000
+    labels = np.array([it["label"] for it in items])
+    assert labels.shape == (3927, 8) and set(np.unique(labels)) == {0, 1}
+    # class order is by frequency
+    counts = labels.sum(0)
+    assert np.all(np.diff(counts) <= 0)
+    check_task_labels(data["training"][:50], 8)
+
+
+def test_xray_tasks(tasks):
+    cls = tasks["xray_cls"]
+    items = cls["training"] + cls["validation"] + cls["test"]
+    assert {it["label"] for it in cls["training"]} == {0, 1} and {it["label"] for it in cls["test"]} == {0, 1}
+    with Image.open(items[0]["image"]) as im:
+        assert im.size == (128, 128)
+    seg = tasks["xray_seg"]
+    check_task_labels(seg["training"] + seg["test"], 2, mask_values=[0, 255])
+    lung = [np.asarray(Image.open(it["label"])).mean() / 255 for it in seg["training"] + seg["validation"] + seg["test"]]
+    assert 0.15 < np.mean(lung) < 0.6, "lung fields should cover a plausible share of the chest film"
+
+
+def test_3d_tasks_align(tasks):
+    for name in ("ct_cls", "mri_cls"):
+        data = tasks[name]
+        img = nib.load(data["test"][0]["image"])
+        assert img.shape == (64, 64, 16) and np.allclose(img.header.get_zooms(), (1.5, 1.5, 3.0))
+        assert {it["label"] for it in data["training"]} == {0, 1} and {it["label"] for it in data["test"]} == {0, 1}
+    for name in ("ct_seg", "mri_seg"):
+        data = tasks[name]
+        check_task_labels(data["training"] + data["test"], 2)
+        for it in data["training"] + data["test"]:
+            image, label = nib.load(it["image"]), nib.load(it["label"])
+            assert np.allclose(image.affine, label.affine)
+            assert np.asarray(label.dataobj).sum() > 0, f"{it['label']} lost its lesion"
+            assert all(s >= g for s, g in zip(image.shape, (64, 64, 16)))
+
+
+def test_pathology_tasks(tasks):
+    cls = tasks["pathology_cls"]
+    assert {it["label"] for it in cls["training"]} == {0, 1}
+    seg = tasks["pathology_seg"]
+    check_task_labels(seg["test"], 2, mask_values=[0, 255])
+    tissue = [np.asarray(Image.open(it["label"])).mean() / 255 for it in seg["training"]]
+    assert min(tissue) < 0.1 and max(tissue) > 0.9
+
+
+def test_prepare_is_idempotent(tasks):
+    path = task_datalist_path("xray_seg")
+    before = path.stat().st_mtime_ns
+    assert prepare_task("xray_seg") == path
+    assert path.stat().st_mtime_ns == before
+
+
+def test_label_checks_name_the_file(tasks, tmp_path):
+    item = dict(tasks["xray_cls"]["training"][0], label=5)
+    with pytest.raises(BadInputError, match=Path(item["image"]).name + r".*outside the class list"):
+        check_task_labels([item], 2)
+    with pytest.raises(BadInputError, match="multi-label"):
+        check_task_labels([{"text": "x", "id": "r1", "label": [0, 1, 2]}], 3)
+    # a 2D mask of the wrong shape
+    seg = tasks["xray_seg"]["training"][0]
+    bad_mask = tmp_path / "bad_mask.png"
+    Image.fromarray(np.zeros((64, 128), np.uint8)).save(bad_mask)
+    with pytest.raises(BadInputError, match=r"bad_mask\.png: mask shape"):
+        check_task_labels([{"image": seg["image"], "label": str(bad_mask)}], 2, mask_values=[0, 255])
+    # a 3D mask with the right shape but another spacing
+    vol = tasks["ct_seg"]["training"][0]
+    label = nib.load(vol["label"])
+    affine = label.affine.copy()
+    affine[0, 0] *= 2
+    wrong = tmp_path / "wrong_spacing.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), affine), wrong)
+    with pytest.raises(BadInputError, match=r"wrong_spacing\.nii\.gz: mask spacing"):
+        check_task_labels([{"image": vol["image"], "label": str(wrong)}], 2)
+    # mask values outside the class list
+    many = tmp_path / "values.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8) * 7, label.affine), many)
+    with pytest.raises(BadInputError, match=r"values\.nii\.gz: mask values \[7\]"):
+        check_task_labels([{"image": vol["image"], "label": str(many)}], 2)
+
+
+def test_class_folders_and_image_mask_folders(tasks, tmp_path):
+    cls = tasks["xray_cls"]["training"]
+    root = tmp_path / "chestxr"
+    for it in cls[:12]:
+        folder = root / ("chest" if it["label"] == 0 else "tibia")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(it["image"], folder)
+    data = datalist_from_class_folders(root)
+    assert data["classes"] == ["chest", "tibia"]
+    items = data["training"] + data["validation"] + data["test"]
+    assert len(items) == 12 and all(Path(it["image"]).parent.name == data["classes"][it["label"]] for it in items)
+    with pytest.raises(BadInputError, match="not in the class list"):
+        datalist_from_class_folders(root, classes=["chest"])
+
+    seg = tasks["xray_seg"]["training"][:5]
+    images, masks = tmp_path / "Images", tmp_path / "Ground-truths"
+    images.mkdir(), masks.mkdir()
+    for it in seg:
+        shutil.copy(it["image"], images / Path(it["image"]).name)
+        shutil.copy(it["label"], masks / ("mask_" + Path(it["label"]).name))  # QaTa-COV19 naming
+    data = datalist_from_image_mask_folders(images, masks, validation_fraction=0.2, test_fraction=0.2)
+    pairs = data["training"] + data["validation"] + data["test"]
+    assert len(pairs) == 5 and all(Path(p["label"]).name == "mask_" + Path(p["image"]).name for p in pairs)
+    check_task_labels(pairs, 2, mask_values=[0, 255])
+    (masks / ("mask_" + Path(seg[0]["image"]).name)).unlink()
+    with pytest.raises(BadInputError, match=Path(seg[0]["image"]).name):
+        datalist_from_image_mask_folders(images, masks)
+
+
+def test_labelled_sentences(tmp_path):
+    corpus = tmp_path / "pubmed"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text(
+        "###24491034\nBACKGROUND\tThe emergence of resistance is a concern .\nMETHODS\tWe randomised 40 patients .\n\n"
+        "###24854809\nRESULTS\tMortality fell .\nCONCLUSIONS\tIt works .\n"
+    )
+    (corpus / "test.txt").write_text("###1\nMETHODS\tA trial .\n")
+    data = datalist_from_labelled_sentences(corpus)
+    assert data["classes"] == ["BACKGROUND", "CONCLUSIONS", "METHODS", "RESULTS"]
+    assert len(data["training"]) == 4 and len(data["test"]) == 1 and data["validation"] == []
+    assert data["training"][1] == {"text": "We randomised 40 patients .", "label": 2, "abstract_id": "24491034"}
+    (corpus / "test.txt").write_text("###1\nno tab on this line\n")
+    with pytest.raises(BadInputError, match=r"test\.txt:2"):
+        datalist_from_labelled_sentences(corpus)
+    with pytest.raises(BadInputError, match="OTHER"):
+        (corpus / "test.txt").write_text("OTHER\tx\n")
+        datalist_from_labelled_sentences(corpus, classes=["BACKGROUND", "CONCLUSIONS", "METHODS", "RESULTS"])

@@ -1,0 +1,138 @@
+"""X-ray loading on the real JPEG 2000 DICOM films (chest PA, tibia) and the default X-ray chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset
+from PIL import Image
+
+from medcoss_monai.transforms import LoadXRay, LoadXRayd
+
+
+def xray_chain() -> tuple[list[dict], list[dict]]:
+    """Default X-ray chain in bundle syntax (deterministic, random) at demo size 96x96."""
+    deterministic = [
+        {"_target_": "medcoss_monai.transforms.LoadXRayd", "keys": ["image"]},
+        {"_target_": "Resized", "keys": ["image"], "spatial_size": 256, "size_mode": "longest", "mode": "area"},
+        {"_target_": "RepeatChanneld", "keys": ["image"], "repeats": 3},
+        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
+        {"_target_": "SelectItemsd", "keys": ["image"]},
+    ]
+    random = [
+        {
+            "_target_": "medcoss_monai.transforms.RandResizedCropd",
+            "keys": ["image"],
+            "spatial_size": [96, 96],
+            "scale": [0.2, 1.0],
+        },
+        {"_target_": "RandFlipd", "keys": ["image"], "prob": 0.5, "spatial_axis": 1},
+        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
+    ]
+    return deterministic, random
+
+
+@pytest.fixture(scope="module")
+def films(datalist) -> dict[str, Path]:
+    items = datalist("xray")["training"] + datalist("xray")["validation"]
+    return {it["body_part"]: Path(it["image"]) for it in items}
+
+
+@pytest.fixture(scope="module")
+def chest(films):
+    return LoadXRay()(films["chest"])
+
+
+def test_dicom_loads_channel_first_in_unit_range(films, chest):
+    ds = pydicom.dcmread(films["chest"], stop_before_pixels=True)
+    assert chest.shape == (1, ds.Rows, ds.Columns)  # (1, H=rows, W=cols)
+    assert chest.dtype == torch.float32
+    assert 0.0 <= float(chest.min()) < float(chest.max()) <= 1.0
+    assert chest.meta["photometric_interpretation"] == "MONOCHROME1"
+    assert chest.meta["bits_stored"] == 15
+    assert not any(k.isalnum() and len(k) == 8 and k.upper() == k for k in chest.meta if isinstance(k, str))
+
+
+def test_bits_stored_scaling_and_monochrome1_inversion(films):
+    """MONOCHROME1 films: out = 1 - stored / (2**BitsStored - 1), exactly, for both real films."""
+    for part in ("chest", "tibia"):
+        raw = pydicom.dcmread(films[part]).pixel_array.astype(np.float64)
+        bits = int(pydicom.dcmread(films[part], stop_before_pixels=True).BitsStored)
+        out = LoadXRay()(films[part])[0].numpy()
+        np.testing.assert_allclose(out, 1.0 - raw / (2**bits - 1), atol=1e-6)
+
+
+def test_bits_stored_changes_the_scale(films, chest, tmp_path):
+    ds = pydicom.dcmread(films["chest"])
+    raw = ds.pixel_array.astype(np.float64)
+    ds.BitsStored, ds.HighBit = 16, 15  # same pixels, declared 16-bit
+    ds.save_as(tmp_path / "bits16.dcm")
+    out = LoadXRay()(tmp_path / "bits16.dcm")
+    assert out.meta["bits_stored"] == 16
+    np.testing.assert_allclose(out[0].numpy(), 1.0 - raw / 65535.0, atol=1e-6)
+    assert float(out.min()) > float(chest.min())  # a wider range leaves the film less dark-to-bright
+
+
+def test_monochrome2_copy_is_the_inverse(films, chest, tmp_path):
+    ds = pydicom.dcmread(films["chest"])
+    ds.PhotometricInterpretation = "MONOCHROME2"  # compressed pixel data kept as is
+    ds.save_as(tmp_path / "mono2.dcm")
+    mono2 = LoadXRay()(tmp_path / "mono2.dcm")
+    assert mono2.meta["photometric_interpretation"] == "MONOCHROME2"
+    torch.testing.assert_close(mono2, 1.0 - chest, atol=1e-6, rtol=0)
+
+
+def test_chest_film_is_upright(chest):
+    """Rows run head to feet: the bright diaphragm/abdomen is in the lower half, the dark lungs in the upper."""
+    img = chest[0]
+    h, w = img.shape
+    lungs = img[int(0.25 * h) : int(0.5 * h), int(0.15 * w) : int(0.35 * w)].mean()
+    abdomen = img[int(0.8 * h) : int(0.95 * h), int(0.15 * w) : int(0.35 * w)].mean()
+    assert abdomen > lungs + 0.1
+
+
+def test_png_and_jpeg_match_the_dicom(chest, tmp_path):
+    gray = chest[0].numpy()
+    Image.fromarray(np.round(gray * 65535).astype(np.uint16)).save(tmp_path / "chest16.png")
+    Image.fromarray(np.round(gray * 255).astype(np.uint8)).convert("RGB").save(tmp_path / "chest_rgb.png")
+    Image.fromarray(np.round(gray * 255).astype(np.uint8)).save(tmp_path / "chest8.jpg", quality=95)
+    for name, atol in (("chest16.png", 1e-4), ("chest_rgb.png", 3e-3), ("chest8.jpg", 0.08)):
+        out = LoadXRay()(tmp_path / name)
+        assert out.shape == chest.shape and out.dtype == torch.float32, name
+        assert out.meta["photometric_interpretation"] == "MONOCHROME2"
+        np.testing.assert_allclose(out[0].numpy(), gray, atol=atol, err_msg=name)
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.dcm"):
+        LoadXRay()(tmp_path / "missing.dcm")
+    (tmp_path / "broken.dcm").write_bytes(b"not a dicom file at all")
+    with pytest.raises(ValueError, match="broken.dcm"):
+        LoadXRay()(tmp_path / "broken.dcm")
+
+
+def test_xray_chain_batches_match_the_contract(datalist):
+    deterministic, random = xray_chain()
+    parser = ConfigParser(
+        {"imports": ["$import torch"], "chain": {"_target_": "Compose", "transforms": deterministic + random}}
+    )
+    chain = parser.get_parsed_content("chain")
+    chain.set_random_state(0)
+    items = datalist("xray")["training"] + datalist("xray")["validation"]
+    batch = next(iter(DataLoader(Dataset(items, chain), batch_size=len(items))))
+    assert set(batch) == {"image"}
+    image = batch["image"]
+    assert type(image) is torch.Tensor and image.dtype == torch.float32
+    assert image.shape == (len(items), 3, 96, 96)
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    assert torch.equal(image[:, 0], image[:, 1]) and torch.equal(image[:, 0], image[:, 2])
+
+
+def test_load_xrayd_replaces_paths(films):
+    out = LoadXRayd("image")({"image": str(films["tibia"]), "body_part": "tibia"})
+    assert out["body_part"] == "tibia" and out["image"].shape[0] == 1 and out["image"].ndim == 3
