@@ -136,3 +136,25 @@ def init_from_previous_stage(
     target.load_state_dict(state, strict=False)
     logger.info(f"{name} starts from {folder / 'model.pt'} ({report})")
     return network
+
+
+def flag(value: Any) -> bool:
+    """A bundle switch as a bool: command-line overrides arrive as ``true``/``false`` strings.
+
+    Args:
+        value: a bool, a number, or a string such as ``"true"``, ``"False"``, ``"0"``, ``"yes"``.
+
+    Returns:
+        The truth value.
+
+    Raises:
+        ValueError: for a string that is not a recognised yes/no word.
+    """
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "1", "yes", "y", "on"):
+            return True
+        if word in ("false", "0", "no", "n", "off", "", "none", "null"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value)

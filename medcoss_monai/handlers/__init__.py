@@ -3,6 +3,7 @@
 from .buffer_selection import BufferSelectionHandler, embed_dataset
 from .distillation import FeatureDistillationHandler, freeze_teacher
 from .loss_history import LossHistoryHandler
+from .metrics_writer import MetricsWriter, classification_metrics
 from .mixup import IntraModalMixupHandler
 from .probes import ProbeHandler
 from .reconstruction import ReconstructionSnapshotHandler, reconstruction_panels
@@ -15,11 +16,13 @@ __all__ = [
     "FeatureDistillationHandler",
     "IntraModalMixupHandler",
     "LossHistoryHandler",
+    "MetricsWriter",
     "ProbeHandler",
     "ReconstructionSnapshotHandler",
     "RehearsalHandler",
     "StageModelSaver",
     "StageResumeHandler",
+    "classification_metrics",
     "embed_dataset",
     "freeze_teacher",
     "is_buffer_batch",

@@ -1,0 +1,214 @@
+"""Helpers the fine-tuning bundles (``bundles/finetune_<task>.json``) call: data, checks, weights, tokenizer.
+
+The bundles hold the choices (transforms, heads, losses, metrics); these functions hold the mechanisms
+that do not fit in a JSON expression.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcoss_monai.data.checks import BadInputError
+from medcoss_monai.data.tasks import check_task_labels, load_task_datalist
+from medcoss_monai.networks.pos_embed import StateDictReport, adapt_state_dict
+
+__all__ = [
+    "load_task",
+    "task_items",
+    "checked_items",
+    "split_sizes",
+    "default_tokenizer_dir",
+    "load_pretrained",
+    "TextPrepareBatch",
+]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("training", "validation", "test")
+
+
+def load_task(dataset_dir: str | os.PathLike | None, task: str) -> dict[str, Any]:
+    """The task datalist: the derived sample task when ``dataset_dir`` is empty, else the JSON it names.
+
+    Args:
+        dataset_dir: "" (the sample task ``sample_dir()/tasks/<task>/datalist.json``), a datalist JSON,
+            or a folder holding ``datalist.json``.
+        task: the task name (used for the sample default).
+
+    Returns:
+        the datalist dict with ``training`` / ``validation`` / ``test``.
+
+    Raises:
+        FileNotFoundError: the named datalist does not exist.
+        BadInputError: the datalist misses a split.
+    """
+    if not dataset_dir:
+        data = load_task_datalist(task)
+        path = "sample task " + task
+    else:
+        p = Path(dataset_dir)
+        if p.is_dir():
+            p = p / "datalist.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"Task datalist '{p}' does not exist.")
+        with open(p, encoding="utf-8") as f:
+            data = json.load(f)
+        path = str(p)
+    missing = [s for s in SPLITS if not isinstance(data.get(s), list) or not data[s]]
+    if missing:
+        raise BadInputError(f"{path}: the datalist has no (or an empty) {', '.join(missing)} split.")
+    return data
+
+
+def task_items(
+    dataset_dir: str | os.PathLike | None, task: str, split: str, max_items: int | None = None, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The items of one split, optionally a fixed random subset of ``max_items`` (tiny demo runs).
+
+    Args:
+        dataset_dir: see :func:`load_task`.
+        task: the task name.
+        split: ``training``, ``validation`` or ``test``.
+        max_items: keep at most this many items (None or <= 0: all), drawn with ``seed``.
+        seed: the subset seed.
+
+    Returns:
+        a list of datalist items (copies).
+    """
+    items = [dict(i) for i in load_task(dataset_dir, task)[split]]
+    if max_items and 0 < int(max_items) < len(items):
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), int(max_items), replace=False))
+        items = [items[i] for i in keep]
+    return items
+
+
+def checked_items(
+    items: Sequence[dict[str, Any]],
+    num_classes: int,
+    mask_values: Sequence[int] | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> list[dict[str, Any]]:
+    """``items`` unchanged after :func:`~medcoss_monai.data.tasks.check_task_labels` passed (a bundle expression).
+
+    Raises:
+        BadInputError: labels outside the class list, masks whose shape/spacing/values do not fit; names each file.
+    """
+    check_task_labels(list(items), num_classes, image_key=image_key, label_key=label_key, mask_values=mask_values)
+    return list(items)
+
+
+def split_sizes(*splits: Sequence[Any]) -> dict[str, int]:
+    """``{"training": n, "validation": n, "test": n}`` for the given split lists (in that order)."""
+    return {name: len(s) for name, s in zip(SPLITS, splits)}
+
+
+def default_tokenizer_dir(pretrained_ckpt: str | None, output_dir: str | os.PathLike) -> str:
+    """The tokenizer saved beside a report-stage checkpoint (``<stage>/tokenizer``), else ``output_dir/tokenizer``.
+
+    A fine-tune from scratch (or from a stage without a tokenizer) trains one into ``output_dir/tokenizer``.
+    """
+    if pretrained_ckpt:
+        stage_tok = Path(pretrained_ckpt).parent / "tokenizer"
+        if (stage_tok / "tokenizer.json").is_file():
+            return str(stage_tok)
+        logger.warning(f"No tokenizer next to '{pretrained_ckpt}'; a new one is trained into {output_dir}/tokenizer.")
+    return str(Path(output_dir) / "tokenizer")
+
+
+def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a saved object: a state dict, or one nested under a usual key."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("network", "model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise BadInputError(f"{path}: not a model checkpoint (expected a state dict of tensors, got {type(obj).__name__}).")
+
+
+def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_prefix: str = "encoder.") -> nn.Module:
+    """Load a stage's ``model.pt`` into the encoder of a downstream network; ``ckpt`` empty = from scratch.
+
+    Keys are matched and position embeddings resized by :func:`~medcoss_monai.networks.adapt_state_dict`;
+    pretext heads and other extra keys are dropped, and what was skipped or missing is logged. The
+    report is kept on ``network.pretrained_report``.
+
+    Args:
+        network: the downstream network (e.g. ``EncoderClassifier``, ``UNETRStyleSegmenter``).
+        ckpt: path of the checkpoint, or "" / None.
+        encoder_prefix: prefix of the encoder keys in ``network``.
+
+    Returns:
+        ``network``, loaded.
+
+    Raises:
+        FileNotFoundError: ``ckpt`` does not exist.
+        BadInputError: the checkpoint is from another architecture (no encoder tensor fits, or encoder
+            tensors differ in shape, e.g. another hidden size), naming the file.
+    """
+    network.pretrained_report = None  # type: ignore[assignment]
+    if not ckpt:
+        logger.info("No pretrained_ckpt: the encoder is trained from scratch.")
+        return network
+    path = str(ckpt)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained_ckpt '{path}' does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or non-torch file: name it
+        raise BadInputError(f"{path}: cannot be read as a torch checkpoint ({e.__class__.__name__}: {e}).") from e
+    state, report = adapt_state_dict(_state_dict_of(obj, path), network)
+    encoder_loaded = [k for k in report.loaded if k.startswith(encoder_prefix)]
+    encoder_skipped = {k: v for k, v in report.skipped.items() if k.startswith(encoder_prefix)}
+    if not encoder_loaded or encoder_skipped:
+        shapes = "; ".join(f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, (a, b) in list(encoder_skipped.items())[:4])
+        reason = f"encoder tensors differ in shape ({shapes})" if encoder_skipped else "no encoder tensor fits the model"
+        raise BadInputError(
+            f"pretrained_ckpt '{path}' is from another architecture: {reason}. "
+            "Use the network_def the checkpoint was trained with (hidden_size, num_layers, patch sizes, vocab_size)."
+        )
+    network.load_state_dict(state, strict=False)
+    _log_report(path, report, encoder_prefix)
+    network.pretrained_report = report  # type: ignore[assignment]
+    return network
+
+
+def _log_report(path: str, report: StateDictReport, encoder_prefix: str) -> None:
+    logger.info(f"Loaded '{path}': {report}")
+    missing_encoder = [k for k in report.missing if k.startswith(encoder_prefix)]
+    if missing_encoder:
+        logger.warning(f"'{path}' lacks {len(missing_encoder)} encoder tensors, kept at init: {missing_encoder[:4]}")
+
+
+class TextPrepareBatch:
+    """Batch -> (input_ids, label, (), {"attention_mask": ...}) for MONAI trainers/evaluators on text.
+
+    Args:
+        input_key: key of the token ids.
+        mask_key: key of the attention mask.
+        label_key: key of the label.
+    """
+
+    def __init__(self, input_key: str = "input_ids", mask_key: str = "attention_mask", label_key: str = "label") -> None:
+        self.input_key, self.mask_key, self.label_key = input_key, mask_key, label_key
+
+    def __call__(
+        self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
+        def to(x: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(x).to(device=device, non_blocking=non_blocking)
+
+        mask = {"attention_mask": to(batchdata[self.mask_key])}
+        return to(batchdata[self.input_key]), to(batchdata[self.label_key]), (), mask
