@@ -12,7 +12,7 @@ import torch
 from medcoss_monai.bundle.export import export_bundle, find_trained_network, main, schema_path
 from medcoss_monai.bundle.pipeline import bundles_dir
 
-# the tests on an exported stage are slow together (~35 s on 2 cores: a tiny stage is trained first)
+# ~25 s for the file on 2 cores (a tiny stage is trained once per module); the task export trains a task too
 slow = pytest.mark.slow
 
 
@@ -37,7 +37,6 @@ def bundle(stage_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return main(["--stage_dir", str(stage_dir), "--out", str(tmp_path_factory.mktemp("zoo") / "medcoss_ct")])
 
 
-@slow
 def test_layout_and_metadata(bundle: Path, stage_dir: Path) -> None:
     for rel in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
                 "models/model.pt", "models/model.ts", "docs/README.md", "LICENSE"):
@@ -57,7 +56,6 @@ def test_layout_and_metadata(bundle: Path, stage_dir: Path) -> None:
     assert all(torch.equal(exported[k], original[k]) for k in original)
 
 
-@slow
 def test_verify_metadata_with_shipped_schema(bundle: Path, tmp_path: Path) -> None:
     from monai.bundle import verify_metadata
 
@@ -70,7 +68,6 @@ def test_verify_metadata_with_shipped_schema(bundle: Path, tmp_path: Path) -> No
         verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=str(schema_path()))
 
 
-@slow
 def test_verify_net_in_out_and_ckpt_export(bundle: Path, tmp_path: Path) -> None:
     from monai.bundle import ckpt_export, verify_net_in_out
 
@@ -82,7 +79,6 @@ def test_verify_net_in_out_and_ckpt_export(bundle: Path, tmp_path: Path) -> None
     assert ts.is_file()
 
 
-@slow
 def test_torchscript_matches_network(bundle: Path) -> None:
     from monai.bundle import ConfigParser
 
@@ -99,13 +95,14 @@ def test_torchscript_matches_network(bundle: Path) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@slow
 def test_run_exported_inference(bundle: Path, datalist) -> None:
     from monai.bundle import run
 
     out = bundle / "eval_test"
+    from medcoss_monai.data.samples import datalist_path
+
     run(config_file=str(bundle / "configs/inference.json"), meta_file=str(bundle / "configs/metadata.json"),
-        bundle_root=str(bundle), output_dir=str(out))
+        bundle_root=str(bundle), output_dir=str(out), dataset_dir=str(datalist_path("ct")))
     feats = np.load(out / "features.npy")
     n_val = len(datalist("ct")["validation"])
     assert feats.shape == (n_val, 192) and np.isfinite(feats).all()
@@ -122,3 +119,24 @@ def test_export_refuses_unfinished_folder(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="network"):
         export_bundle(tmp_path, tmp_path / "out")
+
+
+@slow
+def test_export_fine_tuned_task(sample_data: Path, tmp_path: Path) -> None:
+    """A fine-tuned task folder (``model_best.pt`` + the task bundle) exports to a bundle whose network_def
+    returns the task logits and passes the same checks."""
+    from monai.bundle import run, verify_metadata, verify_net_in_out
+
+    task_bundle = bundles_dir() / "finetune_ct_cls.json"
+    if not task_bundle.is_file():
+        pytest.skip("no finetune_ct_cls.json bundle")
+    run(config_file=str(task_bundle), meta_file=str(bundles_dir() / "metadata.json"), output_dir=str(tmp_path / "ft"),
+        **{"train#trainer#max_epochs": 1})
+    out = main(["--stage_dir", str(tmp_path / "ft"), "--config_file", str(task_bundle), "--out", str(tmp_path / "zoo")])
+    meta_file, config_file = str(out / "configs/metadata.json"), str(out / "configs/inference.json")
+    verify_metadata(meta_file=meta_file, filepath=str(schema_path()))
+    verify_net_in_out(net_id="network_def", meta_file=meta_file, config_file=config_file, device="cpu")
+    meta = json.loads((out / "configs/metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
+    scripted = torch.jit.load(str(out / "models/model.ts"))
+    assert scripted(torch.rand(1, 1, 64, 64, 16)).shape == (1, 2)

@@ -94,6 +94,84 @@ def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Pat
     )
 
 
+def inline_config(parser: Any, id: str) -> Any:
+    """The raw config at ``id`` with its references replaced by values, so it stands alone.
+
+    ``"@other"`` is replaced by the (inlined) raw config of ``other``; a ``"$expression"`` leaf is
+    evaluated and must give a JSON value (a number, a list...). Used to copy a task bundle's network
+    config (``model_def`` referencing ``network_def``, ``@num_classes``...) into an exported bundle.
+
+    Args:
+        parser: a ``monai.bundle.ConfigParser`` holding the bundle.
+        id: the config id, e.g. ``"model_def"``.
+
+    Returns:
+        A JSON-serialisable config.
+    """
+    raw = parser.get(id)
+    if isinstance(raw, dict):
+        return {k: (v if k.startswith("_") and k != "_target_" else inline_config(parser, f"{id}#{k}")) if k != "_target_"
+                else v for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [inline_config(parser, f"{id}#{i}") for i in range(len(raw))]
+    if isinstance(raw, str) and raw.startswith("@") and "#" not in raw[1:] and raw[1:] in parser:
+        return inline_config(parser, raw[1:])
+    if isinstance(raw, str) and ("@" in raw or raw.startswith("$") or raw.startswith("%")):
+        value = parser.get_parsed_content(id)
+        json.dumps(value)  # raises TypeError for values an exported config cannot hold
+        return value
+    return raw
+
+
+def find_task_network(
+    folder: str | os.PathLike, config_file: str | os.PathLike, net_id: str = "model_def", model: str | None = None
+) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """Network config and weights of a fine-tuned task folder, with the architecture read from its bundle.
+
+    Args:
+        folder: the task's output folder (holding ``model_best.pt`` or ``model.pt``...).
+        config_file: the task bundle it was trained with (e.g. ``bundles/finetune_ct_cls.json``);
+            command-line overrides used at training time (sizes, ``num_classes``) must match.
+        net_id: id of the network config in that bundle.
+        model: weights file name in ``folder`` (default: the first of ``model_best.pt``, ``model.pt``,
+            ``model_final.pt``, or the newest ``*.pt``).
+
+    Returns:
+        ``(network config, weights path, info)`` as :func:`find_trained_network`.
+    """
+    from monai.bundle import ConfigParser
+
+    folder = Path(folder)
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    if net_id not in parser:
+        raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
+    network = inline_config(parser, net_id)
+    if model:
+        weights = folder / model
+    else:
+        found = [folder / n for n in ("model_best.pt", "model.pt", "model_final.pt") if (folder / n).is_file()]
+        found = found or sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if not found:
+            raise FileNotFoundError(f"{folder} holds no *.pt weights of the task")
+        weights = found[0]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    task = str(parser.get("task", ""))
+    modality = str(parser.get("modality", "") or task.split("_")[0])
+    info = {"task": task, "modality": modality, "config_file": str(weights), "bundle_file": str(config_file),
+            "epochs": parser.get("train#trainer#max_epochs", "?")}
+    return network, weights, info
+
+
+def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a ``model.pt`` or a MONAI checkpoint saved as ``{"model": state}``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and len(state) == 1 and isinstance(next(iter(state.values())), Mapping):
+        state = next(iter(state.values()))
+    return dict(state)
+
+
 def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a plain state dict into ``network`` (used by the exported ``train.json``).
 
@@ -163,6 +241,8 @@ def _jsonable(obj: Any) -> Any:
 
 def _input_spec(network: Mapping[str, Any], modality: str) -> tuple[int, list[int]]:
     """(channels, spatial shape) of the network's image input for ``modality``."""
+    if isinstance(network.get("encoder"), Mapping):  # a task network around a MedCoSS encoder
+        network = network["encoder"]
     if modality in MODALITIES_3D:
         return int(network.get("in_channels_3d", 1)), [int(s) for s in network.get("img_size_3d", [64, 64, 16])]
     if modality in MODALITIES_2D:
@@ -179,38 +259,51 @@ def _refs(obj: Any) -> set[str]:
     return {m.split("#")[0] for m in re.findall(r"@([A-Za-z_][\w#]*)", text)}
 
 
-def _eval_preprocessing(bundle_file: Path, network: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+def _eval_preprocessing(bundle_file: Path, network: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any], Any]:
     """The raw ``eval#transforms`` of a stage bundle and the top-level ids they need.
 
     Input sizes are taken from the trained network config, so the exported preprocessing matches
     the exported weights even if the stage ran with size overrides.
     """
     raw = json.loads(bundle_file.read_text())
-    transforms = raw.get("eval", {}).get("transforms")
+    section = raw.get("eval") or {}
+    transforms = section.get("transforms")
+    if transforms is None and isinstance(raw.get("validate"), dict):  # a fine-tuning task bundle
+        pre = raw["validate"].get("preprocessing")
+        transforms = pre.get("transforms") if isinstance(pre, dict) else None
+        datalist = raw["validate"].get("datalist")
+    else:
+        datalist = "$medcoss_monai.bundle.load_stage_datalist(@dataset_dir, @modality, 'validation', None, 0, False)"
     if not isinstance(transforms, list):
         raise ValueError(f"{bundle_file}: no 'eval#transforms' list to build the inference preprocessing from")
     ids: dict[str, Any] = {}
-    todo = _refs(transforms)
+    todo = _refs(transforms) | _refs(datalist)
     while todo:
         key = todo.pop()
         if key in ids or key not in raw:
             continue
         ids[key] = raw[key]
         todo |= _refs(raw[key])
+    encoder = network.get("encoder", network) if isinstance(network.get("encoder"), dict) else network
     for key in ("img_size_2d", "img_size_3d", "patch_size_2d", "patch_size_3d"):
-        if key in ids and key in network:
-            ids[key] = list(network[key])
-    return transforms, ids
+        if key in ids and key in encoder:
+            ids[key] = list(encoder[key])
+    for key in ("dataset_dir", "output_dir", "device", "network", "network_def", "bundle_root"):
+        ids.pop(key, None)  # the exported config defines these itself
+    return transforms, ids, datalist
 
 
 def _metadata(
-    modality: str, network: Mapping[str, Any], info: Mapping[str, Any], name: str, version: str, output_channels: int
+    modality: str, network: Mapping[str, Any], info: Mapping[str, Any], name: str, version: str, pred: torch.Tensor
 ) -> dict[str, Any]:
     import monai
 
     channels, spatial = _input_spec(network, modality)
+    output_channels = int(pred.shape[1])
     mod_word, data_words = _MODALITY_WORDS.get(modality, (modality, modality))
-    is_task = "task" in info or "num_classes" in info
+    is_task = bool(info.get("task"))
+    task_kind = "segmentation" if pred.ndim > 2 else "classification"
+    out_def = {"0": "pooled encoder features"} if not is_task else {str(i): f"class {i}" for i in range(output_channels)}
     packages = {"medcoss-monai": _package_version()}
     return {
         "schema": ZOO_SCHEMA_URL,
@@ -222,8 +315,11 @@ def _metadata(
         "required_packages_version": packages,
         "supported_apps": {},
         "name": name,
-        "task": f"{'Fine-tuned' if is_task else 'Self-supervised (MedCoSS continual pre-training)'} {mod_word} encoder",
+        "task": (f"{mod_word} {task_kind} fine-tuned from a MedCoSS encoder (task '{info.get('task')}')" if is_task
+                 else f"Self-supervised (MedCoSS continual pre-training) {mod_word} encoder"),
         "description": (
+            f"MedCoSS encoder fine-tuned on task '{info.get('task')}'; network_def returns the task output (logits)."
+            if is_task else
             f"Shared transformer encoder of MedCoSS after the '{modality}' stage "
             f"({info.get('epochs', '?')} epochs). network_def returns the pooled (mean of final tokens) features."
         ),
@@ -252,15 +348,15 @@ def _metadata(
             },
             "outputs": {
                 "pred": {
-                    "type": "tensor",
-                    "format": "features",
+                    "type": "image" if pred.ndim > 2 else "tensor",
+                    "format": ("segmentation" if pred.ndim > 2 else "logits") if is_task else "features",
                     "modality": "n/a",
-                    "num_channels": int(output_channels),
-                    "spatial_shape": [],
+                    "num_channels": output_channels,
+                    "spatial_shape": [int(s) for s in pred.shape[2:]],
                     "dtype": "float32",
                     "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "pooled encoder features"},
+                    "is_patch_data": pred.ndim > 2 and modality in MODALITIES_3D,
+                    "channel_def": out_def,
                 }
             },
         },
@@ -277,11 +373,12 @@ def _package_version() -> str:
 
 
 def _inference_config(
-    modality: str, network: Mapping[str, Any], transforms: list[Any], ids: Mapping[str, Any]
+    modality: str, network: Mapping[str, Any], transforms: list[Any], ids: Mapping[str, Any], datalist: Any
 ) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "imports": ["$import os", "$import torch", "$import monai", "$import medcoss_monai", "$import medcoss_monai.bundle",
-                    "$import medcoss_monai.bundle.export", "$import medcoss_monai.transforms"],
+                    "$import medcoss_monai.bundle.export", "$import medcoss_monai.bundle.finetune",
+                    "$import medcoss_monai.transforms"],
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "",
@@ -290,7 +387,7 @@ def _inference_config(
         **copy.deepcopy(dict(ids)),
         "network_def": copy.deepcopy(dict(network)),
         "network": "$@network_def.to(@device)",
-        "datalist": "$medcoss_monai.bundle.load_stage_datalist(@dataset_dir, @modality, 'validation', None, 0, False)",
+        "datalist": copy.deepcopy(datalist),
         "preprocessing": {"_target_": "Compose", "transforms": copy.deepcopy(transforms)},
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
@@ -316,19 +413,21 @@ def _inference_config(
     return cfg
 
 
-def _train_config(bundle_file: Path, network: Mapping[str, Any]) -> dict[str, Any]:
-    """The stage bundle, re-pointed to start from the exported weights (continue or fine-tune by override)."""
+def _train_config(bundle_file: Path, network: Mapping[str, Any], net_id: str = "network_def") -> dict[str, Any]:
+    """The stage (or task) bundle, re-pointed to start from the exported weights (continue or fine-tune by override)."""
     cfg = json.loads(bundle_file.read_text())
     cfg["imports"] = list(dict.fromkeys(list(cfg.get("imports", [])) + ["$import medcoss_monai.bundle.export"]))
     cfg["bundle_root"] = "."
     cfg["output_dir"] = "$@bundle_root + '/runs'"
-    cfg["previous_stage"] = ""
-    cfg["network_def"] = copy.deepcopy(dict(network))
+    if "previous_stage" in cfg:
+        cfg["previous_stage"] = ""
+    cfg[net_id] = copy.deepcopy(dict(network))
+    encoder = network.get("encoder") if isinstance(network.get("encoder"), Mapping) else network
     for key in ("img_size_2d", "img_size_3d", "patch_size_2d", "patch_size_3d", "hidden_size", "num_layers", "num_heads"):
-        if key in cfg and key in network:
-            cfg[key] = network[key]
-    cfg["pretrained"] = "$@bundle_root + '/models/model.pt'"
-    cfg["network"] = "$medcoss_monai.bundle.export.load_weights(@network_def, @pretrained).to(@device)"
+        if key in cfg and key in encoder:
+            cfg[key] = encoder[key]
+    cfg["exported_weights"] = "$@bundle_root + '/models/model.pt'"
+    cfg["network"] = f"$medcoss_monai.bundle.export.load_weights(@{net_id}, @exported_weights).to(@device)"
     return cfg
 
 
@@ -343,6 +442,13 @@ def _sha256(path: Path) -> str:
 def _readme(name: str, modality: str, info: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
     inp = metadata["network_data_format"]["inputs"]["image"]
     out = metadata["network_data_format"]["outputs"]["pred"]
+    if info.get("task"):
+        recipe = (f"Supervised fine-tuning of a MedCoSS encoder on task '{info['task']}' with "
+                  f"`{Path(str(info.get('bundle_file', ''))).name}` ({info.get('epochs', '?')} epoch(s)).")
+    else:
+        recipe = (f"MedCoSS continual self-supervised pre-training (masked image modelling, k-means rehearsal buffer, "
+                  f"feature distillation, intra-modal mixup); stage '{modality}', {info.get('epochs', '?')} epoch(s), "
+                  f"previous stage '{info.get('previous_stage', '') or 'none'}'.")
     history = ""
     stage_dir = Path(str(info.get("config_file", "."))).parent
     if (stage_dir / "loss_history.csv").is_file():
@@ -360,13 +466,11 @@ Run on your own data with a decathlon-style datalist (`validation` section):
 `python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/datalist.json`.
 
 ## Training recipe
-MedCoSS continual self-supervised pre-training (masked image modelling, k-means rehearsal buffer,
-feature distillation, intra-modal mixup); stage '{modality}', {info.get('epochs', '?')} epoch(s), previous
-stage '{info.get('previous_stage', '') or 'none'}'. `configs/train.json` continues training from
+{recipe} `configs/train.json` continues training from
 `models/model.pt` (`python -m monai.bundle run --config_file configs/train.json --train#trainer#max_epochs 5`).
 
 ## Results
-Loss per epoch of the exported stage:{history or ' not recorded.'}
+Loss per epoch of the exported stage:{history or ' not recorded here (see the training folder, e.g. metrics.json).'}
 
 ## Commands
 - inference: `python -m monai.bundle run --config_file configs/inference.json` (writes `eval/features.npy`)
@@ -397,6 +501,9 @@ def export_bundle(
     version: str = "0.1.0",
     bundle_file: str | os.PathLike | None = None,
     torchscript: bool = True,
+    config_file: str | os.PathLike | None = None,
+    net_id: str = "model_def",
+    model: str | None = None,
 ) -> Path:
     """Export a trained stage (or fine-tuned task) folder as a Model Zoo bundle.
 
@@ -409,6 +516,11 @@ def export_bundle(
         bundle_file: the stage bundle whose ``eval#transforms`` become the inference preprocessing
             (default ``bundles/stage_<modality>.json``).
         torchscript: also write ``models/model.ts``.
+        config_file: for a fine-tuned task folder (no ``stage.json``): the task bundle it was trained
+            with; its ``net_id`` config gives the architecture and its ``validate#preprocessing`` the
+            inference preprocessing.
+        net_id: id of the network config in ``config_file``.
+        model: weights file of the task folder (default ``model_best.pt``/``model.pt``).
 
     Returns:
         The bundle folder.
@@ -417,10 +529,15 @@ def export_bundle(
 
     from medcoss_monai.bundle.pipeline import bundles_dir
 
-    network, weights, info = find_trained_network(stage_dir)
+    if config_file:
+        network, weights, info = find_task_network(stage_dir, config_file, net_id, model)
+    else:
+        network, weights, info = find_trained_network(stage_dir)
     modality = str(info.get("modality", ""))
     if not modality:
         raise ValueError(f"{info.get('config_file')}: no 'modality' key, so the input format is unknown")
+    if config_file and not bundle_file:
+        bundle_file = config_file
     bundle_file = Path(bundle_file) if bundle_file else bundles_dir() / f"stage_{modality}.json"
     if not bundle_file.is_file():
         raise FileNotFoundError(f"{bundle_file}: the stage bundle for the inference preprocessing is missing")
@@ -430,7 +547,8 @@ def export_bundle(
 
     # the network as exported: build it, load the weights, measure its one output tensor
     net = ConfigParser({"network_def": network}).get_parsed_content("network_def")
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    state = _plain_state_dict(weights)
+    net.load_state_dict(state)
     net.eval()
     channels, spatial = _input_spec(network, modality)
     example = torch.rand(1, channels, *spatial)
@@ -440,15 +558,15 @@ def export_bundle(
         raise TypeError(f"{type(net).__name__}(x) returns {type(pred).__name__}, not one tensor: it cannot be a Zoo network_def")
 
     name = name or f"medcoss_{modality}_encoder"
-    metadata = _metadata(modality, network, info, name, version, pred.shape[1])
-    transforms, ids = _eval_preprocessing(bundle_file, network)
+    metadata = _metadata(modality, network, info, name, version, pred)
+    transforms, ids, datalist = _eval_preprocessing(bundle_file, network)
     _write_json(out / "configs" / "metadata.json", metadata)
-    _write_json(out / "configs" / "inference.json", _inference_config(modality, network, transforms, ids))
-    _write_json(out / "configs" / "train.json", _train_config(bundle_file, network))
+    _write_json(out / "configs" / "inference.json", _inference_config(modality, network, transforms, ids, datalist))
+    _write_json(out / "configs" / "train.json", _train_config(bundle_file, network, net_id if config_file else "network_def"))
     logging_conf = bundle_file.parent / "logging.conf"
     if logging_conf.is_file():
         shutil.copyfile(logging_conf, out / "configs" / "logging.conf")
-    shutil.copyfile(weights, out / "models" / "model.pt")
+    torch.save(state, out / "models" / "model.pt")  # always a plain state dict
     if torchscript:
         with torch.no_grad():
             traced = torch.jit.trace(net, example, check_trace=False)
@@ -491,9 +609,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--version", default="0.1.0", help="bundle version")
     ap.add_argument("--bundle_file", default=None, help="stage bundle for the inference preprocessing")
     ap.add_argument("--no_torchscript", action="store_true", help="do not write models/model.ts")
+    ap.add_argument("--config_file", default=None, help="fine-tuned task folder: the task bundle it was trained with")
+    ap.add_argument("--net_id", default="model_def", help="fine-tuned task: id of the network config in --config_file")
+    ap.add_argument("--model", default=None, help="fine-tuned task: weights file in the folder (default model_best.pt)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = export_bundle(args.stage_dir, args.out, args.name, args.version, args.bundle_file, not args.no_torchscript)
+    out = export_bundle(args.stage_dir, args.out, args.name, args.version, args.bundle_file, not args.no_torchscript,
+                        args.config_file, args.net_id, args.model)
     print(out)
     return out
 

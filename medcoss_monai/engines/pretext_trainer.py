@@ -215,6 +215,15 @@ class PretextTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         loss = out[Keys.LOSS]
+        if not loss.requires_grad:
+            # nothing to learn from this batch (a buffer batch with no pretext weight and no teacher)
+            if not getattr(engine, "_warned_no_grad", False):
+                engine.logger.warning("a batch produced no trainable loss term; its step is skipped")
+                engine._warned_no_grad = True
+            out["loss_terms"] = {k: float(v.detach()) for k, v in out["loss_terms"].items()}
+            out[Keys.LOSS] = loss.detach()
+            engine.fire_event(IterationEvents.MODEL_COMPLETED)
+            return out
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
