@@ -110,8 +110,8 @@ def inline_config(parser: Any, id: str) -> Any:
     """
     raw = parser.get(id)
     if isinstance(raw, dict):
-        return {k: (v if k.startswith("_") and k != "_target_" else inline_config(parser, f"{id}#{k}")) if k != "_target_"
-                else v for k, v in raw.items()}
+        # "_target_", "_disabled_"... stay as written; every other value is inlined
+        return {k: v if k.startswith("_") else inline_config(parser, f"{id}#{k}") for k, v in raw.items()}
     if isinstance(raw, list):
         return [inline_config(parser, f"{id}#{i}") for i in range(len(raw))]
     if isinstance(raw, str) and raw.startswith("@") and "#" not in raw[1:] and raw[1:] in parser:
