@@ -49,6 +49,7 @@ def test_sequential_has_no_rehearsal(report_run, tmp_path):
     assert not (ct / "buffer.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["er", "random_buffer"])
 def test_other_methods_run(report_run, tmp_path, method):
     _, ct = _continue(report_run, tmp_path, method)
@@ -59,6 +60,7 @@ def test_other_methods_run(report_run, tmp_path, method):
     assert buf["sampler"] == ("kmeans" if method == "er" else "random")
 
 
+@pytest.mark.slow
 def test_joint_is_one_stage_over_all_modalities(sample_data, tmp_path):
     from medcoss_monai.bundle.pipeline import main
 
