@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medcoss_monai.utils import atomic_write_json
 
 __all__ = ["BUFFER_FIELDS", "FILE_KEYS", "load_buffer_manifest", "missing_files", "write_buffer_manifest"]
 
@@ -105,20 +106,8 @@ def write_buffer_manifest(
         "sampler": str(sampler),
         "items": chosen,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     # a reader (or a killed run) never sees half a file
-    fd, tmp = tempfile.mkstemp(prefix=".buffer_", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_jsonable(manifest), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write_json(_jsonable(manifest), path, indent=1)
 
 
 def missing_files(items: Sequence[Mapping[str, Any]]) -> list[str]:
