@@ -43,20 +43,26 @@ def find_buffers(output_dir: str | os.PathLike, modality: str) -> dict[str, Path
     return {m: p for _, m, p in sorted(found)}
 
 
-def _preprocessing_of(
-    bundle_file: Path, output_dir: str | os.PathLike, shared: Mapping[str, Any], tokenizer: Any = None
-) -> Any:
-    """Instantiate ``train#preprocessing`` of another stage bundle with this stage's shared sizes."""
+def _parse_stage_bundle(
+    bundle_file: Path,
+    output_dir: str | os.PathLike,
+    shared: Mapping[str, Any],
+    tokenizer: Any = None,
+    stage_dir: str | os.PathLike | None = None,
+) -> ConfigParser:
+    """Parse another stage bundle with this stage's run folder and shared sizes imposed."""
     parser = ConfigParser()
     parser.read_config(str(bundle_file))
     parser["output_dir"] = str(output_dir)
+    if stage_dir is not None:
+        parser["stage_dir"] = str(stage_dir)  # rejected inputs and the tokenizer stay in this stage's folder
     for key, value in shared.items():
         if key in parser:  # only ids the other bundle has (a report bundle has no 3D sizes)
             parser[key] = value
     if tokenizer is not None:
         parser["tokenizer"] = tokenizer  # a plain object: nothing is evaluated from text
     parser.parse()
-    return parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
+    return parser
 
 
 def buffer_loaders(
@@ -123,7 +129,8 @@ def buffer_loaders(
         bundle_file = folder / f"stage_{mod}.json"
         if not bundle_file.is_file():
             raise FileNotFoundError(f"{path}: its stage bundle {bundle_file} is missing, so its items cannot be prepared")
-        transform, crops = _preprocessing_of(bundle_file, output_dir, shared or {}, tokenizer)
+        parser = _parse_stage_bundle(bundle_file, output_dir, shared or {}, tokenizer)
+        transform, crops = parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
         dataset = CacheDataset(items, transform=transform, cache_rate=cache_rate, num_workers=0, progress=False)
         loaders[mod] = _loader(dataset, max(1, int(batch_size) // max(1, int(crops))), num_workers, distributed)
         logger.info(f"rehearsal: {len(items)} '{mod}' buffer items from {path}")
@@ -151,15 +158,7 @@ def _joint_loaders(
     for mod in modalities:
         if mod == modality:
             continue
-        parser = ConfigParser()
-        parser.read_config(str(folder / f"stage_{mod}.json"))
-        parser["output_dir"] = str(output_dir)
-        if stage_dir is not None:
-            parser["stage_dir"] = str(stage_dir)  # rejected inputs and the tokenizer stay in the joint folder
-        for key, value in shared.items():
-            if key in parser:
-                parser[key] = value
-        parser.parse()
+        parser = _parse_stage_bundle(folder / f"stage_{mod}.json", output_dir, shared, stage_dir=stage_dir)
         dataset = parser.get_parsed_content("train#dataset")
         crops = parser.get("crops_per_volume", 1)
         repeats = parser.get("train#repeats", 1)

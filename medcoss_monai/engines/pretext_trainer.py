@@ -220,10 +220,7 @@ class PretextTrainer(SupervisedTrainer):
             if not getattr(engine, "_warned_no_grad", False):
                 engine.logger.warning("a batch produced no trainable loss term; its step is skipped")
                 engine._warned_no_grad = True
-            out["loss_terms"] = {k: float(v.detach()) for k, v in out["loss_terms"].items()}
-            out[Keys.LOSS] = loss.detach()
-            engine.fire_event(IterationEvents.MODEL_COMPLETED)
-            return out
+            return engine._finish(out)
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
@@ -238,8 +235,11 @@ class PretextTrainer(SupervisedTrainer):
             if engine.grad_clip_norm:
                 torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
             engine.optimizer.step()
+        return engine._finish(out)
+
+    def _finish(self, out: dict) -> dict:
         # keep floats, not graphs, in the engine state once the step is done
         out["loss_terms"] = {k: float(v.detach()) for k, v in out["loss_terms"].items()}
-        out[Keys.LOSS] = loss.detach()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        out[Keys.LOSS] = out[Keys.LOSS].detach()
+        self.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

@@ -87,12 +87,13 @@ class StageModelSaver:
     def __call__(self, engine: Engine) -> None:
         if not is_rank0():
             return
-        state = {k: v.detach().cpu() for k, v in unwrap_network(self.network).state_dict().items()}
+        model = unwrap_network(self.network)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         path = atomic_torch_save(state, self.stage_dir / self.filename)
         info = dict(self.stage_info)
-        config = getattr(unwrap_network(self.network), "config", None)
+        config = getattr(model, "config", None)
         if config is not None:  # the architecture, so export and fine-tuning can rebuild the network
-            info["network"] = {"_target_": f"{type(unwrap_network(self.network)).__module__}.{type(unwrap_network(self.network)).__name__}", **dict(config)}
+            info["network"] = {"_target_": f"{type(model).__module__}.{type(model).__name__}", **dict(config)}
         info.update({"epochs": engine.state.epoch, "iterations": engine.state.iteration, "model": self.filename})
         atomic_write_json(_jsonable(info), self.stage_dir / "stage.json")
         logging.getLogger(__name__).info(f"stage weights written to {path}")
