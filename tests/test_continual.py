@@ -10,6 +10,7 @@ from ignite.engine import Events
 from stage_utils import read_history, run_stage
 
 from medcoss_monai.bundle import load_teacher
+from medcoss_monai.bundle.forgetting import read_matrix
 from medcoss_monai.engines import PretextTrainer
 from medcoss_monai.handlers import FeatureDistillationHandler
 from medcoss_monai.networks import MedCoSSModel
@@ -70,6 +71,30 @@ def test_joint_is_one_stage_over_all_modalities(sample_data, tmp_path):
     rows = read_history(out / "stage_joint")
     assert len(rows) == 1 and float(rows[0]["pretext_loss"]) > 0
     assert not (out / "stage_report").exists()
+    # the pipeline's forgetting matrix scores both pretexts with the joint network's own heads
+    matrix = read_matrix(out / "forgetting.csv")
+    assert [r["after"] for r in matrix] == ["scratch", "stage_joint"]
+    assert matrix[1]["text_mlm_acc"] is not None and matrix[1]["ct_mae_mse"] is not None
+
+
+def test_pipeline_runs_the_curriculum_and_writes_the_forgetting_matrix(sample_data, tmp_path, capsys):
+    from medcoss_monai.bundle.pipeline import main
+
+    out = tmp_path / "run"
+    main(["--stages", "report,ct", "--method", "medcoss", "--output_dir", str(out), "--max_epochs", "1",
+          "--max_items", "100", "--train#repeats", "1", "--batch_size", "4", "--crops_per_volume", "2",
+          "--progress_bar", "false"])
+    buf = json.loads((out / "stage_report" / "buffer.json").read_text())
+    assert buf["n_total"] == 100 and len(buf["items"]) == 5
+    assert float(read_history(out / "stage_ct")[0]["distill_loss"]) > 0
+    matrix = read_matrix(out / "forgetting.csv")
+    assert [r["after"] for r in matrix] == ["scratch", "stage_report", "stage_ct"]
+    assert matrix[0]["text_mlm_acc"] is None and 0 < matrix[1]["text_mlm_acc"] < 1
+    assert matrix[2]["text_mlm_acc"] is not None and matrix[2]["ct_mae_mse"] > 0
+    assert all(0.0 <= r["text"] <= 1.0 for r in matrix)
+    assert (out / "forgetting.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "average forgetting" in printed and "stage_ct" in printed
 
 
 def test_vanished_buffer_files_are_refused(sample_data, tmp_path):

@@ -105,3 +105,27 @@ def test_torchrun_two_cpu_processes_write_one_stage(sample_data: Path, tmp_path:
     assert len(rows) == 2  # header + epoch 1, written once (rank 0)
     state = torch.load(stage / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # unwrapped from DDP
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_two_cpu_processes_fine_tune(sample_data: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2`` of finetune_pathology_cls + its overlay on CPU: a best model and one metrics.json
+    computed on the whole test split."""
+    from medcoss_monai.data.tasks import prepare_tasks
+
+    prepare_tasks(verbose=False)
+    configs = f"['{bundles_dir() / 'finetune_pathology_cls.json'}','{bundles_dir() / 'multi_gpu_finetune.json'}']"
+    cmd = [
+        "torchrun", "--nproc_per_node", "2", "--master_port", "29534", "-m", "monai.bundle", "run",
+        "--config_file", configs, "--output_dir", str(tmp_path), "--train#trainer#max_epochs", "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["split"] == "test" and result["max_epochs"] == 2
+    assert {"ACC", "AUC", "F1"} <= set(result["metrics"])
+    assert 0.0 <= result["metrics"]["ACC"] <= 1.0
+    state = torch.load(tmp_path / "model_best.pt", weights_only=True)
+    assert state and not any(k.startswith("module.") for k in state)  # the bare network, not the DDP wrapper

@@ -64,6 +64,33 @@ def test_image_modes_shapes(model: MedCoSSModel, kind: str) -> None:
         model(x, pretext="mlm")
 
 
+def test_mlm_head_on_masked_positions_only(model: MedCoSSModel) -> None:
+    ids = _inputs()["text"]
+    attn = torch.ones_like(ids)
+    labels = torch.full_like(ids, -100)
+    labels[0, [3, 7, 50]] = ids[0, [3, 7, 50]]
+    labels[1, 100] = ids[1, 100]
+    with torch.no_grad():
+        full = model(ids, attention_mask=attn, pretext="mlm")
+        gathered = model(ids, attention_mask=attn, pretext="mlm", labels=labels)
+    assert gathered["logits"].shape == (4, 8192) and gathered["labels"].tolist() == labels[labels != -100].tolist()
+    torch.testing.assert_close(gathered["logits"], full["logits"][labels != -100], rtol=1e-4, atol=1e-5)
+    loss = MaskedTokenLoss()
+    torch.testing.assert_close(loss(gathered["logits"], gathered["labels"]), loss(full["logits"], labels))
+    with pytest.raises(ValueError, match="labels"):
+        model(ids, pretext="mlm", labels=labels[:, :10])
+
+
+def test_text_embedding_not_drowned_by_positions() -> None:
+    # at init, word embeddings must weigh about as much as the sine-cosine positions, or a random
+    # encoder sees mostly positions (it did: a text probe of 0.62 against 0.84 for averaged words)
+    enc = UnifiedEncoder()
+    words = enc.text_embed.weight * enc.text_embed_scale
+    positions = enc.pos_embed_text((112,))
+    ratio = float(words.pow(2).mean().sqrt() / positions.pow(2).mean().sqrt())
+    assert 0.7 < ratio < 2.0
+
+
 def test_text_modes_shapes(model: MedCoSSModel) -> None:
     ids = _inputs()["text"]
     attn = torch.ones_like(ids)

@@ -180,6 +180,7 @@ def evaluate_run(
     seed: int = 0,
     write: bool = True,
     verbose: bool = True,
+    joint_modalities: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate ``scratch`` and every finished stage of a run; write the CSV, heatmap and summary.
 
@@ -196,6 +197,8 @@ def evaluate_run(
         seed: seed of the scratch network, the probes and the masks.
         write: write ``forgetting.csv``, ``forgetting.png`` and ``forgetting_summary.json``.
         verbose: print the matrix and summary.
+        joint_modalities: the modalities of a ``joint`` stage (stage name ``joint``): its row scores
+            the pretext of each of them with the joint network's own heads.
 
     Returns:
         ``(rows, summary)``.
@@ -219,7 +222,8 @@ def evaluate_run(
     size_2d = tuple(img_size_2d) if img_size_2d is not None else _size(config, "img_size_2d", (96, 96))
     size_3d = tuple(img_size_3d) if img_size_3d is not None else _size(config, "img_size_3d", (64, 64, 16))
     vocab = int((config or {}).get("vocab_size", 8192))
-    tokenizer = probe_tokenizer(run_dir, vocab_size=vocab) if ("text" in probes or "report" in stages) else None
+    needs_text = "text" in probes or "report" in stages or "report" in joint_modalities
+    tokenizer = probe_tokenizer(run_dir, vocab_size=vocab) if needs_text else None
     common = dict(device=device, img_size_2d=size_2d, img_size_3d=size_3d, probes=probes, tokenizer=tokenizer,
                   text_n_train=text_n_train, text_n_test=text_n_test, mlm_n_items=mlm_n_items, seed=seed)
     rows, timings = [], {}
@@ -230,6 +234,8 @@ def evaluate_run(
         else:
             network = load_stage_network(config, run_dir / name / "model.pt", seed)
             trained, current = stages[:index], stages[index - 1]
+            if current == "joint":
+                trained = current = list(joint_modalities)
         network = network.to(device)
         row_times: dict[str, float] = {}
         rows.append(evaluate_stage(network, run_dir, name, trained, timings=row_times, current=current, **common))

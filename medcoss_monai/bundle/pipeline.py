@@ -7,7 +7,8 @@ Example::
 
 Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` merged with the
 method's overlay ``bundles/method_<method>.json``, exactly as a user would run it alone, with
-``previous_stage`` set to the stage before it. Methods are switches of the same bundles:
+``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written
+(:mod:`medcoss_monai.bundle.forgetting`; ``--forgetting false`` skips it). Methods are switches of the same bundles:
 ``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer),
 ``er`` (buffer batches get the pretext loss), ``random_buffer`` (random sampler) and ``joint``
 (one stage, ``stage_joint``, over all the listed modalities, each batch single-modality).
@@ -150,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_epochs", type=int, default=None, help="epochs of every stage (default: the bundle's)")
     parser.add_argument("--config_file", action="append", default=[], help="extra overlay merged onto every stage")
     parser.add_argument("--bundles_dir", default=None, help="folder of the stage bundles")
+    parser.add_argument(
+        "--forgetting", default="true", choices=("true", "false"),
+        help="after the last stage, write forgetting.csv/.png: probes of a random encoder and of every stage",
+    )
     args, extra = parser.parse_known_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     overrides = list(extra)
@@ -160,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n=== curriculum finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
     for row in summary:
         print(f"  stage_{row['stage']:<10} {row['seconds']:7.1f} s  loss {row['loss']}  -> {row['folder']}")
+    if args.forgetting == "true":
+        from medcoss_monai.bundle.forgetting import evaluate_run
+
+        start = time.time()
+        print("\n=== forgetting matrix: a randomly initialised encoder, then every stage ===", flush=True)
+        joint = stages if args.method == "joint" else ()
+        evaluate_run(args.output_dir, [row["stage"] for row in summary], joint_modalities=joint)
+        print(f"wrote {Path(args.output_dir) / 'forgetting.csv'} and forgetting.png in {time.time() - start:.0f} s")
     return 0
 
 

@@ -146,7 +146,7 @@ class PretextTrainer(SupervisedTrainer):
         encoder alone (``pretext="encode"``), skipping the decoder/MLM head it would not use.
 
         Args:
-            inputs: ``{"x": tensor, "attention_mask": tensor or None}``.
+            inputs: ``{"x": tensor, "attention_mask": tensor or None, "labels": MLM labels or None}``.
             pretext: ``"mae"`` or ``"mlm"``.
             pretext_weight: the weight of the pretext loss for this batch.
 
@@ -161,6 +161,8 @@ class PretextTrainer(SupervisedTrainer):
             kwargs["mask_ratio"] = self.mask_ratio
             if inputs.get("noise") is not None:
                 kwargs["noise"] = inputs["noise"]
+        elif mode == "mlm" and inputs.get("labels") is not None:
+            kwargs["labels"] = inputs["labels"]  # the vocabulary head then runs on masked positions only
         return self.network(inputs["x"], **kwargs)
 
     def pretext_loss(self, pred: Mapping[str, torch.Tensor], batch: Mapping[str, Any], pretext: str) -> torch.Tensor:
@@ -176,7 +178,7 @@ class PretextTrainer(SupervisedTrainer):
         """
         if pretext == "mae":
             return self.pretext_losses["mae"](pred["pred"], pred["target"], pred["mask"])
-        return self.pretext_losses["mlm"](pred["logits"], batch["labels"])
+        return self.pretext_losses["mlm"](pred["logits"], pred.get("labels", batch["labels"]))
 
     def _iteration(self, engine: PretextTrainer, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -184,7 +186,7 @@ class PretextTrainer(SupervisedTrainer):
         batch = _to_device(batchdata, engine.state.device, engine.non_blocking)
         pretext = pretext_of_batch(batch)
         x = batch["input_ids"] if pretext == "mlm" else batch["image"]
-        inputs = {"x": x, "attention_mask": batch.get("attention_mask")}
+        inputs = {"x": x, "attention_mask": batch.get("attention_mask"), "labels": batch.get("labels")}
         engine.state.output = {
             Keys.IMAGE: x,
             "batch": batch,

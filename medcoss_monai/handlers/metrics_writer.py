@@ -12,7 +12,7 @@ import torch
 
 from monai.utils import optional_import
 
-from medcoss_monai.utils import atomic_write_json
+from medcoss_monai.utils import atomic_write_json, is_rank0
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bo
 
 
 class MetricsWriter:
-    """Writes ``output_path`` (JSON, atomically) when an evaluator completes.
+    """Writes ``output_path`` (JSON, atomically, from rank 0 only) when an evaluator completes.
 
     The file holds ``metrics``: the engine's metrics (e.g. MONAI ``MeanDice``, ``HausdorffDistance``) and,
     when ``classification`` is set, :func:`classification_metrics` of the collected predictions; and
@@ -150,4 +150,5 @@ class MetricsWriter:
             )
             metrics.update({k: _clean(v) for k, v in scores.items()})
         self.metrics = metrics
-        atomic_write_json({**{k: _clean(v) for k, v in self.extra.items()}, "metrics": metrics}, self.output_path)
+        if is_rank0():  # under torchrun every process evaluates the whole split; one writes
+            atomic_write_json({**{k: _clean(v) for k, v in self.extra.items()}, "metrics": metrics}, self.output_path)

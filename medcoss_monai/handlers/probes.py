@@ -216,7 +216,8 @@ def linear_probe(
 
 
 def probe_tokenizer(run_dir: str | os.PathLike | None = None, vocab_size: int = 8192) -> Any:
-    """The report tokenizer of a run (``<run>/stage_report/tokenizer``), else one trained on ``text_cls`` training texts.
+    """The report tokenizer of a run (``<run>/stage_report/tokenizer``, or ``stage_joint``'s), else one trained on
+    ``text_cls`` training texts.
 
     The fallback is trained once per process into a temporary folder (same corpus, same result).
 
@@ -230,8 +231,8 @@ def probe_tokenizer(run_dir: str | os.PathLike | None = None, vocab_size: int = 
     from medcoss_monai.data.tasks import load_task_datalist
     from medcoss_monai.transforms import load_or_train_tokenizer, load_tokenizer
 
-    if run_dir is not None:
-        saved = Path(run_dir) / "stage_report" / "tokenizer"
+    for stage in ("stage_report", "stage_joint") if run_dir is not None else ():
+        saved = Path(run_dir) / stage / "tokenizer"
         if (saved / "tokenizer.json").is_file():
             return load_tokenizer(saved)
     key = f"fallback:{vocab_size}"
@@ -488,10 +489,9 @@ def text_mlm_accuracy(
                 pairs = [masker(ids, words) for ids, words in zip(batch["input_ids"], batch["word_ids"])]
                 ids = torch.stack([p[0] for p in pairs]).to(device)
                 labels = torch.stack([p[1] for p in pairs]).to(device)
-                logits = network(ids, attention_mask=batch["attention_mask"].to(device), pretext="mlm")["logits"]
-                target = labels != -100
-                correct += int((logits.argmax(-1)[target] == labels[target]).sum())
-                total += int(target.sum())
+                out = network(ids, attention_mask=batch["attention_mask"].to(device), pretext="mlm", labels=labels)
+                correct += int((out["logits"].argmax(-1) == out["labels"]).sum())
+                total += int(out["labels"].numel())
     finally:
         network.train(was_training)
     return correct / max(total, 1)
@@ -572,7 +572,7 @@ def evaluate_stage(
     mask_ratio: float = 0.75,
     seed: int = 0,
     timings: dict[str, float] | None = None,
-    current: str | None = None,
+    current: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One row of the forgetting matrix for ``network``.
 
@@ -593,8 +593,9 @@ def evaluate_stage(
         mask_ratio: MAE mask ratio for the MSE.
         seed: probe and masking seed.
         timings: if given, filled with seconds per column.
-        current: the modality whose pretext heads are the network's own (the stage just trained:
-            its ``model.pt`` may not be written yet); the others are loaded from their stages.
+        current: the modality (or modalities, for a joint stage) whose pretext heads are the
+            network's own (the stage just trained: its ``model.pt`` may not be written yet); the
+            others are loaded from their stages.
 
     Returns:
         dict over :data:`CSV_COLUMNS` (None where not computed).
@@ -613,12 +614,13 @@ def evaluate_stage(
         else:
             row[column] = image_probe(network, column, device, img_size_2d, img_size_3d, seed=seed)["auc"]
         timings[column] = time.time() - start
+    own_heads = {current} if isinstance(current, str) else set(current or ())
     for modality in trained:
         column = PRETEXT_COLUMNS.get(modality)
         if column is None:
             continue
         start = time.time()
-        if modality == current:
+        if modality in own_heads:
             scorer = network
         else:
             scorer = network_with_stage_heads(network, Path(run_dir or ".") / f"stage_{modality}" / "model.pt")

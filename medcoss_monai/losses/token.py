@@ -25,8 +25,8 @@ class MaskedTokenLoss(_Loss):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            logits: (B, L, vocab).
-            labels: (B, L) original ids at masked positions, ``ignore_index`` elsewhere.
+            logits: (B, L, vocab), or (N, vocab) already gathered at the masked positions.
+            labels: (B, L) original ids at masked positions, ``ignore_index`` elsewhere; or (N,).
 
         Returns:
             Scalar loss.

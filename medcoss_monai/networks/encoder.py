@@ -156,7 +156,8 @@ class PatchEmbed(nn.Module):
 class UnifiedEncoder(nn.Module):
     """One transformer shared by every modality, with a tokenizer per input kind.
 
-    - text: token embedding + 1D position table (``max_text_len`` positions);
+    - text: token embedding (times sqrt(hidden), so words weigh as much as positions) + 1D position
+      table (``max_text_len`` positions);
     - 2D: patch embedding of ``patch_size_2d`` + 2D position table of the ``img_size_2d`` grid;
     - 3D: patch embedding of ``patch_size_3d`` + 3D position table of the ``img_size_3d`` grid.
 
@@ -230,6 +231,10 @@ class UnifiedEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.apply(init_mae_weights)
+        # token embeddings of unit scale after the sqrt(hidden) factor in ``embed``, as large as the
+        # sine-cosine positions: at std 0.02 the positions would drown the words (Vaswani et al. 2017)
+        self.text_embed_scale = hidden_size**0.5
+        nn.init.normal_(self.text_embed.weight, std=hidden_size**-0.5)
 
     # ----- what an input is and how it is cut
 
@@ -303,7 +308,7 @@ class UnifiedEncoder(nn.Module):
             if int(x.max()) >= self.vocab_size or int(x.min()) < 0:
                 raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}].")
             grid: tuple[int, ...] = (int(x.shape[1]),)
-            tokens = self.text_embed(x) + self.pos_embed_text(grid)
+            tokens = self.text_embed(x) * self.text_embed_scale + self.pos_embed_text(grid)
         elif kind == "2d":
             tokens, grid = self.patch_embed_2d(x)
             tokens = tokens + self.pos_embed_2d(grid)

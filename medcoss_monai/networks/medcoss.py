@@ -10,7 +10,7 @@ from torch import nn
 
 from medcoss_monai.networks.encoder import UnifiedEncoder
 from medcoss_monai.networks.mae import MAEDecoder
-from medcoss_monai.networks.mlm import MLMHead
+from medcoss_monai.networks.mlm import MLM_IGNORE_INDEX, MLMHead
 
 __all__ = ["MedCoSSModel", "PRETEXTS"]
 
@@ -20,13 +20,16 @@ PRETEXTS = (None, "encode", "mae", "mlm")
 class MedCoSSModel(nn.Module):
     """Unified encoder with the two pretext heads, one ``forward`` for every use (DDP friendly).
 
-    ``model(x, attention_mask=None, pretext=None, mask_ratio=0.75, noise=None)``:
+    ``model(x, attention_mask=None, pretext=None, mask_ratio=0.75, noise=None, labels=None)``:
 
     - ``pretext=None``: pooled features (B, hidden), mean of the final tokens of the unmasked input
       (text: over ``attention_mask``);
     - ``"mae"`` (2D/3D images): ``dict(pred, target, mask, latent, noise)``; ``pred``/``target``
       (B, L, patch_dim), ``target`` the patchified input, per-patch normalised when ``norm_pix_loss``;
-    - ``"mlm"`` (text ids): ``dict(logits (B, L, vocab), latent (B, L, hidden))``;
+    - ``"mlm"`` (text ids): ``dict(logits (B, L, vocab), latent (B, L, hidden))``; given MLM
+      ``labels`` (B, L), the vocabulary head runs only at the masked positions (``labels != -100``):
+      ``logits`` is then (N, vocab) with the matching ``labels`` (N,) in the dict (the head is about
+      as costly as the encoder, and 85% of its outputs would be thrown away);
     - ``"encode"``: the encoder alone, masked as ``"mae"`` would be for images (unmasked text):
       ``dict(latent, mask, ids_restore, noise)`` (rehearsal batches that only get distillation).
 
@@ -170,6 +173,7 @@ class MedCoSSModel(nn.Module):
         pretext: str | None = None,
         mask_ratio: float = 0.75,
         noise: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """See the class docstring.
 
@@ -179,6 +183,7 @@ class MedCoSSModel(nn.Module):
             pretext: ``None``, ``"encode"``, ``"mae"`` or ``"mlm"``.
             mask_ratio: MAE masking ratio (images only).
             noise: (B, L) MAE masking noise, to reproduce a mask.
+            labels: (B, L) MLM labels, -100 where not masked: predict only the masked positions.
 
         Returns:
             (B, hidden) features for ``pretext=None``, else a dict.
@@ -215,4 +220,9 @@ class MedCoSSModel(nn.Module):
         if kind != "text":
             raise ValueError(f"pretext 'mlm' needs (B, L) integer token ids; got a {kind} image (use 'mae').")
         out = self.encoder(x, attention_mask=attention_mask)
-        return {"logits": self.mlm_head(out["tokens"]), "latent": out["tokens"]}
+        if labels is None:
+            return {"logits": self.mlm_head(out["tokens"]), "latent": out["tokens"]}
+        if tuple(labels.shape) != tuple(x.shape):
+            raise ValueError(f"MLM labels {tuple(labels.shape)} must match input_ids {tuple(x.shape)}.")
+        masked = labels != MLM_IGNORE_INDEX
+        return {"logits": self.mlm_head(out["tokens"][masked]), "labels": labels[masked], "latent": out["tokens"]}

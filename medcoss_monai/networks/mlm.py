@@ -7,7 +7,10 @@ from torch import nn
 
 from medcoss_monai.networks.blocks import init_mae_weights
 
-__all__ = ["MLMHead"]
+__all__ = ["MLMHead", "MLM_IGNORE_INDEX"]
+
+MLM_IGNORE_INDEX = -100
+"""MLM label of the positions that are not predicted (PyTorch's cross-entropy default)."""
 
 
 class MLMHead(nn.Module):
