@@ -229,3 +229,10 @@ def test_finetune_task_from_stage(task, keys, tmp_path, stage_ckpt):
     m = run_finetune(task, tmp_path, pretrained_ckpt=str(stage_ckpt))
     check_metrics(m, task, keys, True)
     assert (tmp_path / "model_best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_mri_seg_bundle_on_tissue_labels(tmp_path, stage_ckpt):
+    """The mri_seg bundle, by override, on the three-class grey / white matter task of the MNI template."""
+    m = run_finetune("mri_seg", tmp_path, pretrained_ckpt=str(stage_ckpt), task="mri_tissue_seg", num_classes=3)
+    check_metrics(m, "mri_tissue_seg", SEG_KEYS, True)

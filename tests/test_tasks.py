@@ -88,6 +88,24 @@ def test_3d_tasks_align(tasks):
             assert all(s >= g for s, g in zip(image.shape, (64, 64, 16)))
 
 
+def test_mri_tissue_seg_labels_and_hemisphere_split(tasks):
+    data = tasks["mri_tissue_seg"]
+    assert data["classes"] == ["background", "grey matter", "white matter"]
+    items = {s: data[s][0] for s in ("training", "validation", "test")}
+    check_task_labels(list(items.values()), 3)
+    centres = {}
+    for split, it in items.items():
+        image, label = nib.load(it["image"]), nib.load(it["label"])
+        assert np.allclose(image.affine, label.affine) and np.allclose(image.header.get_zooms(), (1.5, 1.5, 3.0))
+        assert all(s >= g for s, g in zip(image.shape, (64, 64, 16)))
+        counts = np.bincount(np.asarray(label.dataobj).ravel(), minlength=3)
+        assert counts[1] > 0.05 * counts.sum() and counts[2] > 0.03 * counts.sum(), f"{split}: tissue missing"
+        centres[split] = nib.affines.apply_affine(image.affine, (np.asarray(image.shape) - 1) / 2)
+    # world coordinates (RAS): training is the left hemisphere, validation anterior to test
+    assert centres["training"][0] < centres["validation"][0] and centres["training"][0] < centres["test"][0]
+    assert centres["validation"][1] > centres["test"][1]
+
+
 def test_pathology_tasks(tasks):
     cls = tasks["pathology_cls"]
     assert {it["label"] for it in cls["training"]} == {0, 1}

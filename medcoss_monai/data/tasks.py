@@ -16,6 +16,8 @@ ct_seg         the lung CTs cropped to the body, with lesion masks, NIfTI
 mri_cls        tumour (1) / tumour-free (0) sub-volumes of the brain T1c volumes (the MRI probe task),
                NIfTI, intensities already normalised like the MRI stage (percentile clip + z-score)
 mri_seg        the brain T1c volumes cropped to the head, with tumour masks, NIfTI
+mri_tissue_seg the MNI ICBM 2009a T1 template with grey / white matter labels (from its tissue
+               maps); left hemisphere trains, right anterior validates, right posterior tests
 pathology_cls  tissue (1) / background (0) tiles of the slide, PNG
 pathology_seg  tiles of the slide and their tissue masks, PNG
 ============== =================================================================================
@@ -438,6 +440,49 @@ def _prepare_seg_3d(out: Path, modality: str, test_source: str, margin: int = 4)
                                         "note": "validation and test are the same held-out volume"}}
 
 
+def _prepare_mri_tissue_seg(out: Path, threshold: float = 0.5) -> dict[str, Any]:
+    """The ICBM 2009a T1 template with grey / white matter labels, split by hemisphere and half.
+
+    Labels: 0 background and CSF, 1 grey matter, 2 white matter (the larger tissue probability where
+    it reaches ``threshold``). The volume is resampled to the MRI stage's grid; the left hemisphere
+    trains, the right hemisphere's anterior half validates and its posterior half tests, so no voxel
+    is shared between splits.
+    """
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+
+    from medcoss_monai.data.samples import load_datalist
+
+    source = next((it for it in load_datalist("mri")["training"] if "gm" in it and "wm" in it), None)
+    if source is None:
+        raise FileNotFoundError("The MRI sample datalist has no template with grey / white matter maps ('gm', 'wm').")
+    keys = ["image", "gm", "wm"]
+    chain = Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+                     Spacingd(keys, pixdim=SPACING_3D, mode="bilinear")])
+    d = chain({k: source[k] for k in keys})
+    image = np.asarray(d["image"][0], np.float32)
+    gm, wm = (np.asarray(d[k][0], np.float32) / 255.0 for k in ("gm", "wm"))
+    label = np.where(np.maximum(gm, wm) >= threshold, np.where(gm >= wm, 1, 2), 0).astype(np.uint8)
+    affine = np.asarray(d["image"].affine)
+    mid_x, mid_y = image.shape[0] // 2, image.shape[1] // 2
+    regions = {
+        "training": (slice(0, mid_x), slice(None)),  # RAS: low x is the left hemisphere
+        "validation": (slice(mid_x, None), slice(mid_y, None)),  # right, anterior
+        "test": (slice(mid_x, None), slice(0, mid_y)),  # right, posterior
+    }
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for split, (xs, ys) in regions.items():
+        window = (xs, ys, slice(None))
+        start = [w.start or 0 for w in window]
+        crop_affine = _crop_affine(affine, start)
+        img, lab = _pad_to(image[window], GRID_3D, 0.0), _pad_to(label[window], GRID_3D, 0)
+        splits[split] = [{
+            "image": _save_nifti(img, crop_affine, out / "images" / f"icbm_{split}.nii.gz", np.float32),
+            "label": _save_nifti(lab, crop_affine, out / "labels" / f"icbm_{split}.nii.gz", np.uint8),
+            "source": f"icbm2009a_{split}",
+        }]
+    return {"splits": splits, "extra": {"classes": ["background", "grey matter", "white matter"]}}
+
+
 # -------------------------------------------------------------------------------------------- pathology
 
 
@@ -493,6 +538,7 @@ TASKS: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
     "ct_seg": (lambda o: _prepare_seg_3d(o, "ct", "lung1"), "Lung CTs cropped to the body with lesion masks."),
     "mri_cls": (lambda o: _prepare_cls_3d(o, "mri"), "Tumour (1) / tumour-free (0) T1c sub-volumes, normalised."),
     "mri_seg": (lambda o: _prepare_seg_3d(o, "mri", "brain2"), "Brain T1c volumes cropped to the head with tumour masks."),
+    "mri_tissue_seg": (_prepare_mri_tissue_seg, "ICBM 2009a T1 with grey / white matter labels, split by hemisphere."),
     "pathology_cls": (lambda o: _prepare_pathology(o, False), "Tissue (1) / background (0) tiles of the slide."),
     "pathology_seg": (lambda o: _prepare_pathology(o, True), "Slide tiles and their tissue masks, 0/255 PNG."),
 }
