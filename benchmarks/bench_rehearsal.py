@@ -13,8 +13,9 @@ its own ``PretextTrainer`` and handlers, in this process, in three variants that
 The variants alternate ``--repeats`` times. Printed: samples/s of each variant's best run (data
 loading included; end-of-epoch handlers left out), the median over all runs of the compute time of
 current and buffer batches, the time spent inside the teacher's forward (timed by hooks on the
-teacher), and the distillation overhead per buffer batch (``medcoss`` minus ``no teacher``) as a ratio to the teacher's forward time: close to 1
-means distillation costs one extra teacher forward and nothing more.
+teacher), and the distillation overhead per buffer batch (``medcoss`` minus ``no teacher``) as a
+ratio to the teacher's forward time: close to 1 means distillation costs one extra teacher forward
+and nothing more.
 
     python benchmarks/bench_rehearsal.py [--previous report] [--current xray] [--epochs 2] [--repeats 3]
 """

@@ -30,11 +30,11 @@ CLS_KEYS = {"ACC", "AUC", "F1"}
 SEG_KEYS = {"Dice", "HD95"}
 
 
-def run_finetune(task: str, output_dir: Path, **overrides) -> dict:
-    """Run a fine-tuning bundle for one epoch and return its metrics.json."""
+def run_finetune(bundle: str, output_dir: Path, **overrides) -> dict:
+    """Run ``bundles/finetune_<bundle>.json`` for one epoch and return its metrics.json."""
     from monai.bundle import run
 
-    run(config_file=str(BUNDLES / f"finetune_{task}.json"), output_dir=str(output_dir), **{"train#trainer#max_epochs": 1},
+    run(config_file=str(BUNDLES / f"finetune_{bundle}.json"), output_dir=str(output_dir), **{"train#trainer#max_epochs": 1},
         **overrides)
     return json.loads((output_dir / "metrics.json").read_text())
 

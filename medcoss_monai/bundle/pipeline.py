@@ -8,8 +8,8 @@ Example::
 Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` merged with the
 method's overlay ``bundles/method_<method>.json``, exactly as a user would run it alone, with
 ``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written
-(:mod:`medcoss_monai.bundle.forgetting`; ``--forgetting false`` skips it). Methods are switches of the same bundles:
-``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer),
+(:mod:`medcoss_monai.bundle.forgetting`; ``--forgetting false`` skips it). Methods are switches of
+the same bundles: ``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer),
 ``er`` (buffer batches get the pretext loss), ``random_buffer`` (random sampler) and ``joint``
 (one stage, ``stage_joint``, over all the listed modalities, each batch single-modality).
 """
