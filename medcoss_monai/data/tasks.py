@@ -311,20 +311,26 @@ def _prepare_xray_seg(out: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- 3D
 
 
-def _load_volume_pair(image: str, label: str | None) -> tuple[Any, Any]:
-    """Image (bilinear) and label (nearest) as (1, H, W, D) MetaTensors on the RAS 1.5 x 1.5 x 3 mm grid."""
+def _load_on_grid(files: dict[str, str], modes: Sequence[str]) -> dict[str, Any]:
+    """Volumes as (1, H, W, D) MetaTensors on the RAS 1.5 x 1.5 x 3 mm grid, one resampling mode per key."""
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
 
-    keys = ["image"] + (["label"] if label else [])
+    keys = list(files)
     chain = Compose(
         [
             LoadImaged(keys, image_only=True),
             EnsureChannelFirstd(keys),
             Orientationd(keys, axcodes="RAS"),
-            Spacingd(keys, pixdim=SPACING_3D, mode=["bilinear", "nearest"][: len(keys)]),
+            Spacingd(keys, pixdim=SPACING_3D, mode=list(modes)),
         ]
     )
-    d = chain({"image": image, **({"label": label} if label else {})})
+    return chain(dict(files))
+
+
+def _load_volume_pair(image: str, label: str | None) -> tuple[Any, Any]:
+    """Image (bilinear) and label (nearest) on the stages' 3D grid (see :func:`_load_on_grid`)."""
+    files = {"image": image, **({"label": label} if label else {})}
+    d = _load_on_grid(files, ["bilinear", "nearest"][: len(files)])
     return d["image"], d.get("label")
 
 
@@ -448,17 +454,13 @@ def _prepare_mri_tissue_seg(out: Path, threshold: float = 0.5) -> dict[str, Any]
     trains, the right hemisphere's anterior half validates and its posterior half tests, so no voxel
     is shared between splits.
     """
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
-
     from medcoss_monai.data.samples import load_datalist
 
     source = next((it for it in load_datalist("mri")["training"] if "gm" in it and "wm" in it), None)
     if source is None:
         raise FileNotFoundError("The MRI sample datalist has no template with grey / white matter maps ('gm', 'wm').")
-    keys = ["image", "gm", "wm"]
-    chain = Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
-                     Spacingd(keys, pixdim=SPACING_3D, mode="bilinear")])
-    d = chain({k: source[k] for k in keys})
+    keys = ("image", "gm", "wm")
+    d = _load_on_grid({k: source[k] for k in keys}, ["bilinear"] * len(keys))  # tissue maps are probabilities
     image = np.asarray(d["image"][0], np.float32)
     gm, wm = (np.asarray(d[k][0], np.float32) / 255.0 for k in ("gm", "wm"))
     label = np.where(np.maximum(gm, wm) >= threshold, np.where(gm >= wm, 1, 2), 0).astype(np.uint8)

@@ -29,7 +29,7 @@ class MedCoSSModel(nn.Module):
     - ``"mlm"`` (text ids): ``dict(logits (B, L, vocab), latent (B, L, hidden))``; given MLM
       ``labels`` (B, L), the vocabulary head runs only at the masked positions (``labels != -100``):
       ``logits`` is then (N, vocab) with the matching ``labels`` (N,) in the dict (the head is about
-      as costly as the encoder, and 85% of its outputs would be thrown away);
+      as costly as the encoder, and most of its outputs would be thrown away);
     - ``"encode"``: the encoder alone, masked as ``"mae"`` would be for images (unmasked text):
       ``dict(latent, mask, ids_restore, noise)`` (rehearsal batches that only get distillation).
 
