@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "atomic_write_json", "is_rank0", "get_rank", "get_world_size"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "is_rank0", "get_rank", "get_world_size"]
 
 
 def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
@@ -27,6 +27,7 @@ def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs and caches may be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,6 +47,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
         The destination path.
     """
     return _atomic_replace(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` atomically (a killed process leaves the old file or none, never half).
+
+    Args:
+        data: the content.
+        path: destination file.
+
+    Returns:
+        The destination path.
+    """
+    return _atomic_replace(path, lambda f: f.write(data))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:

@@ -27,7 +27,9 @@ def report_run(sample_data, tmp_path_factory):
 def _continue(report_run, tmp_path, method):
     out = tmp_path / method
     shutil.copytree(report_run / "stage_report", out / "stage_report")
-    return out, run_stage("ct", out, epochs=2, overlays=[f"method_{method}.json"], previous_stage="report")
+    # as many buffer batches as current ones: a tiny epoch still holds buffer batches after the first update
+    return out, run_stage("ct", out, epochs=2, overlays=[f"method_{method}.json"], previous_stage="report",
+                          rehearsal_ratio=1.0)
 
 
 def test_report_buffer_is_kmeans_5_percent(report_run):
@@ -82,8 +84,8 @@ def test_pipeline_runs_the_curriculum_and_writes_the_forgetting_matrix(sample_da
 
     out = tmp_path / "run"
     main(["--stages", "report,ct", "--method", "medcoss", "--output_dir", str(out), "--max_epochs", "1",
-          "--max_items", "100", "--train#repeats", "1", "--batch_size", "4", "--crops_per_volume", "2",
-          "--progress_bar", "false"])
+          "--max_items", "100", "--train#repeats", "1", "--batch_size", "1", "--crops_per_volume", "2",
+          "--rehearsal_ratio", "1.0", "--warmup_epochs", "0", "--progress_bar", "false"])
     buf = json.loads((out / "stage_report" / "buffer.json").read_text())
     assert buf["n_total"] == 100 and len(buf["items"]) == 5
     assert float(read_history(out / "stage_ct")[0]["distill_loss"]) > 0

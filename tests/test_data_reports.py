@@ -44,7 +44,7 @@ def test_folder_matches_archive_and_datalist(indiana_xml: Path, sample_data: Pat
     by_id = {r["id"]: r for r in corpus}
     for r in from_folder:
         assert by_id[r["id"]] == r
-    items = datalist("report")["training"] + datalist("report")["validation"]
+    items = [it for split in ("training", "validation", "test") for it in datalist("report")[split]]
     assert {i["id"]: i["text"] for i in items} == {r["id"]: r["text"] for r in corpus}
 
 

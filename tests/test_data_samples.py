@@ -15,6 +15,7 @@ import pytest
 from medcoss_monai.data import samples
 from medcoss_monai.data.samples import (
     ATLAS_1MM,
+    MADE_FILES,
     SHA256,
     SampleDataFetchError,
     SampleDataMissingError,
@@ -26,7 +27,7 @@ from medcoss_monai.data.samples import (
     verify,
 )
 
-PATH_KEYS = ("image", "label", "gm", "wm")
+PATH_KEYS = ("image", "label", "gm", "wm", "t2", "mask", "regions")
 
 
 def _paths(item: dict) -> list[str]:
@@ -44,43 +45,66 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_datalists_counts_and_absolute_paths(sample_data: Path, datalist) -> None:
-    expected = {"report": (3534, 393), "xray": (2, 2), "ct": (2, 2), "mri": (4, 4), "pathology": (33, 8)}
-    for modality, (n_train, n_val) in expected.items():
+    debian = not (sample_data / ".debian_skipped.json").is_file()
+    expected = {  # training / validation / test items
+        "report": (2226, 700, 1001),
+        "xray": (1, 1, 1),
+        "ct": (3 if debian else 2, 1, 1),
+        "mri": (6 if debian else 4, 4, 4),
+        "pathology": (43, 16, 16),
+    }
+    for modality, counts in expected.items():
         assert datalist_path(modality) == sample_data / "datalists" / f"{modality}.json"
         data = datalist(modality)
-        assert (len(data["training"]), len(data["validation"])) == (n_train, n_val), modality
-        assert (data["numTraining"], data["numValidation"]) == (n_train, n_val)
-        for item in data["training"] + data["validation"]:
+        assert tuple(len(data[k]) for k in ("training", "validation", "test")) == counts, modality
+        assert (data["numTraining"], data["numValidation"], data["numTest"]) == counts
+        for item in data["training"] + data["validation"] + data["test"]:
             for p in _paths(item):
                 assert Path(p).is_absolute() and Path(p).is_file(), p
 
     reports = datalist("report")
-    items = reports["training"] + reports["validation"]
+    items = reports["training"] + reports["validation"] + reports["test"]
     assert set(items[0]) == {"text", "id", "mesh"}
-    assert len({i["id"] for i in items}) == 3927  # held-out reports are not training reports
+    assert len({i["id"] for i in items}) == 3927  # every report once
     assert sum(i["mesh"] == ["normal"] for i in items) == 1363
 
-    xray = datalist("xray")["training"]
-    names = [(Path(i["image"]).name, i["body_part"]) for i in xray]
-    assert names == [("RG1_J2KI.dcm", "chest"), ("RG3_J2KI.dcm", "tibia")]
+    xray = datalist("xray")
+    assert [(Path(i["image"]).name, i["body_part"]) for i in xray["training"]] == [("RG1_J2KI.dcm", "chest")]
+    assert [(Path(i["image"]).name, i["body_part"]) for i in xray["test"]] == [("RG3_J2KI.dcm", "tibia")]
     ct = datalist("ct")
-    assert [Path(i["label"]).name for i in ct["training"]] == ["lung1_label.nrrd", "lung2_label.nrrd"]
-    assert ct["validation"] == ct["training"]  # too few items to hold any out
+    assert [Path(i["image"]).name for i in ct["training"]][:2] == ["lung1_image.nrrd", "lung2_image.nrrd"]
+    assert [Path(i["label"]).name for i in ct["test"]] == ["cxr_mask.nii.gz"]
+    assert ct["validation"] == ct["test"]  # one held-out volume
 
-    mri = datalist("mri")["training"]
-    assert {"gm", "wm"} <= set(mri[2]) and "mni_icbm152_t1" in mri[2]["image"]
-    assert mri[3]["label"] == str(sample_data / ATLAS_1MM)
+    mri = datalist("mri")
+    assert {i["group"] for i in mri["test"]} == {"icbm152"}  # the population templates, all held out
+    icbm09c = mri["test"][0]
+    assert {"t2", "mask", "regions"} <= set(icbm09c) and "mni_icbm152_t1_tal_nlin_sym_09c" in icbm09c["image"]
+    assert any(i.get("label") == str(sample_data / ATLAS_1MM) for i in mri["test"])
 
     path = datalist("pathology")
-    tiles = path["training"] + path["validation"]
-    assert len({tuple(t["location"]) for t in tiles}) == 41
-    assert all(t["size"] == [224, 224] and t["level"] == 0 for t in tiles)
+    assert {Path(t["image"]).name for t in path["training"]} == {"cmu_small_region.svs", "ihc.png"}
+    assert {Path(t["image"]).name for t in path["test"]} == {"target_image.png"}
+    svs = [t for t in path["training"] if t["image"].endswith(".svs")]
+    assert len({tuple(t["location"]) for t in svs}) == 41
+    assert all(t["size"] == [224, 224] and t["level"] == 0 for t in path["training"] + path["test"])
+
+
+def test_report_twins_stay_on_one_side(datalist) -> None:
+    from medcoss_monai.data.reports import text_group
+
+    reports = datalist("report")
+    sides = {}
+    for split in ("training", "validation", "test"):
+        for item in reports[split]:
+            assert sides.setdefault(text_group(item["text"]), split) == split, item["id"]
+    assert len(sides) < 3927  # identical reports exist, and each group sits in one split
 
 
 def test_verify_all_ok_and_cli(sample_data: Path, capsys: pytest.CaptureFixture) -> None:
     status = verify()
-    assert set(status) >= set(SHA256) | {ATLAS_1MM}
-    assert all(s == "ok" for s in status.values()), {k: v for k, v in status.items() if v != "ok"}
+    assert set(status) >= set(SHA256) | set(MADE_FILES)
+    assert all(s in ("ok", "skipped") for s in status.values()), {k: v for k, v in status.items() if v != "ok"}
     assert main(["check"]) == 0
     assert main(["path"]) == 0
     assert capsys.readouterr().out.strip().endswith(str(sample_data))
@@ -110,20 +134,25 @@ def test_second_fetch_is_offline(sample_data: Path, monkeypatch: pytest.MonkeyPa
 def test_fetch_rebuilds_datalists_offline(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Verified files are reused without any download; the atlas and datalists are remade for the new folder."""
     for rel in SHA256:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(sample_data / rel, tmp_path / rel)
+        if (sample_data / rel).is_file():  # a Debian source may be skipped on this machine
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(sample_data / rel, tmp_path / rel)
+    if (sample_data / ".debian_skipped.json").is_file():
+        shutil.copy(sample_data / ".debian_skipped.json", tmp_path / ".debian_skipped.json")
     # what a fetch killed half-way leaves: a download folder and a half-written file
     (tmp_path / ".download-killed").mkdir()
     (tmp_path / "ct/.lung1_image.nrrd.k1ll3d.tmp.nrrd").write_bytes(b"NRRD000")
     monkeypatch.setenv("MEDCOSS_DATA", str(tmp_path))
     _no_network(monkeypatch)
     assert fetch(verbose=False) == tmp_path
-    assert all(s == "ok" for s in verify(tmp_path).values())
+    assert all(s in ("ok", "skipped") for s in verify(tmp_path).values())
+    # the files made here are remade for the new folder, from the copied sources
+    assert all((tmp_path / rel).is_file() for rel in MADE_FILES) or (tmp_path / ".debian_skipped.json").is_file()
     ct = json.loads((tmp_path / "datalists/ct.json").read_text())
     assert ct["training"][0]["image"] == str(tmp_path / "ct/lung1_image.nrrd")
     # same seeded split wherever the data lives
-    a = json.loads((tmp_path / "datalists/report.json").read_text())["validation"]
-    b = json.loads((sample_data / "datalists/report.json").read_text())["validation"]
+    a = json.loads((tmp_path / "datalists/report.json").read_text())["test"]
+    b = json.loads((sample_data / "datalists/report.json").read_text())["test"]
     assert [i["id"] for i in a] == [i["id"] for i in b]
     assert not list(tmp_path.rglob(".*.tmp*")) and not list(tmp_path.glob(".download-*"))
 
@@ -159,16 +188,6 @@ def test_missing_sample_data_message(tmp_path: Path, monkeypatch: pytest.MonkeyP
         datalist_path("ultrasound")
 
 
-def test_split_is_seeded_and_small_lists_repeat() -> None:
-    items = [{"id": i} for i in range(100)]
-    a, b = samples._split(items, 0.1, 0), samples._split(items, 0.1, 0)
-    assert a == b and len(a["validation"]) == 10
-    assert not {i["id"] for i in a["training"]} & {i["id"] for i in a["validation"]}
-    assert samples._split(items, 0.1, 1)["validation"] != a["validation"]
-    small = samples._split(items[:3], 0.2, 0)
-    assert small["training"] == small["validation"] == items[:3]
-
-
 def test_atlas_resampled_onto_template_grid(sample_data: Path) -> None:
     nib = pytest.importorskip("nibabel")
     atlas_2mm = nib.load(sample_data / "mri/atlas_aal.nii.gz")
@@ -193,7 +212,7 @@ def test_tissue_tiles_lie_on_tissue(sample_data: Path, datalist) -> None:
     slide = sample_data / "pathology/cmu_small_region.svs"
     mask, level, downsample = tissue_mask(slide)
     assert mask.shape == (2967, 2220) and level == 0 and downsample == 1.0  # (rows, cols) = (y, x)
-    tiles = {tuple(t["location"]) for t in datalist("pathology")["training"] + datalist("pathology")["validation"]}
+    tiles = {tuple(t["location"]) for t in datalist("pathology")["training"] if t["image"].endswith(".svs")}
     assert tiles == set(tissue_tile_locations(slide))
 
     reader = WSIReader(backend="openslide")
@@ -222,3 +241,55 @@ def test_tissue_tiles_lie_on_tissue(sample_data: Path, datalist) -> None:
         np.testing.assert_array_equal(np.asarray(ours), theirs)
     finally:
         wsi.close()
+
+
+def test_debian_sources_skipped_without_apt(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """A machine without apt-get (or root) gets everything from the Python index, says so once, and checks clean."""
+    from medcoss_monai.data import archives
+
+    debian = {rel for d in samples.DISTRIBUTIONS if d.registry == "debian" for rel in d.files.values()}
+    for rel in set(SHA256) - debian:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_data / rel, tmp_path / rel)
+    monkeypatch.setenv("MEDCOSS_DATA", str(tmp_path))
+    monkeypatch.setattr(archives.shutil, "which", lambda name: None)
+    _no_network(monkeypatch)
+    assert fetch(verbose=True) == tmp_path
+    out = capsys.readouterr().out
+    assert out.count("Skipping the Debian sources") == 1 and "apt-get is not available" in out
+    status = verify(tmp_path)
+    assert {status[rel] for rel in debian} == {"skipped"} and status["ct/cranium_ct.nii.gz"] == "skipped"
+    ct = json.loads((tmp_path / "datalists/ct.json").read_text())
+    assert [Path(i["image"]).name for i in ct["training"]] == ["lung1_image.nrrd", "lung2_image.nrrd"]
+    assert [Path(i["image"]).name for i in ct["test"]] == ["cxr.nii.gz"]  # held-out files never depend on Debian
+    assert main(["check"]) == 0
+    assert "skipped on this machine" in capsys.readouterr().out
+    assert fetch(verbose=True) == tmp_path  # recorded: not retried
+    assert "complete and verified" in capsys.readouterr().out
+
+
+def test_deb_members_read_from_the_ar_archive(tmp_path: Path) -> None:
+    """A .deb is an ar archive holding data.tar.xz; members are read by their installed path."""
+    import io
+    import tarfile
+
+    from medcoss_monai.data.archives import Distribution, read_members
+
+    payload = b"real bytes"
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:xz") as tar:
+        info = tarfile.TarInfo("./usr/share/doc/pkg/examples/file.dat")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    members = [(b"debian-binary", b"2.0\n"), (b"control.tar.xz", b"x" * 3), (b"data.tar.xz", tar_bytes.getvalue())]
+    blob = b"!<arch>\n"
+    for name, body in members:
+        header = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+        blob += header + str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+    deb = tmp_path / "pkg_1.0_all.deb"
+    deb.write_bytes(blob)
+    dist = Distribution("pkg", "1.0", {"usr/share/doc/pkg/examples/file.dat": "x/file.dat"}, registry="debian")
+    assert read_members(deb, dist) == {"usr/share/doc/pkg/examples/file.dat": payload}
+    with pytest.raises(SampleDataFetchError, match="does not contain"):
+        read_members(deb, Distribution("pkg", "1.0", {"usr/missing": "x"}, registry="debian"))

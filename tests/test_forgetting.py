@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,30 @@ def test_compare_writes_table(run, tmp_path):
     assert (tmp_path / "cmp" / "comparison.png").is_file() and (tmp_path / "cmp" / "comparison.csv").is_file()
     with pytest.raises(FileNotFoundError, match="no forgetting.csv"):
         compare_runs({"er": tmp_path / "missing"}, tmp_path / "cmp2")
+
+
+def test_compare_aggregates_seeds(run, tmp_path):
+    """Several runs of a method: every cell is the mean over the runs with its sample deviation."""
+    root = run[0]
+    rows = read_matrix(root / "forgetting.csv")
+    seeds = []
+    for k, value in enumerate((0.2, 0.4, 0.9)):
+        folder = tmp_path / f"seed{k}"
+        folder.mkdir()
+        changed = [dict(r) for r in rows]
+        changed[-1]["text"] = value
+        with open(folder / "forgetting.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(changed)
+        seeds.append(str(folder))
+    runs = parse_runs(["medcoss=" + ",".join(seeds), f"single={root}"])
+    assert [len(v) for v in runs.values()] == [3, 1]
+    table = compare_runs(runs, tmp_path / "cmp")
+    assert table[0]["n_runs"] == 3 and table[0]["text"] == pytest.approx(0.5)
+    assert table[0]["text_sd"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+    assert table[1]["text_sd"] is None and table[1]["text"] == pytest.approx(rows[-1]["text"])
+    matrix = (tmp_path / "cmp" / "matrix_medcoss.md").read_text()
+    assert "0.5000 ± " in matrix and f"{rows[0]['text']:.4f} ± 0.0000" in matrix
+    header = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()[0].split(",")
+    assert "text_sd" in header and "n_runs" in header

@@ -49,3 +49,14 @@ def test_order_depends_only_on_seed_and_epoch():
     b.set_epoch(4)
     assert [x[SOURCE_KEY] for x in a] == [x[SOURCE_KEY] for x in b]
     assert make().schedule(1) != make().schedule(2) or make().schedule(1) != make().schedule(3)
+
+
+def test_ratio_relative_to_the_current_loader():
+    """relative_to="current": every earlier modality gets the same share of the stage, whatever its buffer's size."""
+    buffers = {"report": _loader("r", 40), "xray": _loader("x", 1)}
+    loader = RehearsalLoader(_loader("c", 50), buffers, "ct", ratio=0.2, relative_to="current")
+    assert loader.buffer_counts() == {"report": 10, "xray": 10}
+    counts = Counter(b[SOURCE_KEY] for b in loader)
+    assert counts == {"ct": 50, "report": 10, "xray": 10}
+    with pytest.raises(ValueError, match="relative_to"):
+        RehearsalLoader(_loader("c", 1), {}, "ct", relative_to="both")

@@ -39,53 +39,70 @@ def test_splits_fixed_disjoint_and_written(tasks):
     for name, data in tasks.items():
         for split in ("training", "validation", "test"):
             assert data[split], f"{name}: empty {split}"
-        if name.endswith("_seg") and name in ("ct_seg", "mri_seg"):
-            continue  # validation and test are the same held-out volume by design
         key = "text" if name == "text_cls" else "image"
         a, b, c = (_ids(data[s], "id" if key == "text" else key) for s in ("training", "validation", "test"))
         assert not (a & b or a & c or b & c), f"{name}: splits overlap"
         assert data["seed"] == 0
 
 
-def test_text_cls_labels(tasks):
+def test_text_cls_labels(tasks, datalist):
     data = tasks["text_cls"]
     assert len(data["classes"]) == 8 and data["classes"][0] == "normal"
     items = data["training"] + data["validation"] + data["test"]
-    assert len(items) == 3927 and len(data["test"]) >= 1000
+    reports = datalist("report")
+    assert len(items) == len(reports["validation"]) + len(reports["test"]) and len(data["test"]) >= 1000
+    assert {it["id"] for it in data["test"]} == {it["id"] for it in reports["test"]}
     labels = np.array([it["label"] for it in items])
-    assert labels.shape == (3927, 8) and set(np.unique(labels)) == {0, 1}
-    # class order is by frequency
-    counts = labels.sum(0)
-    assert np.all(np.diff(counts) <= 0)
+    assert labels.shape == (len(items), 8) and set(np.unique(labels)) == {0, 1}
+    assert labels.sum(0).min() >= 10, "every class has examples"
     check_task_labels(data["training"][:50], 8)
 
 
-def test_xray_tasks(tasks):
+def test_xray_tasks_bone_of_the_tibia_film(tasks):
     cls = tasks["xray_cls"]
-    items = cls["training"] + cls["validation"] + cls["test"]
+    assert data_sources(cls) == {"xray/RG3_J2KI.dcm"}
     assert {it["label"] for it in cls["training"]} == {0, 1} and {it["label"] for it in cls["test"]} == {0, 1}
-    with Image.open(items[0]["image"]) as im:
-        assert im.size == (128, 128)
+    with Image.open(cls["training"][0]["image"]) as im:
+        assert im.size == (96, 96)
+    # bone is brighter than soft tissue on a film: the class means say the labels follow the anatomy
+    mean = {c: np.mean([np.asarray(Image.open(it["image"])).mean() for it in cls["training"] if it["label"] == c]) for c in (0, 1)}
+    assert mean[1] > mean[0]
     seg = tasks["xray_seg"]
     check_task_labels(seg["training"] + seg["test"], 2, mask_values=[0, 255])
-    lung = [np.asarray(Image.open(it["label"])).mean() / 255 for it in seg["training"] + seg["validation"] + seg["test"]]
-    assert 0.15 < np.mean(lung) < 0.6, "lung fields should cover a plausible share of the chest film"
+    bone = np.asarray(Image.open(Path(seg["training"][0]["image"]).parents[1] / "tibia_bone_mask.png")) > 0
+    assert 0.03 < bone.mean() < 0.2, "tibia and fibula cover a plausible share of the film"
+
+
+def data_sources(data):
+    return {it["source"] for s in ("training", "validation", "test") for it in data[s]}
 
 
 def test_3d_tasks_align(tasks):
-    for name in ("ct_cls", "mri_cls"):
+    for name, positive in (("ct_cls", "heart"), ("mri_cls", "cerebellum")):
         data = tasks[name]
+        assert data["classes"][1] == positive
         img = nib.load(data["test"][0]["image"])
         assert img.shape == (64, 64, 16) and np.allclose(img.header.get_zooms(), (1.5, 1.5, 3.0))
         assert {it["label"] for it in data["training"]} == {0, 1} and {it["label"] for it in data["test"]} == {0, 1}
-    for name in ("ct_seg", "mri_seg"):
-        data = tasks[name]
-        check_task_labels(data["training"] + data["test"], 2)
-        for it in data["training"] + data["test"]:
-            image, label = nib.load(it["image"]), nib.load(it["label"])
-            assert np.allclose(image.affine, label.affine)
-            assert np.asarray(label.dataobj).sum() > 0, f"{it['label']} lost its lesion"
-            assert all(s >= g for s, g in zip(image.shape, (64, 64, 16)))
+    ct = tasks["ct_seg"]
+    assert ct["classes"] == ["background", "lung", "heart", "liver", "bone"]
+    check_task_labels(ct["training"] + ct["test"], 5)
+    present = set()
+    for it in ct["training"] + ct["validation"] + ct["test"]:
+        image, label = nib.load(it["image"]), nib.load(it["label"])
+        assert np.allclose(image.affine, label.affine) and image.shape[2] == 16
+        values = np.asarray(label.dataobj)
+        present |= set(np.unique(values).tolist())
+        # lungs are air-filled: their voxels are far below soft tissue in HU
+        lung = np.asarray(image.dataobj)[values == 1]
+        assert lung.size == 0 or np.median(lung) < -500
+    assert present == {0, 1, 2, 3, 4}
+    mri = tasks["mri_seg"]
+    assert mri["classes"] == ["background", "cortex", "deep grey matter", "ventricles", "cerebellum and brainstem"]
+    check_task_labels(mri["training"] + mri["test"], 5)
+    for split in ("training", "test"):
+        counts = np.bincount(np.asarray(nib.load(mri[split][0]["label"]).dataobj).ravel(), minlength=5)
+        assert (counts[1:] > 0).all(), f"mri_seg {split}: a region class is missing"
 
 
 def test_mri_tissue_seg_labels_and_hemisphere_split(tasks):
@@ -106,13 +123,18 @@ def test_mri_tissue_seg_labels_and_hemisphere_split(tasks):
     assert centres["validation"][1] > centres["test"][1]
 
 
-def test_pathology_tasks(tasks):
+def test_pathology_tasks_nuclei_of_the_held_out_image(tasks):
     cls = tasks["pathology_cls"]
+    assert data_sources(cls) == {"pathology/target_image.png"}
     assert {it["label"] for it in cls["training"]} == {0, 1}
     seg = tasks["pathology_seg"]
     check_task_labels(seg["test"], 2, mask_values=[0, 255])
-    tissue = [np.asarray(Image.open(it["label"])).mean() / 255 for it in seg["training"]]
-    assert min(tissue) < 0.1 and max(tissue) > 0.9
+    nuclei = [np.asarray(Image.open(it["label"])).mean() / 255 for it in seg["training"]]
+    assert 0.1 < np.mean(nuclei) < 0.5
+    # haematoxylin-stained nuclei are darker than the rest of the tile
+    it = seg["training"][0]
+    rgb, mask = np.asarray(Image.open(it["image"]), np.float32), np.asarray(Image.open(it["label"])) > 0
+    assert rgb[mask].mean() < rgb[~mask].mean()
 
 
 def test_prepare_is_idempotent(tasks):
@@ -142,27 +164,27 @@ def test_label_checks_name_the_file(tasks, tmp_path):
     wrong = tmp_path / "wrong_spacing.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(label.dataobj), affine), wrong)
     with pytest.raises(BadInputError, match=r"wrong_spacing\.nii\.gz: mask spacing"):
-        check_task_labels([{"image": vol["image"], "label": str(wrong)}], 2)
+        check_task_labels([{"image": vol["image"], "label": str(wrong)}], 5)
     # mask values outside the class list
     many = tmp_path / "values.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8) * 7, label.affine), many)
+    nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.uint8) * 7, label.affine), many)
     with pytest.raises(BadInputError, match=r"values\.nii\.gz: mask values \[7\]"):
-        check_task_labels([{"image": vol["image"], "label": str(many)}], 2)
+        check_task_labels([{"image": vol["image"], "label": str(many)}], 5)
 
 
 def test_class_folders_and_image_mask_folders(tasks, tmp_path):
     cls = tasks["xray_cls"]["training"]
     root = tmp_path / "chestxr"
     for it in cls[:12]:
-        folder = root / ("chest" if it["label"] == 0 else "tibia")
+        folder = root / ("bone" if it["label"] == 1 else "soft tissue")
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(it["image"], folder)
     data = datalist_from_class_folders(root)
-    assert data["classes"] == ["chest", "tibia"]
+    assert data["classes"] == sorted({"bone" if it["label"] == 1 else "soft tissue" for it in cls[:12]})
     items = data["training"] + data["validation"] + data["test"]
     assert len(items) == 12 and all(Path(it["image"]).parent.name == data["classes"][it["label"]] for it in items)
     with pytest.raises(BadInputError, match="not in the class list"):
-        datalist_from_class_folders(root, classes=["chest"])
+        datalist_from_class_folders(root, classes=["bone"])
 
     seg = tasks["xray_seg"]["training"][:5]
     images, masks = tmp_path / "Images", tmp_path / "Ground-truths"

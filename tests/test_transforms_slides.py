@@ -143,3 +143,30 @@ def test_pathology_chain_batches_match_the_contract(items):
     assert type(image) is torch.Tensor and image.dtype == torch.float32
     assert image.shape == (6, 3, 96, 96)
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+def test_plain_image_is_a_one_level_slide(datalist, tmp_path):
+    """A PNG item with a location reads that region (the held-out H&E image), and its tissue grid covers it."""
+    from medcoss_monai.data.slides import tissue_mask, tissue_tile_locations
+
+    item = datalist("pathology")["test"][5]
+    assert item["image"].endswith("target_image.png")
+    tile = LoadSlideTiled("image")(item)["image"]
+    y, x = item["location"]
+    with Image.open(item["image"]) as im:
+        expected = np.asarray(im.convert("RGB"), np.float32)[y : y + 224, x : x + 224].transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(tile.numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit image .*target_image.png"):
+        LoadSlideTile()(item["image"], location=(900, 900), size=(224, 224))
+    mask, level, downsample = tissue_mask(item["image"])
+    assert mask.shape == (1000, 1000) and level == 0 and downsample == 1.0 and 0.6 < mask.mean() < 0.95  # lumina
+    assert len(tissue_tile_locations(item["image"])) == (1000 // 224) ** 2
+    # a tile without any glass is tissue throughout (Otsu would split the stain into two halves)
+    with Image.open(item["image"]) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    tiles = [rgb[y : y + 224, x : x + 224] for y, x in tissue_tile_locations(item["image"])]
+    unsaturated = [float((np.asarray(Image.fromarray(t).convert("HSV"))[..., 1] < 26).mean()) for t in tiles]
+    crowded = tmp_path / "crowded.png"
+    Image.fromarray(tiles[int(np.argmin(unsaturated))]).save(crowded)
+    assert min(unsaturated) <= 0.02
+    assert tissue_mask(crowded)[0].all()

@@ -33,8 +33,8 @@ class LoadSlideTile(Transform):
 
     A slide is read with ``WSIReader(backend=backend)`` at ``location`` (level-0 (y, x) of the top-left
     corner, MONAI's convention), ``size`` (H, W) in pixels of ``level``. A plain image file (PNG,
-    JPEG, ...) is read whole with ``PILReader``; ``location``/``size`` do not apply to it. Gray tiles
-    are repeated to 3 channels and alpha is dropped.
+    JPEG, ...) is read with ``PILReader``, whole, or, given a ``location``, the ``size`` region there
+    (a one-level slide). Gray tiles are repeated to 3 channels and alpha is dropped.
 
     Opened slides are kept per process (``max_open_slides`` most recent) because opening a large
     pyramid costs far more than reading a tile; the handles are dropped when the transform is pickled
@@ -100,7 +100,8 @@ class LoadSlideTile(Transform):
         if not path.is_file():
             raise FileNotFoundError(f"Pathology file '{path}' does not exist.")
         if path.suffix.lower() not in SLIDE_SUFFIXES:
-            return self._load_tile(path)
+            tile = self._load_tile(path)
+            return tile if location is None else self._crop(tile, path, location, size)
         if location is None:
             raise ValueError(
                 f"Slide '{path}': the item has no 'location'; use RandLoadSlideTiled to draw tissue tiles."
@@ -131,6 +132,17 @@ class LoadSlideTile(Transform):
                 f"Tile at location (y, x)=({y}, {x}) of size {tuple(size)} at level {level} does not fit slide "
                 f"'{path}' of level-0 size (H, W)=({height0}, {width0})."
             )
+
+    def _crop(self, image: torch.Tensor, path: Path, location: Sequence[int], size: Sequence[int] | int | None) -> torch.Tensor:
+        """The ``size`` region at ``location`` (y, x) of a plain image: a one-level slide."""
+        h, w = self.size if size is None else ensure_tuple_rep(size, 2)
+        y, x = int(location[0]), int(location[1])
+        height, width = image.shape[-2:]
+        if y < 0 or x < 0 or y + h > height or x + w > width:
+            raise ValueError(
+                f"Tile at location (y, x)=({y}, {x}) of size {(h, w)} does not fit image '{path}' of size (H, W)=({height}, {width})."
+            )
+        return image[:, y : y + h, x : x + w].clone()
 
     def _load_tile(self, path: Path) -> torch.Tensor:
         try:
@@ -199,9 +211,7 @@ class LoadSlideTiled(MapTransform):
         for key in self.key_iterator(d):
             size = ensure_tuple_rep(d.get(self.size_key) or self.loader.size, 2)
             level = int(d[self.level_key]) if d.get(self.level_key) is not None else self.loader.level
-            location = None
-            if str(d[key]).lower().endswith(SLIDE_SUFFIXES):
-                location = self._location(d, str(d[key]), size, level)
+            location = self._location(d, str(d[key]), size, level)
             d[key] = self.loader(d[key], location=location, size=size, level=level)
         return d
 
@@ -312,5 +322,7 @@ class RandLoadSlideTiled(RandomizableTransform, LoadSlideTiled):
     def _location(self, d: Mapping, path: str, size: Sequence[int], level: int) -> Sequence[int] | None:
         if d.get(self.location_key) is not None:
             return d[self.location_key]
+        if not path.lower().endswith(SLIDE_SUFFIXES):
+            return None  # a plain tile without a location is read whole
         self.picker.randomize(self.picker.tissue_locations(path, size, level))
         return self.picker._location

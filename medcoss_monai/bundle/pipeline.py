@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", default="medcoss", choices=METHODS, help="continual-learning method")
     parser.add_argument("--output_dir", default="runs/medcoss", help="run folder (stage_<modality>/ inside)")
     parser.add_argument("--max_epochs", type=int, default=None, help="epochs of every stage (default: the bundle's)")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of every stage and of the forgetting matrix (its randomly initialised encoder); default: the bundles' 0",
+    )
     parser.add_argument("--config_file", action="append", default=[], help="extra overlay merged onto every stage")
     parser.add_argument("--bundles_dir", default=None, help="folder of the stage bundles")
     parser.add_argument(
@@ -160,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(extra)
     if args.max_epochs is not None:
         overrides += ["--train#trainer#max_epochs", str(args.max_epochs)]
+    if args.seed is not None:
+        overrides += ["--seed", str(args.seed)]
     start = time.time()
     summary = run_pipeline(stages, args.output_dir, args.config_file, overrides, args.bundles_dir, args.method)
     print(f"\n=== curriculum finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
@@ -171,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.time()
         print("\n=== forgetting matrix: a randomly initialised encoder, then every stage ===", flush=True)
         joint = stages if args.method == "joint" else ()
-        evaluate_run(args.output_dir, [row["stage"] for row in summary], joint_modalities=joint)
+        evaluate_run(args.output_dir, [row["stage"] for row in summary], joint_modalities=joint, seed=args.seed or 0)
         print(f"wrote {Path(args.output_dir) / 'forgetting.csv'} and forgetting.png in {time.time() - start:.0f} s")
     return 0
 

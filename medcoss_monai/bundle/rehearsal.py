@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -89,7 +90,8 @@ def buffer_loaders(
         output_dir: the run folder.
         modality: the current modality.
         shared: ids of the current bundle to impose on the earlier bundles (input sizes, text length).
-        batch_size: samples per buffer batch (divided by ``crops_per_volume`` for 3D bundles).
+        batch_size: samples (images, crops, reports) per buffer batch: a 3D buffer's batch holds
+            ``batch_size // crops_per_volume`` volumes; a buffer smaller than one batch is repeated.
         enabled: False returns no loader (methods without rehearsal).
         bundles: folder of the stage bundles (default: the repository's ``bundles/``).
         num_workers: loader workers.
@@ -132,7 +134,10 @@ def buffer_loaders(
         parser = _parse_stage_bundle(bundle_file, output_dir, shared or {}, tokenizer)
         transform, crops = parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
         dataset = CacheDataset(items, transform=transform, cache_rate=cache_rate, num_workers=0, progress=False)
-        loaders[mod] = _loader(dataset, max(1, int(batch_size) // max(1, int(crops))), num_workers, distributed)
+        per_batch = max(1, int(batch_size) // max(1, int(crops)))
+        if len(dataset) < per_batch:  # a buffer of a few items (one film): repeat it to fill one batch
+            dataset = torch.utils.data.ConcatDataset([dataset] * math.ceil(per_batch / len(dataset)))
+        loaders[mod] = _loader(dataset, per_batch, num_workers, distributed)
         logger.info(f"rehearsal: {len(items)} '{mod}' buffer items from {path}")
     return loaders
 

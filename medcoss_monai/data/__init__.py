@@ -1,4 +1,5 @@
-"""Data helpers: the sample-data fetcher and datalists, report corpora, slide tiling, rehearsal loading.
+"""Data helpers: the sample-data fetcher and datalists, report corpora, slide tiling, rehearsal loading,
+converters of sample formats, sample tasks (``tasks``) and users' dataset layouts (``layouts``).
 
 Names are imported from their submodules on first use (PEP 562), so that
 ``python -m medcoss_monai.data.samples`` runs its module once, without a runpy warning, and starts
@@ -14,6 +15,8 @@ _LAZY = {
     **dict.fromkeys(
         (
             "DISTRIBUTIONS",
+            "HELD_OUT",
+            "MADE_FILES",
             "MODALITIES",
             "SHA256",
             "SampleDataFetchError",
@@ -27,7 +30,8 @@ _LAZY = {
         ),
         "samples",
     ),
-    **dict.fromkeys(("load_report_corpus", "parse_indiana_report", "report_text"), "reports"),
+    **dict.fromkeys(("load_report_corpus", "parse_indiana_report", "report_text", "text_group", "split_by_text"), "reports"),
+    **dict.fromkeys(("inv3_to_nifti", "first_volume", "resample_labels_onto"), "converters"),
     **dict.fromkeys(("tissue_mask", "tissue_tile_locations", "otsu_threshold"), "slides"),
     **dict.fromkeys(("RehearsalLoader", "BUFFER_FLAG", "SOURCE_KEY"), "rehearsal"),
     **dict.fromkeys(("BadInputError", "check_datalist", "EXPECTED_SPATIAL_DIMS"), "checks"),

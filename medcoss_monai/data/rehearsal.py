@@ -20,8 +20,11 @@ class RehearsalLoader:
     """Iterates a current-modality loader and buffer loaders of earlier modalities, interleaved.
 
     Every batch is single-modality. Per epoch, each buffer contributes about
-    ``ratio * len(buffer_loader)`` batches (so, with ``ratio=1``, buffers are visited in proportion to
-    their sizes: a buffer of 5% of a modality adds 5% of that modality's batches); the batches are
+    ``ratio * len(buffer_loader)`` batches (``relative_to="buffer"``: with ``ratio=1``, buffers are
+    visited in proportion to their sizes, a buffer of 5% of a modality adds 5% of that modality's
+    batches), or ``ratio * len(current)`` batches (``relative_to="current"``: every earlier modality
+    gets the same share of the stage, whatever its size; for data of very different sizes, such as
+    thousands of reports beside a handful of volumes); the batches are
     placed at random positions among the current ones, with an order drawn from ``seed`` and the epoch
     number so a resumed run sees the same order. Each batch gains ``source`` (its modality) and
     ``is_buffer``; buffer loaders are cycled when one epoch needs more batches than they hold.
@@ -30,8 +33,10 @@ class RehearsalLoader:
         current: loader of the stage's own modality.
         buffers: ``{modality: loader}`` of earlier buffers (may be empty: then this is ``current``).
         modality: the current modality.
-        ratio: buffer batches per epoch relative to each buffer loader's length.
+        ratio: buffer batches per epoch relative to each buffer loader's length, or to the current
+            loader's length (see ``relative_to``).
         seed: seed of the interleaving order.
+        relative_to: ``"buffer"`` or ``"current"``.
     """
 
     def __init__(
@@ -41,9 +46,13 @@ class RehearsalLoader:
         modality: str = "",
         ratio: float = 1.0,
         seed: int = 0,
+        relative_to: str = "buffer",
     ) -> None:
         if ratio < 0:
             raise ValueError(f"rehearsal ratio must be >= 0, got {ratio}")
+        if relative_to not in ("buffer", "current"):
+            raise ValueError(f"relative_to must be 'buffer' or 'current', got {relative_to!r}")
+        self.relative_to = relative_to
         self.current = current
         self.buffers = dict(buffers or {})
         self.modality = modality
@@ -68,7 +77,11 @@ class RehearsalLoader:
         Returns:
             ``{modality: number of batches}``.
         """
-        return {m: int(math.ceil(self.ratio * len(loader))) if len(loader) else 0 for m, loader in self.buffers.items()}
+        counts = {}
+        for m, loader in self.buffers.items():
+            base = len(self.current) if self.relative_to == "current" else len(loader)
+            counts[m] = int(math.ceil(self.ratio * base)) if len(loader) else 0
+        return counts
 
     def __len__(self) -> int:
         return len(self.current) + sum(self.buffer_counts().values())

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["parse_indiana_report", "load_report_corpus", "report_text"]
+__all__ = ["parse_indiana_report", "load_report_corpus", "report_text", "text_group", "split_by_text"]
 
 _TAR_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 _CSV_TEXT_COLUMNS = ("text", "report")
@@ -83,9 +83,10 @@ def parse_indiana_report(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _numeric_key(name: str) -> tuple[int, str]:
-    """Sort ``10.xml`` after ``9.xml`` so corpora come out in the order of their ids."""
+    """Sort ``10.xml`` after ``9.xml`` (and ``CXR10`` after ``CXR9``) so corpora come out in id order."""
     stem = Path(name).stem
-    return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
+    digits = re.sub(r"\D", "", stem)
+    return (int(digits), stem) if digits else (1 << 62, stem)
 
 
 def _load_xml_folder(folder: Path) -> list[dict[str, Any]]:
@@ -213,3 +214,48 @@ def report_text(item: Mapping[str, Any]) -> str:
         except UnicodeDecodeError as e:
             raise ValueError(f"Cannot read report text file '{path}': not UTF-8 ({e}).") from e
     raise ValueError(f"Report item has neither 'text' nor 'text_file' (keys: {sorted(item)}).")
+
+
+def text_group(text: str) -> str:
+    """The key under which identical reports are one item: lower-cased, whitespace collapsed.
+
+    Hundreds of Indiana reports read word for word "no acute cardiopulmonary abnormality"; a split
+    that puts one copy in training and another in test leaks the test item.
+
+    Args:
+        text: a report text.
+
+    Returns:
+        the normalised text.
+    """
+    return _clean(text).lower()
+
+
+def split_by_text(
+    items: list[dict[str, Any]], sizes: Mapping[str, int], seed: int, rest: str = "training"
+) -> dict[str, list[dict[str, Any]]]:
+    """Split report items by :func:`text_group`: the groups, shuffled with ``seed``, fill the named
+    splits in order until each holds at least its size; the remaining groups go to ``rest``.
+
+    Args:
+        items: report items with ``"text"`` (and ``"id"``: each split is sorted by it).
+        sizes: split name -> minimum number of items, filled in this order.
+        seed: the shuffling seed.
+        rest: the split of the remaining groups.
+
+    Returns:
+        split name -> items (every name of ``sizes`` and ``rest``).
+    """
+    import numpy as np
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(text_group(item["text"]), []).append(item)
+    keys = sorted(groups)
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in [*sizes, rest]}
+    for i in np.random.default_rng(seed).permutation(len(keys)):
+        target = next((name for name, n in sizes.items() if len(splits[name]) < n), rest)
+        splits[target].extend(groups[keys[i]])
+    for split in splits.values():
+        split.sort(key=lambda it: _numeric_key(str(it.get("id", ""))))
+    return splits

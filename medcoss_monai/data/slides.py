@@ -70,21 +70,33 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
     return np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
 
 
-def tissue_mask(slide_path: str | os.PathLike, level: int | None = None) -> tuple[np.ndarray, int, float]:
-    """Tissue mask of a slide: Otsu's threshold on HSV saturation of one whole level.
+def _is_slide(path: str | os.PathLike) -> bool:
+    from medcoss_monai.transforms import SLIDE_SUFFIXES
 
-    Stained tissue is saturated while glass background is near white or grey, whatever its
-    brightness; when the level has almost no colour (a grayscale scan) the mask falls back on Otsu's
-    threshold of the inverted grayscale (tissue darker than glass).
+    return Path(path).suffix.lower() in SLIDE_SUFFIXES
 
-    Args:
-        slide_path: a slide OpenSlide can read (SVS, TIFF, NDPI, MRXS, ...).
-        level: pyramid level to threshold; None picks the lowest resolution (the cheapest to read).
 
-    Returns:
-        ``(mask, level, downsample)``: a bool ``(H, W)`` array for that level (True = tissue), the level
-        used, and its downsample factor relative to level 0.
+def _read_plain_image(path: str | os.PathLike) -> np.ndarray:
+    """A PNG/JPEG tile as a channel-first (3, H, W) uint8 array (gray repeated, alpha dropped)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"Image '{p}' does not exist.")
+    with Image.open(p) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return np.moveaxis(rgb, -1, 0)
+
+
+def _level_image(slide_path: str | os.PathLike, level: int | None) -> tuple[np.ndarray, int, float, int]:
+    """One whole level as (C, H, W) uint8, the level, its downsample and the number of levels.
+
+    A plain image (PNG, JPEG) is a slide with one level.
     """
+    if not _is_slide(slide_path):
+        if level not in (None, 0):
+            raise ValueError(f"'{slide_path}' is a plain image with one level; level {level} was asked for.")
+        return _read_plain_image(slide_path), 0, 1.0, 1
     reader = _reader()
     wsi = _open(reader, slide_path)
     try:
@@ -96,9 +108,31 @@ def tissue_mask(slide_path: str | os.PathLike, level: int | None = None) -> tupl
         downsample = float(reader.get_downsample_ratio(wsi, level))
     finally:
         wsi.close()
-    sat = _saturation(np.asarray(image))
+    return np.asarray(image), level, downsample, n_levels
+
+
+def tissue_mask(slide_path: str | os.PathLike, level: int | None = None) -> tuple[np.ndarray, int, float]:
+    """Tissue mask of a slide: Otsu's threshold on HSV saturation of one whole level.
+
+    Stained tissue is saturated while glass background is near white or grey, whatever its
+    brightness; when the level has almost no colour (a grayscale scan) the mask falls back on Otsu's
+    threshold of the inverted grayscale (tissue darker than glass). A tile that is tissue
+    throughout (no glass: its saturation has one mode) is all tissue.
+
+    Args:
+        slide_path: a slide OpenSlide can read (SVS, TIFF, NDPI, MRXS, ...) or a plain RGB image.
+        level: pyramid level to threshold; None picks the lowest resolution (the cheapest to read).
+
+    Returns:
+        ``(mask, level, downsample)``: a bool ``(H, W)`` array for that level (True = tissue), the level
+        used, and its downsample factor relative to level 0.
+    """
+    image, level, downsample, _ = _level_image(slide_path, level)
+    sat = _saturation(image)
     if np.percentile(sat, 99) - np.percentile(sat, 1) > 0.05:
-        mask = sat > otsu_threshold(sat)
+        threshold = otsu_threshold(sat)
+        # glass is unsaturated; with none in the image Otsu would split tissue from tissue
+        mask = sat > threshold if (sat < 0.1).mean() > 0.02 else np.ones(sat.shape, bool)
     else:
         gray = 255.0 - np.asarray(image[:3], dtype=np.float32).mean(axis=0)
         mask = gray > otsu_threshold(gray)
@@ -114,7 +148,7 @@ def tissue_tile_locations(
     bottom edges are dropped); a tile is kept when the tissue mask covers at least ``min_tissue`` of it.
 
     Args:
-        slide_path: the slide.
+        slide_path: the slide, or a plain RGB image (one level).
         tile_size: tile side in pixels of ``level``.
         level: the level the tiles are read at.
         min_tissue: minimum tissue fraction in [0, 1].
@@ -123,16 +157,21 @@ def tissue_tile_locations(
         ``(y, x)`` of each kept tile's top-left corner in level-0 pixels (the ``location`` that
         ``WSIReader.get_data(..., size=(tile_size, tile_size), level=level)`` takes), row by row.
     """
-    reader = _reader()
-    wsi = _open(reader, slide_path)
-    try:
-        n_levels = reader.get_level_count(wsi)
-        if not 0 <= level < n_levels:
-            raise ValueError(f"Slide '{slide_path}' has levels 0..{n_levels - 1}; level {level} was asked for.")
-        height, width = reader.get_size(wsi, level)
-        tile_ds = float(reader.get_downsample_ratio(wsi, level))
-    finally:
-        wsi.close()
+    if _is_slide(slide_path):
+        reader = _reader()
+        wsi = _open(reader, slide_path)
+        try:
+            n_levels = reader.get_level_count(wsi)
+            if not 0 <= level < n_levels:
+                raise ValueError(f"Slide '{slide_path}' has levels 0..{n_levels - 1}; level {level} was asked for.")
+            height, width = reader.get_size(wsi, level)
+            tile_ds = float(reader.get_downsample_ratio(wsi, level))
+        finally:
+            wsi.close()
+    else:
+        (_, height, width), tile_ds = _read_plain_image(slide_path).shape, 1.0
+        if level != 0:
+            raise ValueError(f"'{slide_path}' is a plain image with one level; level {level} was asked for.")
     mask, _, mask_ds = tissue_mask(slide_path)
     locations = []
     for row in range(int(height) // tile_size):

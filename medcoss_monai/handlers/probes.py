@@ -11,17 +11,19 @@ returns one row:
          reports, the first 100 ``training`` and 1,000 ``test`` reports of ``text_cls``,
          macro-AUC (a random encoder is far from chance here: random embeddings averaged
          over a report are a bag of words)
-  xray   ``xray_cls``: chest vs tibia film tiles
-  ct     ``ct_cls``: lesion vs lesion-free CT sub-volumes of the two lung CTs
-  mri    ``mri_cls``: tumour vs tumour-free T1c sub-volumes of the two brain volumes
-  path.  ``pathology_cls``: tissue vs background slide tiles
+  xray   ``xray_cls``: bone vs soft-tissue tiles of the held-out tibia film
+  ct     ``ct_cls``: heart vs no-heart sub-volumes of the held-out chest CT
+  mri    ``mri_cls``: cerebellum vs cerebrum sub-volumes of the held-out ICBM 2009c T1
+  path.  ``pathology_cls``: many vs few nuclei tiles of the held-out H&E image
   ====== ================================================================================
+
+  Every probe item (training and test) is cut from files no pre-training stage trains on.
 
 - ``text_mlm_acc`` and ``<modality>_mae_mse``: the pretext score of every modality already trained,
   computed with the current encoder and the head saved at that modality's own stage
   (``stage_<m>/model.pt``'s ``mae_decoder*`` / ``mlm_head*`` keys), on held-out items with fixed
-  masking: masked-token top-1 accuracy on the report ``validation`` split, masked-patch MSE on the
-  probe task's ``test`` items.
+  masking: masked-token top-1 accuracy on the report ``validation`` split, masked-patch MSE on crops
+  of the modality's held-out ``test`` files, cut as its stage cuts training crops.
 
 :class:`ProbeHandler` runs it when a stage completes and appends the row to a CSV.
 """
@@ -504,13 +506,15 @@ def mae_mse(
     img_size_2d: Sequence[int] = (96, 96),
     img_size_3d: Sequence[int] = (64, 64, 16),
     mask_ratio: float = 0.75,
-    batch_size: int = 8,
+    batch_size: int = 16,
     seed: int = 0,
 ) -> float:
-    """Masked-patch MSE (the MAE loss: per-patch-normalised target if the network uses it) on held-out items.
+    """Masked-patch MSE (the MAE loss: per-patch-normalised target if the network uses it) on held-out files.
 
-    The items are the ``test`` split of the modality's probe task; the noise that picks the masked
-    patches is drawn once from ``seed``, so every network is scored on the same masks.
+    The crops are cut from the ``test`` files of the modality's sample datalist, which no stage
+    trains on, by the stage bundle's own training transforms with a fixed seed
+    (:func:`medcoss_monai.evaluation.held_out_mae_mse`); the masks are drawn from ``seed`` too, so
+    every network is scored on the same crops and masks.
 
     Args:
         network: the network (``pretext="mae"`` forward).
@@ -519,37 +523,16 @@ def mae_mse(
         img_size_2d: the 2D stages' input size.
         img_size_3d: the 3D stages' input size.
         mask_ratio: share of masked patches.
-        batch_size: items per forward.
-        seed: the noise seed.
+        batch_size: crops per forward.
+        seed: the crops and noise seed.
 
     Returns:
-        mean squared error over all masked patches of all items.
+        mean squared error over all masked patches of all crops.
     """
-    from medcoss_monai.data.tasks import load_task_datalist
+    from medcoss_monai.evaluation import held_out_mae_mse
 
-    items = load_task_datalist(PROBE_TASKS[modality])["test"]
-    loader = _image_loader(items, image_probe_transforms(modality, img_size_2d, img_size_3d), batch_size)
-    noise_all, offset, err, count = None, 0, 0.0, 0.0
-    was_training = network.training
-    network.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                x = batch["image"].to(device)
-                if noise_all is None:  # the number of patches comes from the network itself
-                    n_patches = network(x[:1], pretext="mae", mask_ratio=mask_ratio)["noise"].shape[1]
-                    gen = torch.Generator().manual_seed(seed)
-                    noise_all = torch.rand(len(items), n_patches, generator=gen)
-                noise = noise_all[offset : offset + len(x)].to(device)
-                offset += len(x)
-                out = network(x, pretext="mae", mask_ratio=mask_ratio, noise=noise)
-                per_patch = ((out["pred"].float() - out["target"].float()) ** 2).mean(dim=-1)
-                mask = out["mask"].float()
-                err += float((per_patch * mask).sum())
-                count += float(mask.sum())
-    finally:
-        network.train(was_training)
-    return err / max(count, 1.0)
+    shared = {"img_size_2d": list(img_size_2d), "img_size_3d": list(img_size_3d)}
+    return held_out_mae_mse(network, modality, device, shared, mask_ratio, batch_size, seed)
 
 
 # -------------------------------------------------------------------------------------------- one row

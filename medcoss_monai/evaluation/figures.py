@@ -1,0 +1,174 @@
+"""Reproduce the README's held-out figures: seeds, methods, fine-tuning, all on the sample data.
+
+``python -m medcoss_monai.evaluation.figures --out runs/figures [--seeds 0 1 2]`` runs, skipping
+whatever an earlier call already finished (so it can be stopped and started again):
+
+1. the demo curriculum (``report,xray,ct,mri,pathology``) with ``--method medcoss`` and
+   ``--method sequential`` for every seed, each writing its forgetting matrix
+   (``<out>/<method>_s<seed>/forgetting.csv``; the ``scratch`` row is a random encoder of that seed);
+2. the comparison of the two methods over the seeds (``<out>/compare/``: ``comparison.md`` and the
+   mean matrices ``matrix_<method>.md``, cells ``mean ± sd``);
+3. every fine-tuning task from scratch and from the matching stage of the ``medcoss`` run of the
+   same seed (``<out>/finetune/<task>/<init>_s<seed>/metrics.json``), and the table
+   ``<out>/finetune.md`` (mean ± sd over the seeds);
+4. the text-probe table ``<out>/text_probe.md``: the ``text`` column of the random encoders and of
+   the report stages.
+
+Every score is on held-out data (see :mod:`medcoss_monai.data.samples`). The whole run takes about
+three hours on two CPU cores; measure alone (other processes on the machine change the timings,
+not the scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FINETUNE_TASKS", "run_figures", "main"]
+
+FINETUNE_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "text_cls": ("text_cls", "report", ()),
+    "xray_cls": ("xray_cls", "xray", ()),
+    "xray_seg": ("xray_seg", "xray", ()),
+    "ct_cls": ("ct_cls", "ct", ()),
+    "ct_seg": ("ct_seg", "ct", ()),
+    "mri_seg": ("mri_seg", "mri", ()),
+    "mri_tissue_seg": ("mri_seg", "mri", ("--task", "mri_tissue_seg", "--num_classes", "3", "--train#trainer#max_epochs", "20")),
+    "pathology_cls": ("pathology_cls", "pathology", ()),
+    "pathology_seg": ("pathology_seg", "pathology", ()),
+}
+"""Task -> (fine-tuning bundle, stage whose ``model.pt`` it starts from, extra overrides)."""
+
+METHODS = ("medcoss", "sequential")
+STAGES = "report,xray,ct,mri,pathology"
+
+
+def _run(cmd: Sequence[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "w", encoding="utf-8") as f:
+        result = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise SystemExit(f"failed (exit {result.returncode}, see {log}): {' '.join(cmd)}")
+    print(f"  {time.time() - start:6.0f} s  {' '.join(cmd[2:6])} ... -> {log.parent}", flush=True)
+
+
+def pretrain(out: Path, seeds: Sequence[int]) -> None:
+    """The curriculum of each method and seed, with its forgetting matrix (skipped when already written)."""
+    for seed in seeds:
+        for method in METHODS:
+            run_dir = out / f"{method}_s{seed}"
+            if (run_dir / "forgetting.csv").is_file():
+                continue
+            cmd = [sys.executable, "-m", "medcoss_monai.bundle.pipeline", "--stages", STAGES, "--method", method,
+                   "--output_dir", str(run_dir), "--seed", str(seed), "--progress_bar", "false"]
+            _run(cmd, run_dir / "pipeline.log")
+
+
+def compare(out: Path, seeds: Sequence[int]) -> None:
+    """Mean matrices and the method table over the seeds."""
+    from medcoss_monai.bundle.compare import compare_runs
+
+    compare_runs({m: [out / f"{m}_s{s}" for s in seeds] for m in METHODS}, out / "compare")
+
+
+def finetune(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> None:
+    """Every task from scratch and from the medcoss run's matching stage, per seed (skipped when done)."""
+    bundles = Path(__file__).resolve().parents[2] / "bundles"
+    for task in tasks:
+        bundle, stage, extra = FINETUNE_TASKS[task]
+        for seed in seeds:
+            for init in ("scratch", "pretrained"):
+                folder = out / "finetune" / task / f"{init}_s{seed}"
+                if (folder / "metrics.json").is_file():
+                    continue
+                cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundles / f"finetune_{bundle}.json"),
+                       "--output_dir", str(folder), "--seed", str(seed), *extra]
+                if init == "pretrained":
+                    cmd += ["--pretrained_ckpt", str(out / f"medcoss_s{seed}" / f"stage_{stage}" / "model.pt")]
+                _run(cmd, folder / "finetune.log")
+
+
+def _mean_sd(values: Sequence[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def finetune_table(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> str:
+    """Markdown: one row per task, scratch and pretrained metrics as mean ± sd over the seeds."""
+    lines = ["| task | train / val / test items | metric | scratch | pretrained |", "| --- | --- | --- | ---: | ---: |"]
+    for task in tasks:
+        results: dict[str, list[dict[str, Any]]] = {"scratch": [], "pretrained": []}
+        for init in results:
+            for seed in seeds:
+                path = out / "finetune" / task / f"{init}_s{seed}" / "metrics.json"
+                if path.is_file():
+                    results[init].append(json.loads(path.read_text()))
+        if not results["scratch"]:
+            continue
+        sizes = results["scratch"][0]["split_sizes"]
+        size_text = " / ".join(str(sizes[k]) for k in ("training", "validation", "test"))
+        metrics = [k for k in ("AUC", "F1", "ACC", "Dice", "HD95") if k in results["scratch"][0]["metrics"]]
+        for i, metric in enumerate(metrics):
+            cells = [_mean_sd([r["metrics"].get(metric) for r in results[init]]) for init in ("scratch", "pretrained")]
+            lines.append(f"| {task if i == 0 else ''} | {size_text if i == 0 else ''} | {metric} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def text_probe_table(out: Path, seeds: Sequence[int]) -> str:
+    """Markdown: the text probe of the random encoders and of the report stages (medcoss runs), per seed and mean ± sd."""
+    from medcoss_monai.bundle.forgetting import read_matrix
+
+    scores: dict[str, list[float]] = {"scratch": [], "stage_report": []}
+    for seed in seeds:
+        rows = {r["after"]: r for r in read_matrix(out / f"medcoss_s{seed}" / "forgetting.csv")}
+        for name in scores:
+            scores[name].append(rows[name]["text"])
+    lines = ["| encoder | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "| --- |" + " ---: |" * (len(seeds) + 1)]
+    for name, label in (("scratch", "randomly initialised"), ("stage_report", "after the report stage")):
+        lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in scores[name]) + f" | {_mean_sd(scores[name])} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_figures(out: str | Path, seeds: Sequence[int] = (0, 1, 2), steps: Sequence[str] = ("pretrain", "compare", "finetune"),
+                tasks: Sequence[str] = tuple(FINETUNE_TASKS)) -> None:
+    """Run the chosen steps and write the tables (see the module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "pretrain" in steps:
+        pretrain(out, seeds)
+    if "compare" in steps:
+        compare(out, seeds)
+        (out / "text_probe.md").write_text(text_probe_table(out, seeds))
+    if "finetune" in steps:
+        finetune(out, seeds, tasks)
+        (out / "finetune.md").write_text(finetune_table(out, seeds, tasks))
+    for name in ("text_probe.md", "compare/comparison.md", "compare/matrix_medcoss.md", "compare/matrix_sequential.md", "finetune.md"):
+        if (out / name).is_file():
+            print(f"\n{name}:\n{(out / name).read_text()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/figures", help="folder of every run and table")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", nargs="+", default=["pretrain", "compare", "finetune"], choices=["pretrain", "compare", "finetune"])
+    parser.add_argument("--tasks", nargs="+", default=list(FINETUNE_TASKS), choices=list(FINETUNE_TASKS))
+    args = parser.parse_args(argv)
+    run_figures(args.out, args.seeds, args.steps, args.tasks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The masked-image pretext score of a network on a modality's held-out files.
+
+The score is the stage's own loss (masked-patch MSE, per-patch normalised targets) on the
+``test`` items of its datalist, which no stage trains on, prepared exactly as the stage prepares its
+training data: the stage bundle's ``train#deterministic_transforms`` once per file, then its
+``train#random_transforms`` ``test#repeats`` times per file (crops at the scale and with the
+intensity handling the stage trains with), drawn from a fixed seed, so every network is scored on
+the same crops and the same masks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["held_out_batches", "held_out_mae_mse"]
+
+
+def _stage_parser(modality: str, shared: Mapping[str, Any], bundles: str | os.PathLike | None) -> Any:
+    from pathlib import Path
+
+    from medcoss_monai.bundle.pipeline import bundles_dir
+    from medcoss_monai.bundle.rehearsal import _parse_stage_bundle
+
+    bundle_file = Path(bundles or bundles_dir()) / f"stage_{modality}.json"
+    if not bundle_file.is_file():
+        raise FileNotFoundError(f"No stage bundle {bundle_file} to prepare the held-out '{modality}' files with.")
+    return _parse_stage_bundle(bundle_file, output_dir=".", shared=shared)
+
+
+def held_out_batches(
+    modality: str,
+    shared: Mapping[str, Any] | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    bundles: str | os.PathLike | None = None,
+) -> Iterator[torch.Tensor]:
+    """Batches of held-out image crops of a modality, as its stage bundle prepares training data.
+
+    Args:
+        modality: an image modality with a ``bundles/stage_<modality>.json``.
+        shared: bundle ids to impose (input and patch sizes of the network being scored).
+        batch_size: crops per batch.
+        seed: the seed of the random crops (the same crops on every call).
+        bundles: folder of the stage bundles (default: the repository's ``bundles/``).
+
+    Yields:
+        (B, C, ...) float tensors.
+    """
+    from monai.transforms import Compose
+
+    parser = _stage_parser(modality, shared or {}, bundles)
+    items = parser.get_parsed_content("test#datalist")
+    repeats = int(parser.get_parsed_content("test#repeats"))
+    deterministic = Compose(parser.get_parsed_content("train#deterministic_transforms"))
+    random = Compose(parser.get_parsed_content("train#random_transforms"))
+    random.set_random_state(seed)
+    pending: list[torch.Tensor] = []
+    for item in items:
+        base = deterministic(dict(item))
+        for _ in range(repeats):
+            out = random(dict(base))
+            for sample in out if isinstance(out, list) else [out]:  # crops_per_volume samples of a 3D item
+                pending.append(torch.as_tensor(sample["image"]).float())
+                if len(pending) == batch_size:
+                    yield torch.stack(pending)
+                    pending = []
+    if pending:
+        yield torch.stack(pending)
+
+
+def held_out_mae_mse(
+    network: nn.Module,
+    modality: str,
+    device: torch.device | str = "cpu",
+    shared: Mapping[str, Any] | None = None,
+    mask_ratio: float = 0.75,
+    batch_size: int = 16,
+    seed: int = 0,
+    bundles: str | os.PathLike | None = None,
+) -> float:
+    """Masked-patch MSE of ``network`` on the held-out crops of :func:`held_out_batches`.
+
+    The masking noise is drawn from ``seed`` per crop, so networks of the same architecture are
+    scored on the same masks.
+
+    Args:
+        network: a network with a ``pretext="mae"`` forward (``pred``, ``target``, ``mask``).
+        modality: the image modality.
+        device: where to run.
+        shared: bundle ids to impose (sizes of the network being scored).
+        mask_ratio: share of masked patches.
+        batch_size: crops per forward.
+        seed: crops and masks seed.
+        bundles: folder of the stage bundles.
+
+    Returns:
+        the mean squared error over all masked patches of all crops.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    err = count = 0.0
+    n_patches = 0
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            for x in held_out_batches(modality, shared, batch_size, seed, bundles):
+                x = x.to(device)
+                if not n_patches:  # the number of patches comes from the network itself
+                    n_patches = network(x[:1], pretext="mae", mask_ratio=mask_ratio)["noise"].shape[1]
+                noise = torch.rand(len(x), n_patches, generator=gen).to(device)
+                out = network(x, pretext="mae", mask_ratio=mask_ratio, noise=noise)
+                per_patch = ((out["pred"].float() - out["target"].float()) ** 2).mean(dim=-1)
+                mask = out["mask"].float()
+                err += float((per_patch * mask).sum())
+                count += float(mask.sum())
+    finally:
+        network.train(was_training)
+    return err / max(count, 1.0)
+
