@@ -33,3 +33,20 @@ def run_stage(modality: str, output_dir: Path, epochs: int = 1, overlays=(), **o
 def read_history(stage_dir: Path) -> list[dict]:
     with open(stage_dir / "loss_history.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def bundle_section(modality: str, section: str, **overrides):
+    """A section of ``bundles/stage_<modality>.json`` as the stage itself parses it (e.g. ``train#preprocessing``).
+
+    Tests read the transform chains from the bundles, so a change of recipe is tested, not a copy of it.
+    ``overrides`` replace bundle ids first (``tokenizer`` may be an object: nothing is evaluated from it).
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / f"stage_{modality}.json"))
+    parser["output_dir"] = overrides.pop("output_dir", ".")
+    for key, value in overrides.items():
+        parser[key] = value
+    parser.parse()
+    return parser.get_parsed_content(section)

@@ -66,3 +66,30 @@ def test_malformed_manifests_are_refused(tmp_path):
         write_buffer_manifest(p, "ct", [{"text": "a"}], [2], 1, 1, 0.05, 0.01, "kmeans")
     with pytest.raises(ValueError, match="unique"):
         write_buffer_manifest(p, "ct", [{"text": "a"}, {"text": "b"}], [1, 1], 2, 1, 0.05, 0.01, "kmeans")
+
+
+def test_buffers_follow_the_recorded_chain_not_the_folder(datalist, tmp_path):
+    """report -> ct -> mri ran; ct is then run again after report: it rehearses report's buffer, not mri's newer one."""
+    import time
+
+    from medcoss_monai.bundle import buffer_loaders, find_buffers
+
+    run = tmp_path / "run"
+    sources = {"report": datalist("report")["training"][:4], "ct": datalist("ct")["training"][:1],
+               "mri": datalist("mri")["training"][:1]}
+    for modality, previous in (("report", ""), ("ct", "report"), ("mri", "ct")):
+        folder = run / f"stage_{modality}"
+        folder.mkdir(parents=True)
+        (folder / "stage.json").write_text(json.dumps({"modality": modality, "previous_stage": previous}))
+        items = sources[modality]
+        write_buffer_manifest(folder / "buffer.json", modality, items, list(range(len(items))), len(items), 1, 1.0,
+                              1.0, "kmeans")
+        time.sleep(0.01)  # mri's buffer is the newest file in the folder
+    assert list(find_buffers(run, "mri", "ct")) == ["report", "ct"]  # oldest first
+    assert list(find_buffers(run, "ct", "report")) == ["report"]
+    assert find_buffers(run, "report", "") == {} and find_buffers(run, "report", None) == {}
+    assert find_buffers(run, "ct", "xray") == {}  # a previous stage that never ran: a first stage
+    loaders = buffer_loaders(run, "ct", {"img_size_3d": [64, 64, 16]}, batch_size=2, previous_stage="report")
+    assert list(loaders) == ["report"]
+    batch = next(iter(loaders["report"]))
+    assert batch["input_ids"].shape[0] == 2

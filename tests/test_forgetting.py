@@ -126,3 +126,36 @@ def test_compare_aggregates_seeds(run, tmp_path):
     assert "0.5000 ± " in matrix and f"{rows[0]['text']:.4f} ± 0.0000" in matrix
     header = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()[0].split(",")
     assert "text_sd" in header and "n_runs" in header
+
+
+def test_each_row_scores_that_stages_own_weights(run):
+    """A row equals a direct probe of the stage's weights (not of scratch weights half-loaded)."""
+    from medcoss_monai.bundle.forgetting import load_stage_network, stage_network_config
+    from medcoss_monai.handlers.probes import mae_mse, probe_tokenizer, text_probe
+
+    root, rows, _ = run
+    config = stage_network_config(root, ["report"])
+    tokenizer = probe_tokenizer(root, vocab_size=config["vocab_size"])
+    for row, stage in zip(rows[1:], ("report", "ct")):
+        network = load_stage_network(config, root / f"stage_{stage}" / "model.pt")
+        assert row["text"] == pytest.approx(text_probe(network, tokenizer, n_test=200)["auc"], abs=1e-6)
+    ct = load_stage_network(config, root / "stage_ct" / "model.pt")
+    assert rows[2]["ct_mae_mse"] == pytest.approx(
+        mae_mse(ct, "ct", img_size_2d=config["img_size_2d"], img_size_3d=config["img_size_3d"]), rel=1e-5
+    )
+    assert rows[1]["text"] != rows[2]["text"]  # different weights, different rows
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path, sample_data):
+    root = _fake_run(tmp_path / "renamed", ["report", "ct"])
+    state = torch.load(root / "stage_ct" / "model.pt", weights_only=True)
+    torch.save({k.replace("encoder.", "backbone.", 1): v for k, v in state.items()}, root / "stage_ct" / "model.pt")
+    with pytest.raises(ValueError, match=r"stage_ct/model\.pt' does not fit .*missing key"):
+        evaluate_run(root, probes=["text"], text_n_test=50, mlm_n_items=8, verbose=False, write=False)
+    # a stage's heads renamed: its pretext column is refused too, not scored with the current heads
+    root = _fake_run(tmp_path / "heads", ["report", "ct"])
+    state = torch.load(root / "stage_report" / "model.pt", weights_only=True)
+    state = {k.replace("mlm_head.", "text_head.", 1): v for k, v in state.items()}
+    torch.save(state, root / "stage_report" / "model.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        evaluate_run(root, probes=[], mlm_n_items=8, verbose=False, write=False)

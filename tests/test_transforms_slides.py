@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from stage_utils import bundle_section
 from monai.data import DataLoader, Dataset
 from PIL import Image
 
@@ -17,26 +17,9 @@ from medcoss_monai.transforms import LoadSlideTile, LoadSlideTiled, RandLoadSlid
 openslide = pytest.importorskip("openslide")
 
 
-def pathology_chain() -> tuple[list[dict], list[dict]]:
-    """Default pathology chain in bundle syntax (deterministic, random) at demo size 96x96."""
-    deterministic = [
-        {"_target_": "medcoss_monai.transforms.LoadSlideTiled", "keys": ["image"]},
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-        {"_target_": "SelectItemsd", "keys": ["image"]},
-    ]
-    random = [
-        {
-            "_target_": "medcoss_monai.transforms.RandResizedCropd",
-            "keys": ["image"],
-            "spatial_size": [96, 96],
-            "scale": [0.2, 1.0],
-        },
-        {"_target_": "RandFlipd", "keys": ["image"], "prob": 0.5, "spatial_axis": 0},
-        {"_target_": "RandFlipd", "keys": ["image"], "prob": 0.5, "spatial_axis": 1},
-        {"_target_": "RandRotate90d", "keys": ["image"], "prob": 0.5},
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-    ]
-    return deterministic, random
+def pathology_chain() -> tuple:
+    """The pathology stage bundle's own (deterministic, random) chains."""
+    return tuple(bundle_section("pathology", p) for p in ("train#deterministic_transforms", "train#random_transforms"))
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +114,10 @@ def test_plain_tiles_load_too(items, tmp_path):
 
 
 def test_pathology_chain_batches_match_the_contract(items):
+    from monai.transforms import Compose
+
     deterministic, random = pathology_chain()
-    parser = ConfigParser(
-        {"imports": ["$import torch"], "c": {"_target_": "Compose", "transforms": deterministic + random}}
-    )
-    chain = parser.get_parsed_content("c")
+    chain = Compose(deterministic + random)
     chain.set_random_state(0)
     batch = next(iter(DataLoader(Dataset(items[:6], chain), batch_size=6)))
     assert set(batch) == {"image"}

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 
 from medcoss_monai.transforms import (
@@ -19,33 +18,12 @@ from medcoss_monai.transforms import (
     WholeWordMask,
     WholeWordMaskd,
     load_or_train_tokenizer,
+    load_tokenizer,
     train_bpe_tokenizer,
 )
+from stage_utils import bundle_section
 
 MAX_LEN = 112
-
-
-def report_chain(tokenizer_dir: str) -> tuple[list[dict], list[dict]]:
-    """Default report chain in bundle syntax (deterministic, random), as given to the bundles."""
-    deterministic = [
-        {"_target_": "medcoss_monai.transforms.ReportTextd", "keys": ["text"]},
-        {
-            "_target_": "medcoss_monai.transforms.TokenizeTextd",
-            "keys": ["text"],
-            "tokenizer": tokenizer_dir,
-            "max_length": MAX_LEN,
-        },
-    ]
-    random = [
-        {
-            "_target_": "medcoss_monai.transforms.WholeWordMaskd",
-            "keys": ["input_ids"],
-            "tokenizer": tokenizer_dir,
-            "mlm_probability": 0.15,
-        },
-        {"_target_": "SelectItemsd", "keys": ["input_ids", "attention_mask", "labels"]},
-    ]
-    return deterministic, random
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +187,22 @@ def test_report_text_from_file(tmp_path, reports):
 
 
 def test_report_chain_batches_match_the_contract(tokenizer_dir, reports):
-    deterministic, random = report_chain(str(tokenizer_dir))
-    parser = ConfigParser({"chain": {"_target_": "Compose", "transforms": deterministic + random}})
-    chain = parser.get_parsed_content("chain")
-    loader = DataLoader(Dataset(reports["validation"][:8], chain), batch_size=4)
-    batch = next(iter(loader))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
-    for key in batch:
-        assert batch[key].dtype == torch.long and batch[key].shape == (4, MAX_LEN)
-    assert (batch["labels"] != -100).any() and (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    """The report stage bundle's own ``train#preprocessing``, with its masking rate."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    rate = bundle_section("report", "mlm_probability", tokenizer=tokenizer)
+
+    def masked_share(probability: float) -> float:
+        chain = bundle_section("report", "train#preprocessing", tokenizer=tokenizer, mlm_probability=probability)
+        chain.set_random_state(0)
+        batches = list(DataLoader(Dataset(reports["validation"][:64], chain), batch_size=16))
+        batch = batches[0]
+        assert set(batch) == {"input_ids", "attention_mask", "labels"}
+        for key in batch:
+            assert batch[key].dtype == torch.long and batch[key].shape == (16, MAX_LEN)
+        assert (batch["labels"] != -100).any() and (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+        masked = sum(int((b["labels"] != -100).sum()) for b in batches)
+        return masked / sum(int(b["attention_mask"].sum()) for b in batches)
+
+    # whole words are masked at the bundle's rate: twice the rate masks about twice the tokens
+    assert masked_share(rate) / masked_share(rate / 2) == pytest.approx(2.0, rel=0.15)
+    assert 0.5 * rate < masked_share(rate) < 1.5 * rate

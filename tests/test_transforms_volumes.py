@@ -5,69 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from stage_utils import bundle_section
 from monai.data import DataLoader, Dataset
 from monai.transforms import LoadImage
 
-ROI = [64, 64, 16]
-SPACING = [1.5, 1.5, 3.0]
+ROI = list(bundle_section("ct", "img_size_3d"))
+SPACING = list(bundle_section("ct", "ct_spacing"))
 CROPS = 4
 
 
-def volume_chain(modality: str) -> tuple[list[dict], list[dict]]:
-    """Default CT/MRI chain in bundle syntax (deterministic, random) at demo size."""
-    if modality == "ct":  # HU window [-1000, 1000] -> [0, 1]
-        intensity = [
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": ["image"],
-                "a_min": -1000,
-                "a_max": 1000,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            }
-        ]
-    else:  # 0.5 / 99.5 percentile clip, then z-score (b_min/b_max must be numbers when clip=True)
-        intensity = [
-            {
-                "_target_": "ScaleIntensityRangePercentilesd",
-                "keys": ["image"],
-                "lower": 0.5,
-                "upper": 99.5,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            },
-            {"_target_": "NormalizeIntensityd", "keys": ["image"]},
-        ]
-    deterministic = [
-        {"_target_": "LoadImaged", "keys": ["image"], "image_only": True, "ensure_channel_first": True},
-        {"_target_": "Orientationd", "keys": ["image"], "axcodes": "RAS"},
-        {"_target_": "Spacingd", "keys": ["image"], "pixdim": SPACING, "mode": "bilinear"},
-        *intensity,
-        {"_target_": "SpatialPadd", "keys": ["image"], "spatial_size": ROI},
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-        {"_target_": "SelectItemsd", "keys": ["image"]},
-    ]
-    random = [
-        {
-            "_target_": "RandSpatialCropSamplesd",
-            "keys": ["image"],
-            "roi_size": ROI,
-            "num_samples": CROPS,
-            "random_size": False,
-        },
-        {"_target_": "RandFlipd", "keys": ["image"], "prob": 0.5, "spatial_axis": 0},
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-    ]
-    return deterministic, random
+def volume_chain(modality: str) -> tuple:
+    """The stage bundle's own (deterministic, random) chains, with ``crops_per_volume`` = CROPS."""
+    parts = ("train#deterministic_transforms", "train#random_transforms")
+    return tuple(bundle_section(modality, p, crops_per_volume=CROPS) for p in parts)
 
 
-def _compose(transforms: list[dict]):
-    return ConfigParser(
-        {"imports": ["$import torch"], "c": {"_target_": "Compose", "transforms": transforms}}
-    ).get_parsed_content("c")
+def _compose(transforms: list):
+    from monai.transforms import Compose
+
+    return Compose(transforms)
 
 
 @pytest.mark.parametrize("modality", ["ct", "mri"])

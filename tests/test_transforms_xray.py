@@ -8,33 +8,16 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from stage_utils import bundle_section
 from monai.data import DataLoader, Dataset
 from PIL import Image
 
 from medcoss_monai.transforms import LoadXRay, LoadXRayd
 
 
-def xray_chain() -> tuple[list[dict], list[dict]]:
-    """Default X-ray chain in bundle syntax (deterministic, random) at demo size 96x96."""
-    deterministic = [
-        {"_target_": "medcoss_monai.transforms.LoadXRayd", "keys": ["image"]},
-        {"_target_": "Resized", "keys": ["image"], "spatial_size": 256, "size_mode": "longest", "mode": "area"},
-        {"_target_": "RepeatChanneld", "keys": ["image"], "repeats": 3},
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-        {"_target_": "SelectItemsd", "keys": ["image"]},
-    ]
-    random = [
-        {
-            "_target_": "medcoss_monai.transforms.RandResizedCropd",
-            "keys": ["image"],
-            "spatial_size": [96, 96],
-            "scale": [0.2, 1.0],
-        },
-        {"_target_": "RandFlipd", "keys": ["image"], "prob": 0.5, "spatial_axis": 1},
-        {"_target_": "EnsureTyped", "keys": ["image"], "dtype": "$torch.float32", "track_meta": False},
-    ]
-    return deterministic, random
+def xray_chain() -> tuple:
+    """The X-ray stage bundle's own (deterministic, random) chains."""
+    return tuple(bundle_section("xray", p) for p in ("train#deterministic_transforms", "train#random_transforms"))
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +100,10 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 def test_xray_chain_batches_match_the_contract(datalist):
+    from monai.transforms import Compose
+
     deterministic, random = xray_chain()
-    parser = ConfigParser(
-        {"imports": ["$import torch"], "chain": {"_target_": "Compose", "transforms": deterministic + random}}
-    )
-    chain = parser.get_parsed_content("chain")
+    chain = Compose(deterministic + random)
     chain.set_random_state(0)
     items = datalist("xray")["training"] + datalist("xray")["validation"]
     batch = next(iter(DataLoader(Dataset(items, chain), batch_size=len(items))))

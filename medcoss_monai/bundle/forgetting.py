@@ -142,23 +142,33 @@ def build_network(config: Mapping[str, Any] | None, seed: int = 0) -> nn.Module:
 
 
 def load_stage_network(config: Mapping[str, Any] | None, model_path: str | os.PathLike, seed: int = 0) -> nn.Module:
-    """Build the network and load a stage's ``model.pt`` (skipped keys are logged).
+    """Build the network and load a stage's ``model.pt``, strictly.
+
+    A row of the forgetting matrix must score the stage's weights: a file whose keys do not match the
+    network (renamed, missing or extra) is refused, not half-loaded onto a random network.
 
     Raises:
-        ValueError: the weights do not fit the architecture (tensor shapes differ), naming the file.
+        ValueError: the weights do not fit the architecture (tensor shapes or key names differ), naming the file.
     """
     network = build_network(config, seed)
     state = torch.load(model_path, map_location="cpu", weights_only=True)
     own = network.state_dict()
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f"'{model_path}' does not fit the network of stage.json: " + "; ".join(wrong[:5]))
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        logger.warning(
-            f"{model_path}: {len(result.missing_keys)} missing key(s) {list(result.missing_keys)[:5]}, "
-            f"{len(result.unexpected_keys)} unexpected {list(result.unexpected_keys)[:5]}"
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or unexpected:
+        raise ValueError(
+            f"'{model_path}' does not fit the network of stage.json: "
+            + "; ".join(
+                part
+                for part in (
+                    f"shapes differ: {wrong[:3]}" if wrong else "",
+                    f"{len(missing)} missing key(s) {missing[:3]}" if missing else "",
+                    f"{len(unexpected)} unexpected key(s) {unexpected[:3]}" if unexpected else "",
+                )
+                if part
+            )
         )
+    network.load_state_dict(state, strict=True)
     return network
 
 

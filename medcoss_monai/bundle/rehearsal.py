@@ -23,25 +23,49 @@ __all__ = ["find_buffers", "buffer_loaders", "load_teacher"]
 logger = logging.getLogger(__name__)
 
 
-def find_buffers(output_dir: str | os.PathLike, modality: str) -> dict[str, Path]:
-    """Every earlier stage's ``buffer.json`` in a run folder, oldest stage first.
+def find_buffers(output_dir: str | os.PathLike, modality: str, previous_stage: str | None) -> dict[str, Path]:
+    """The rehearsal buffers of the stages before this one in the run's chain, oldest first.
+
+    The chain is recorded, not guessed: ``previous_stage``, then the ``previous_stage`` that stage
+    wrote into its ``stage.json``, and so on back to the first stage. Buffers of other stages in
+    the run folder (a later stage, when an earlier one is run again) are not rehearsed.
 
     Args:
         output_dir: the run folder.
-        modality: the current stage (its own buffer, from an earlier run, is excluded).
+        modality: the current stage (a chain that leads back to it stops there).
+        previous_stage: the stage this one starts from (bundle id ``previous_stage``); empty or None
+            for a first stage.
 
     Returns:
-        ``{modality: path of buffer.json}``.
+        ``{modality: path of buffer.json}`` for every stage of the chain that selected a buffer. A
+        stage of the chain that never ran ends the chain (the stage before it then runs as a first
+        stage, and says so).
     """
     root = Path(output_dir)
-    if not root.is_dir():
+    chain: list[str] = []
+    current = previous_stage or ""
+    while current and current != modality and current not in chain:
+        folder = root / f"stage_{current}"
+        if not folder.is_dir():
+            logger.warning(f"rehearsal: {folder} does not exist; the chain of earlier stages of '{modality}' ends there")
+            break
+        chain.append(current)
+        current = str(_stage_record(folder).get("previous_stage") or "")
+    found = {m: root / f"stage_{m}" / "buffer.json" for m in reversed(chain)}
+    return {m: p for m, p in found.items() if p.is_file()}
+
+
+def _stage_record(folder: Path) -> dict[str, Any]:
+    import json
+
+    path = folder / "stage.json"
+    if not path.is_file():
         return {}
-    found = [
-        (p.stat().st_mtime, p.parent.name[len("stage_"):], p)
-        for p in root.glob("stage_*/buffer.json")
-        if p.parent.name != f"stage_{modality}"
-    ]
-    return {m: p for _, m, p in sorted(found)}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Cannot read '{path}': {e}") from e
 
 
 def _parse_stage_bundle(
@@ -78,9 +102,10 @@ def buffer_loaders(
     distributed: bool | None = None,
     joint_modalities: Sequence[str] = (),
     stage_dir: str | os.PathLike | None = None,
+    previous_stage: str | None = None,
 ) -> dict[str, DataLoader]:
-    """Loaders over the rehearsal buffers of every earlier stage of a run (or, for joint training, over
-    the whole training data of the other modalities).
+    """Loaders over the rehearsal buffers of the earlier stages of the run's chain (or, for joint
+    training, over the whole training data of the other modalities).
 
     Each buffer's items go through the training transforms of their own stage bundle
     (``bundles/stage_<modality>.json``), with this stage's shared sizes (``img_size_2d``...). Buffers
@@ -101,6 +126,8 @@ def buffer_loaders(
         joint_modalities: joint training: the modalities trained together with this one; their full
             training datalists (as their own bundles load them) replace the buffers.
         stage_dir: this stage's folder (joint training keeps the report tokenizer there).
+        previous_stage: the stage this one starts from; its chain of ``stage.json`` records names
+            the buffers (:func:`find_buffers`). None or empty: a first stage, no buffer.
 
     Returns:
         ``{modality: DataLoader}``, empty for a first stage or when disabled.
@@ -117,7 +144,7 @@ def buffer_loaders(
         return _joint_loaders(folder, output_dir, modality, joint_modalities, shared or {}, batch_size, num_workers,
                               distributed, stage_dir)
     loaders: dict[str, DataLoader] = {}
-    for mod, path in find_buffers(output_dir, modality).items():
+    for mod, path in find_buffers(output_dir, modality, previous_stage).items():
         manifest = load_buffer_manifest(path, check_files=True)
         items = [{k: v for k, v in it.items() if k not in ("cluster", "distance")} for it in manifest["items"]]
         if not items:

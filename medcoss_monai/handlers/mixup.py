@@ -51,4 +51,5 @@ class IntraModalMixupHandler:
         inputs["x"] = mixed["input_ids"]
         inputs["attention_mask"] = mixed["attention_mask"]
         if "labels" in mixed:
-            batch["labels"] = mixed["labels"]
+            # the MLM loss scores inputs["labels"]: they must follow the mixed tokens
+            inputs["labels"] = batch["labels"] = mixed["labels"]

@@ -422,7 +422,8 @@ def network_with_stage_heads(
 
     Raises:
         FileNotFoundError: ``stage_model`` is missing.
-        ValueError: it holds no head key, or a head tensor's shape differs from the network's.
+        ValueError: it holds no head key, a head tensor's shape differs from the network's, or head
+            keys are missing or unknown (renamed).
     """
     path = Path(stage_model)
     if not path.is_file():
@@ -441,10 +442,15 @@ def network_with_stage_heads(
     wrong = [f"{k}: saved {tuple(v.shape)} vs network {tuple(own[k].shape)}" for k, v in heads.items() if k in own and own[k].shape != v.shape]
     if wrong:
         raise ValueError(f"Pretext heads in '{path}' do not fit the network: " + "; ".join(wrong[:5]))
-    missing = model.load_state_dict(heads, strict=False)
-    unexpected = list(missing.unexpected_keys)
-    if unexpected:
-        logger.warning(f"{path}: {len(unexpected)} head key(s) not in the network, skipped: {unexpected[:5]}")
+    expected = {k for k, v in own.items() if k.split(".", 1)[0].startswith(tuple(head_prefixes)) and v.data_ptr() not in encoder_storage}
+    missing, unexpected = sorted(expected - set(heads)), sorted(set(heads) - set(own))
+    if missing or unexpected:
+        # a half-loaded head would score the stage with random weights: refuse instead
+        raise ValueError(
+            f"Pretext heads in '{path}' do not match the network: {len(missing)} missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}."
+        )
+    model.load_state_dict(heads, strict=False)  # the encoder keys stay the current network's
     return model
 
 
