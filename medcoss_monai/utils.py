@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -11,7 +12,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "is_rank0", "get_rank", "get_world_size"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "remove_stale_temp_files",
+    "is_rank0",
+    "get_rank",
+    "get_world_size",
+]
+
+
+TEMP_SUFFIX = ".tmp"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
@@ -21,7 +35,7 @@ def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -29,11 +43,35 @@ def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs and caches may be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            from medcoss_monai.errors import OutputWriteError
+
+            before = f"the previous {path.name} is unchanged" if path.exists() else f"no partial {path.name} was left"
+            raise OutputWriteError(
+                e.errno, f"{path}: could not be written ({os.strerror(e.errno)}); {before}. "
+                "Free space in that folder and rerun (a stage: with --resume true, from its last checkpoint)."
+            ) from e
         raise
     return path
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (only call while owning it).
+
+    Args:
+        folder: a folder written with the atomic writers of this module.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    stale = [p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -211,6 +211,25 @@ def test_mask_shape_mismatch_rejected(tmp_path, tasks_ready):
     assert isinstance(err, BadInputError) and "differs from image" in str(err) and str(mask) in str(err)
 
 
+def test_skip_bad_inputs_drops_bad_task_items(tmp_path, tasks_ready):
+    from PIL import Image
+
+    data = json.loads((tasks_ready / "tasks" / "pathology_seg" / "datalist.json").read_text())
+    mask = tmp_path / "small_mask.png"
+    Image.open(data["training"][0]["label"]).resize((100, 100)).save(mask)
+    blank = tmp_path / "blank_tile.png"
+    Image.new("RGB", (96, 96), (255, 255, 255)).save(blank)  # a tile of empty glass: constant
+    data["training"][0] = dict(data["training"][0], label=str(mask))
+    data["training"][1] = dict(data["training"][1], image=str(blank))
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(data))
+    metrics = run_finetune("pathology_seg", tmp_path / "out", dataset_dir=str(path), skip_bad_inputs=True)
+    rejected = json.loads((tmp_path / "out" / "rejected_inputs_training.json").read_text())["rejected"]
+    assert [r["index"] for r in rejected] == [0, 1]
+    assert "differs from image" in rejected[0]["reasons"][0] and "image is constant" in rejected[1]["reasons"][0]
+    assert metrics["split_sizes"]["training"] == len(data["training"]) - 2
+
+
 def test_task_items_subset_is_fixed(tasks_ready):
     a = task_items("", "text_cls", "training", max_items=20, seed=0)
     b = task_items("", "text_cls", "training", max_items=20, seed=0)

@@ -120,7 +120,7 @@ def test_pathology_chain_batches_match_the_contract(items):
     chain = Compose(deterministic + random)
     chain.set_random_state(0)
     batch = next(iter(DataLoader(Dataset(items[:6], chain), batch_size=6)))
-    assert set(batch) == {"image"}
+    assert set(batch) == {"image", "source_file"}  # the file of each crop, named if its loss diverges
     image = batch["image"]
     assert type(image) is torch.Tensor and image.dtype == torch.float32
     assert image.shape == (6, 3, 96, 96)

@@ -196,9 +196,10 @@ def test_report_chain_batches_match_the_contract(tokenizer_dir, reports):
         chain.set_random_state(0)
         batches = list(DataLoader(Dataset(reports["validation"][:64], chain), batch_size=16))
         batch = batches[0]
-        assert set(batch) == {"input_ids", "attention_mask", "labels"}
-        for key in batch:
+        assert set(batch) == {"input_ids", "attention_mask", "labels", "source_text"}
+        for key in ("input_ids", "attention_mask", "labels"):
             assert batch[key].dtype == torch.long and batch[key].shape == (16, MAX_LEN)
+        assert batch["source_text"][0] == reports["validation"][0]["text"]  # names the report if its loss diverges
         assert (batch["labels"] != -100).any() and (batch["labels"][batch["attention_mask"] == 0] == -100).all()
         masked = sum(int((b["labels"] != -100).sum()) for b in batches)
         return masked / sum(int(b["attention_mask"].sum()) for b in batches)

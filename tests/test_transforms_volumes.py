@@ -33,7 +33,8 @@ def test_volume_chain_batches_match_the_contract(modality, datalist):
     chain.set_random_state(0)
     items = datalist(modality)["training"][:2]
     batch = next(iter(DataLoader(Dataset(items, chain), batch_size=2)))
-    assert set(batch) == {"image"}
+    assert set(batch) == {"image", "source_file"}  # the file of each crop, named if its loss diverges
+    assert sorted(set(batch["source_file"])) == sorted(str(i["image"]) for i in items)
     image = batch["image"]
     assert type(image) is torch.Tensor and image.dtype == torch.float32
     assert image.shape == (2 * CROPS, 1, *ROI)

@@ -107,7 +107,7 @@ def test_xray_chain_batches_match_the_contract(datalist):
     chain.set_random_state(0)
     items = datalist("xray")["training"] + datalist("xray")["validation"]
     batch = next(iter(DataLoader(Dataset(items, chain), batch_size=len(items))))
-    assert set(batch) == {"image"}
+    assert set(batch) == {"image", "source_file"}  # the file of each crop, named if its loss diverges
     image = batch["image"]
     assert type(image) is torch.Tensor and image.dtype == torch.float32
     assert image.shape == (len(items), 3, 96, 96)

@@ -1,10 +1,11 @@
 """Bundle-side helpers: stage data and chaining, rehearsal and teacher, the pipeline, Model Zoo export."""
 
 from .rehearsal import buffer_loaders, find_buffers, load_teacher
-from .stage import flag, init_from_previous_stage, load_stage_datalist, previous_stage_dir, resolve_datalist
+from .stage import claim_stage_dir, flag, init_from_previous_stage, load_stage_datalist, previous_stage_dir, resolve_datalist
 
 __all__ = [
     "buffer_loaders",
+    "claim_stage_dir",
     "find_buffers",
     "flag",
     "init_from_previous_stage",

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from medcoss_monai.checkpoints import check_state_fits, load_state
+
 __all__ = ["export_bundle", "find_trained_network", "schema_path", "FeatureWriter", "load_weights", "main"]
 
 logger = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ def find_task_network(
 
 def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from a ``model.pt`` or a MONAI checkpoint saved as ``{"model": state}``."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state(path, "model checkpoint")
     if isinstance(state, Mapping) and len(state) == 1 and isinstance(next(iter(state.values())), Mapping):
         state = next(iter(state.values()))
     return dict(state)
@@ -182,7 +184,8 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     Returns:
         The same network.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state(path, "model.pt")
+    check_state_fits(state, network, path, "The weights were trained with another network_def.")
     network.load_state_dict(state)
     return network
 

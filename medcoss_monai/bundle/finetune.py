@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcoss_monai.data.checks import BadInputError
-from medcoss_monai.data.tasks import check_task_labels, load_task_datalist
+from medcoss_monai.checkpoints import load_state
+from medcoss_monai.data.checks import EXPECTED_SPATIAL_DIMS, BadInputError, check_datalist, item_problems
+from medcoss_monai.data.layouts import label_problems
+from medcoss_monai.data.tasks import load_task_datalist
 from medcoss_monai.networks.pos_embed import StateDictReport, adapt_state_dict
 
 __all__ = [
@@ -97,14 +99,43 @@ def checked_items(
     mask_values: Sequence[int] | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    task: str = "",
+    skip_bad_inputs: bool = False,
+    rejected_path: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """``items`` unchanged after :func:`~medcoss_monai.data.tasks.check_task_labels` passed (a bundle expression).
+    """The usable items of a task split, checked before training (a bundle expression).
+
+    Each item's image (or text) is checked as a stage checks its data
+    (:func:`~medcoss_monai.data.checks.item_problems`: readable, finite, not constant, the task's
+    dimensionality) and its label by :func:`~medcoss_monai.data.layouts.label_problems` (class in range,
+    mask on the image's grid with allowed values). All problems are reported together.
+
+    Args:
+        items: the split's items.
+        num_classes: the task's number of classes.
+        mask_values: allowed mask values (default ``range(num_classes)``).
+        image_key: key of the image path.
+        label_key: key of the label.
+        task: the task name; its prefix (``ct_seg`` -> ``ct``) sets the expected dimensionality.
+        skip_bad_inputs: drop bad items (listed in ``rejected_path``) instead of stopping.
+        rejected_path: JSON file listing dropped items with their reasons.
+
+    Returns:
+        The good items, in order.
 
     Raises:
-        BadInputError: labels outside the class list, masks whose shape/spacing/values do not fit; names each file.
+        BadInputError: bad items and ``skip_bad_inputs`` is False (or none is left), naming each file.
     """
-    check_task_labels(list(items), num_classes, image_key=image_key, label_key=label_key, mask_values=mask_values)
-    return list(items)
+    modality = task.split("_")[0] if task else "task"
+    expected = EXPECTED_SPATIAL_DIMS.get(modality)
+
+    def problems(item: dict[str, Any]) -> list[str]:
+        return item_problems(item, (image_key,), expected) + label_problems(item, num_classes, image_key, label_key, mask_values)
+
+    return check_datalist(
+        list(items), modality, datalist_path=task or None, skip_bad_inputs=skip_bad_inputs,
+        rejected_path=rejected_path, check=problems,
+    )
 
 
 def split_sizes(*splits: Sequence[Any]) -> dict[str, int]:
@@ -154,7 +185,7 @@ def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_
         ``network``, loaded.
 
     Raises:
-        FileNotFoundError: ``ckpt`` does not exist.
+        CheckpointError: ``ckpt`` does not exist or cannot be read safely, naming the file.
         BadInputError: the checkpoint is from another architecture (no encoder tensor fits, or encoder
             tensors differ in shape, e.g. another hidden size), naming the file.
     """
@@ -163,12 +194,7 @@ def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_
         logger.info("No pretrained_ckpt: the encoder is trained from scratch.")
         return network
     path = str(ckpt)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained_ckpt '{path}' does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or non-torch file: name it
-        raise BadInputError(f"{path}: cannot be read as a torch checkpoint ({e.__class__.__name__}: {e}).") from e
+    obj = load_state(path, "pretrained checkpoint")
     state, report = adapt_state_dict(_state_dict_of(obj, path), network)
     encoder_loaded = [k for k in report.loaded if k.startswith(encoder_prefix)]
     encoder_skipped = {k: v for k, v in report.skipped.items() if k.startswith(encoder_prefix)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -38,16 +39,17 @@ import torch
 from torch import nn
 
 from medcoss_monai import MODALITIES
+from medcoss_monai.checkpoints import check_state_fits, load_state
 from medcoss_monai.handlers.probes import (
     COLUMN_MODALITY,
     CSV_COLUMNS,
     PRETEXT_COLUMNS,
     PROBE_COLUMNS,
-    append_row,
     evaluate_stage,
     probe_tokenizer,
+    write_rows,
 )
-from medcoss_monai.utils import atomic_write_json
+from medcoss_monai.utils import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "stage_order",
@@ -148,26 +150,12 @@ def load_stage_network(config: Mapping[str, Any] | None, model_path: str | os.Pa
     network (renamed, missing or extra) is refused, not half-loaded onto a random network.
 
     Raises:
-        ValueError: the weights do not fit the architecture (tensor shapes or key names differ), naming the file.
+        CheckpointError: the file cannot be read, or the weights do not fit the architecture (tensor
+            shapes or key names differ), naming the file.
     """
     network = build_network(config, seed)
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
-    own = network.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if wrong or missing or unexpected:
-        raise ValueError(
-            f"'{model_path}' does not fit the network of stage.json: "
-            + "; ".join(
-                part
-                for part in (
-                    f"shapes differ: {wrong[:3]}" if wrong else "",
-                    f"{len(missing)} missing key(s) {missing[:3]}" if missing else "",
-                    f"{len(unexpected)} unexpected key(s) {unexpected[:3]}" if unexpected else "",
-                )
-                if part
-            )
-        )
+    state = load_state(model_path, "stage model.pt")
+    check_state_fits(state, network, model_path, "It was not written with the network of its stage.json.")
     network.load_state_dict(state, strict=True)
     return network
 
@@ -257,11 +245,7 @@ def evaluate_run(
     summary["timings_s"] = timings
     summary["img_size_2d"], summary["img_size_3d"] = list(size_2d), list(size_3d)
     if write:
-        csv_path = run_dir / "forgetting.csv"
-        if csv_path.exists():
-            csv_path.unlink()
-        for row in rows:
-            append_row(row, csv_path)
+        write_rows(rows, run_dir / "forgetting.csv")  # one atomic write: a kill never leaves half a matrix
         plot_matrix(rows, run_dir / "forgetting.png", title=f"forgetting matrix: {run_dir.name}")
         atomic_write_json(summary, run_dir / "forgetting_summary.json")
     if verbose:
@@ -401,9 +385,10 @@ def plot_matrix(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, titl
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(image.getvalue(), path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,7 +129,7 @@ def run_pipeline(
         result = subprocess.run(cmd)
         seconds = time.time() - start
         if result.returncode != 0:
-            raise SystemExit(f"stage '{name}' failed (exit {result.returncode}); later stages were not run.")
+            raise SystemExit(f"stage '{name}' failed (exit {result.returncode}, its reason is printed above); later stages were not run.")
         folder = Path(output_dir) / f"stage_{name}"
         summary.append({"stage": name, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
     return summary

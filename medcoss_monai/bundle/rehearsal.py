@@ -15,6 +15,7 @@ from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader
 
 from medcoss_monai.bundle.stage import previous_stage_dir
+from medcoss_monai.checkpoints import check_state_fits, load_state
 from medcoss_monai.handlers.distillation import freeze_teacher
 from medcoss_monai.handlers.stage_outputs import unwrap_network
 
@@ -223,7 +224,8 @@ def load_teacher(
     if not enabled or folder is None:
         return None
     teacher = copy.deepcopy(unwrap_network(network)).cpu()
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = load_state(folder / "model.pt", f"model.pt of stage '{previous_stage}'")
+    check_state_fits(state, teacher, folder / "model.pt", "The previous stage was trained with another network_def.")
     teacher.load_state_dict(state)
     logger.info(f"distillation teacher: {folder / 'model.pt'} (frozen, eval mode)")
     return freeze_teacher(teacher.to(device))

@@ -11,10 +11,14 @@ from typing import Any
 import torch
 from monai.data import load_decathlon_datalist
 
-from medcoss_monai.data.checks import check_datalist
+from medcoss_monai import MODALITIES
+from medcoss_monai.checkpoints import load_state
+from medcoss_monai.data.checks import BadInputError, check_datalist
+from medcoss_monai.errors import RunLockedError
+from medcoss_monai.utils import remove_stale_temp_files
 from medcoss_monai.handlers.stage_outputs import unwrap_network
 
-__all__ = ["resolve_datalist", "load_stage_datalist", "init_from_previous_stage", "previous_stage_dir"]
+__all__ = ["resolve_datalist", "load_stage_datalist", "init_from_previous_stage", "previous_stage_dir", "claim_stage_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,11 @@ def load_stage_datalist(
     Returns:
         The datalist items, paths absolute.
     """
+    if modality not in MODALITIES:
+        raise BadInputError(
+            f"Unknown modality '{modality}': a stage bundle trains one of {list(MODALITIES)} "
+            "(the modality sets the reader checks, the pretext and the input size). Use that modality's bundle."
+        )
     path = resolve_datalist(dataset_dir, modality)
     try:
         items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key)
@@ -88,6 +97,66 @@ def load_stage_datalist(
             items, modality, datalist_path=path, skip_bad_inputs=skip_bad_inputs, rejected_path=rejected_path
         )
     return items
+
+
+_HELD_LOCKS: dict[str, int] = {}
+"""Stage folders this process holds the writer lock of: path -> open file descriptor."""
+
+LOCK_FILE = ".writer.lock"
+
+
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))  # torchrun sets it before the process group exists
+
+
+def claim_stage_dir(output_dir: str | os.PathLike, modality: str) -> str:
+    """Create ``<output_dir>/stage_<modality>`` and make this process its only writer.
+
+    An exclusive ``flock`` on ``.writer.lock`` in the folder is held until the process ends; the
+    kernel drops it when the process dies, even by ``kill -9``, so a killed run never leaves the
+    folder locked. Only the process of global rank 0 (``RANK``) takes it: the other ranks of a
+    distributed run write nothing. A process may claim the same folder again (sequential runs).
+
+    Args:
+        output_dir: the run folder.
+        modality: the stage's modality.
+
+    Returns:
+        The stage folder, as a string (the bundle's ``stage_dir``).
+
+    Raises:
+        RunLockedError: another live process holds the folder, naming its pid.
+    """
+    folder = Path(output_dir) / f"stage_{modality}"
+    key = str(folder.resolve())
+    if _global_rank() != 0 or key in _HELD_LOCKS:
+        return str(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one writer is then the user's responsibility
+        return str(folder)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"{folder} is being written by another process (pid {holder}). Wait for it to finish, stop it, "
+            "or choose another --output_dir; two runs in one stage folder would overwrite each other's checkpoints."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[key] = fd
+    stale = remove_stale_temp_files(folder)  # half-written files of a killed writer; the real ones are intact
+    if stale:
+        logger.info(f"removed {len(stale)} temporary file(s) a killed run left in {folder}: {[p.name for p in stale]}")
+    return str(folder)
 
 
 def previous_stage_dir(output_dir: str | os.PathLike, previous_stage: str | None) -> Path | None:
@@ -130,7 +199,7 @@ def init_from_previous_stage(
         return network
     from medcoss_monai.networks import adapt_state_dict
 
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    state = load_state(folder / "model.pt", f"model.pt of stage '{previous_stage}'")
     target = unwrap_network(network)
     state, report = adapt_state_dict(state, target)
     target.load_state_dict(state, strict=False)

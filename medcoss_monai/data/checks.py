@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.utils import atomic_write_json, is_rank0
 
-__all__ = ["BadInputError", "check_datalist", "EXPECTED_SPATIAL_DIMS"]
+__all__ = ["BadInputError", "check_datalist", "item_problems", "EXPECTED_SPATIAL_DIMS"]
 
 EXPECTED_SPATIAL_DIMS = {"xray": 2, "pathology": 2, "ct": 3, "mri": 3}
 """Spatial dimensionality each image modality must have."""
@@ -21,12 +23,11 @@ EXPECTED_SPATIAL_DIMS = {"xray": 2, "pathology": 2, "ct": 3, "mri": 3}
 _SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
 
 
-class BadInputError(ValueError):
-    """Raised when a datalist holds files that cannot be trained on; lists every file and reason."""
+def _spatial_dims_of(path: str, problems: list[str] | None = None) -> int:
+    """Load an image the way the stage will and return its spatial dimensionality.
 
-
-def _spatial_dims_of(path: str) -> int:
-    """Load an image the way the stage will and return its spatial dimensionality."""
+    Content problems a reader does not raise for (a constant image) are appended to ``problems``.
+    """
     from monai.transforms import LoadImage
 
     lower = path.lower()
@@ -48,8 +49,14 @@ def _spatial_dims_of(path: str) -> int:
     else:
         img = LoadImage(image_only=True)(path)
     shape = [s for s in img.shape]
-    if not np.isfinite(np.asarray(img, dtype=np.float32)).all():
+    values = np.asarray(img, dtype=np.float32)
+    if values.size == 0:
+        raise ValueError("image has no pixels")
+    if not np.isfinite(values).all():
         raise ValueError("image holds NaN or infinite values")
+    if problems is not None and values.min() == values.max():
+        # normalised to patch-wise zero variance, a constant image gives the pretext nothing to learn
+        problems.append(f"{path}: image is constant (every value is {float(values.flat[0]):g})")
     if lower.endswith((".png", ".jpg", ".jpeg", ".bmp")):
         return 2
     # drop singleton trailing dims (single-frame DICOM, NIfTI with a time axis of 1) and RGB channels
@@ -69,41 +76,64 @@ def _is_dicom(path: str) -> bool:
         return False
 
 
-def _check_item(item: dict, image_keys: Sequence[str], expected_dims: int | None, text_key: str) -> list[str]:
-    problems = []
+def _text_problems(text: Any, where: str) -> list[str]:
+    if not isinstance(text, str) or not text.strip():
+        return [f"{where} is empty"]
+    # anonymised reports can be placeholders only ("XXXX."): no word left to mask and predict
+    if not re.search(r"[A-Za-z0-9]", re.sub(r"X{2,}", "", text)):
+        return [f"{where} has no words ({text.strip()[:40]!r})"]
+    return []
+
+
+def item_problems(
+    item: dict, image_keys: Sequence[str] = ("image",), expected_dims: int | None = None, text_key: str = "text"
+) -> list[str]:
+    """What is wrong with one datalist item (empty when nothing is).
+
+    A report item needs non-empty text (``text``, or a readable ``text_file``); an image item needs its
+    first image key, and every file it names must open with the stage's reader, hold finite values and
+    have the stage's dimensionality; the image must not be constant.
+
+    Args:
+        item: the datalist item.
+        image_keys: keys holding file paths; the first is the image (required, dimensionality checked).
+        expected_dims: spatial dimensionality the image must have, or None for any.
+        text_key: key holding inline report text.
+
+    Returns:
+        One message per problem, naming the file or the key.
+    """
+    if not isinstance(item, dict):
+        return [f"item is a {type(item).__name__}, not a dict of keys"]
     if text_key in item:
-        if not isinstance(item[text_key], str) or not item[text_key].strip():
-            problems.append(f"'{text_key}' is empty")
-        return problems
+        return _text_problems(item[text_key], f"'{text_key}'")
     if "text_file" in item:
         p = Path(item["text_file"])
         if not p.is_file():
-            problems.append(f"{p}: file not found")
-        else:
-            try:
-                if not p.read_text(encoding="utf-8", errors="strict").strip():
-                    problems.append(f"{p}: report file is empty")
-            except (OSError, UnicodeDecodeError) as e:
-                problems.append(f"{p}: unreadable ({e.__class__.__name__}: {e})")
-        return problems
-    present = [k for k in image_keys if k in item]
-    if not present:
-        return [f"item has none of the keys {list(image_keys) + [text_key, 'text_file']}: {item}"]
-    for key in present:
+            return [f"{p}: file not found"]
+        try:
+            return _text_problems(p.read_text(encoding="utf-8", errors="strict"), f"{p}: report file")
+        except (OSError, UnicodeDecodeError) as e:
+            return [f"{p}: unreadable ({e.__class__.__name__}: {e})"]
+    if image_keys[0] not in item:
+        return [f"item has no '{image_keys[0]}' key (nor '{text_key}' / 'text_file'); its keys: {sorted(map(str, item))}"]
+    problems: list[str] = []
+    for key in [k for k in image_keys if k in item]:
         path = str(item[key])
         if not os.path.exists(path):
-            problems.append(f"{path}: file not found")
+            problems.append(f"{path}: file not found ('{key}')")
             continue
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             problems.append(f"{path}: file is empty")
             continue
+        is_image = key == image_keys[0]
         try:
-            dims = _spatial_dims_of(path)
+            dims = _spatial_dims_of(path, problems if is_image else None)
         except Exception as e:  # any reader failure means the stage could not read it either
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             problems.append(f"{path}: unreadable or corrupt ({e.__class__.__name__}: {msg[:200]})")
             continue
-        if expected_dims is not None and key == image_keys[0] and dims != expected_dims:
+        if expected_dims is not None and is_image and dims != expected_dims:
             problems.append(f"{path}: has {dims} spatial dimensions, this stage needs {expected_dims}")
     return problems
 
@@ -150,9 +180,9 @@ def check_datalist(
             "or point --dataset_dir at another datalist."
         )
     expected = EXPECTED_SPATIAL_DIMS.get(modality)
-    check_fn = check or (lambda it: _check_item(it, tuple(image_keys), expected, text_key))
+    check_fn = check or (lambda it: item_problems(it, tuple(image_keys), expected, text_key))
     # report datalists are thousands of inline texts: checking them in-thread is faster than a pool
-    if all(text_key in it for it in items):
+    if all(isinstance(it, dict) and text_key in it for it in items):
         results = [check_fn(it) for it in items]
     else:
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:

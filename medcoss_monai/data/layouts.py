@@ -24,6 +24,7 @@ __all__ = [
     "datalist_from_image_mask_folders",
     "datalist_from_labelled_sentences",
     "check_task_labels",
+    "label_problems",
 ]
 
 SPLIT_SEED = 0
@@ -279,6 +280,67 @@ def _mask_values(path: str) -> np.ndarray:
     return np.unique(np.asarray(LoadImage(image_only=True)(path)))
 
 
+def label_problems(
+    item: dict[str, Any],
+    num_classes: int,
+    image_key: str = "image",
+    label_key: str = "label",
+    mask_values: Sequence[int] | None = None,
+    spacing_tol: float = 1e-3,
+) -> list[str]:
+    """What is wrong with one task item's label (empty when nothing is).
+
+    - class labels (an int, or a list of ``num_classes`` 0/1 for multi-label) must lie in
+      ``[0, num_classes)``;
+    - a mask file must have its image's spatial shape and spacing (read from the headers) and hold only
+      values in ``[0, num_classes)`` (or in ``mask_values``, e.g. ``[0, 255]`` for 8-bit PNG masks).
+
+    Args:
+        item: a datalist item.
+        num_classes: the number of classes (segmentation: including background).
+        image_key: key of the image path (used for masks).
+        label_key: key of the label.
+        mask_values: allowed mask values, default ``range(num_classes)``.
+        spacing_tol: relative spacing tolerance.
+
+    Returns:
+        One message per problem, naming the file or item.
+    """
+    allowed = set(int(v) for v in (mask_values if mask_values is not None else range(num_classes)))
+    where = item.get(image_key, item.get("id", "item"))
+    if label_key not in item:
+        return [f"{where}: no '{label_key}'"]
+    label = item[label_key]
+    if isinstance(label, bool) or isinstance(label, (int, np.integer)):
+        if not 0 <= int(label) < num_classes:
+            return [f"{where}: label {label} is outside the class list (0..{num_classes - 1})"]
+        return []
+    if isinstance(label, (list, tuple)):
+        if len(label) != num_classes or any(v not in (0, 1) for v in label):
+            return [f"{where}: multi-label {list(label)} is not {num_classes} values of 0/1"]
+        return []
+    if not isinstance(label, (str, os.PathLike)):
+        return [f"{where}: label of type {type(label).__name__} is not a class index, list or mask path"]
+    mask = str(label)
+    if not os.path.isfile(mask):
+        return [f"{mask}: mask file not found"]
+    if image_key not in item:
+        return [f"{mask}: the item has no '{image_key}' to check the mask against"]
+    try:
+        m_shape, m_spacing = _header(mask)
+        i_shape, i_spacing = _header(str(item[image_key]))
+    except Exception as e:  # any header reader failure: name the file
+        return [f"{mask}: cannot read header ({e.__class__.__name__}: {e})"]
+    if m_shape != i_shape:
+        return [f"{mask}: mask shape {m_shape} differs from image {item[image_key]} shape {i_shape}"]
+    if m_spacing and i_spacing and not np.allclose(m_spacing, i_spacing, rtol=spacing_tol):
+        return [f"{mask}: mask spacing {m_spacing} differs from image {item[image_key]} spacing {i_spacing}"]
+    bad = sorted(set(int(v) for v in _mask_values(mask)) - allowed)
+    if bad:
+        return [f"{mask}: mask values {bad[:10]} are outside the allowed values {sorted(allowed)[:10]}"]
+    return []
+
+
 def check_task_labels(
     items: Sequence[dict[str, Any]],
     num_classes: int,
@@ -289,10 +351,7 @@ def check_task_labels(
 ) -> None:
     """Check the labels of a task datalist before training; all problems are reported together.
 
-    - class labels (an int, or a list of ``num_classes`` 0/1 for multi-label) must lie in
-      ``[0, num_classes)``;
-    - a mask file must have its image's spatial shape and spacing (read from the headers) and hold only
-      values in ``[0, num_classes)`` (or in ``mask_values``, e.g. ``[0, 255]`` for 8-bit PNG masks).
+    See :func:`label_problems` for what is checked.
 
     Args:
         items: datalist items.
@@ -305,41 +364,8 @@ def check_task_labels(
     Raises:
         BadInputError: naming each bad file or item and the problem.
     """
-    allowed = set(int(v) for v in (mask_values if mask_values is not None else range(num_classes)))
-    problems = []
-    for i, item in enumerate(items):
-        where = item.get(image_key, item.get("id", f"item {i}"))
-        if label_key not in item:
-            problems.append(f"{where}: no '{label_key}'")
-            continue
-        label = item[label_key]
-        if isinstance(label, bool) or isinstance(label, (int, np.integer)):
-            if not 0 <= int(label) < num_classes:
-                problems.append(f"{where}: label {label} is outside the class list (0..{num_classes - 1})")
-        elif isinstance(label, (list, tuple)):
-            if len(label) != num_classes or any(v not in (0, 1) for v in label):
-                problems.append(f"{where}: multi-label {list(label)} is not {num_classes} values of 0/1")
-        elif isinstance(label, (str, os.PathLike)):
-            mask = str(label)
-            if not os.path.isfile(mask):
-                problems.append(f"{mask}: mask file not found")
-                continue
-            try:
-                m_shape, m_spacing = _header(mask)
-                i_shape, i_spacing = _header(str(item[image_key]))
-            except Exception as e:  # any header reader failure: name the file
-                problems.append(f"{mask}: cannot read header ({e.__class__.__name__}: {e})")
-                continue
-            if m_shape != i_shape:
-                problems.append(f"{mask}: mask shape {m_shape} differs from image {item[image_key]} shape {i_shape}")
-                continue
-            if m_spacing and i_spacing and not np.allclose(m_spacing, i_spacing, rtol=spacing_tol):
-                problems.append(f"{mask}: mask spacing {m_spacing} differs from image {item[image_key]} spacing {i_spacing}")
-                continue
-            bad = sorted(set(int(v) for v in _mask_values(mask)) - allowed)
-            if bad:
-                problems.append(f"{mask}: mask values {bad[:10]} are outside the allowed values {sorted(allowed)[:10]}")
-        else:
-            problems.append(f"{where}: label of type {type(label).__name__} is not a class index, list or mask path")
+    problems = [
+        p for item in items for p in label_problems(item, num_classes, image_key, label_key, mask_values, spacing_tol)
+    ]
     if problems:
         raise BadInputError(f"{len(problems)} label problem(s):\n" + "\n".join(f"  {p}" for p in problems))

@@ -114,6 +114,14 @@ class RehearsalLoader:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self.epoch)
 
+    def restart_buffers(self) -> None:
+        """Make the next buffer batches come from fresh iterators (a new shuffle of each buffer).
+
+        Called at the start of each epoch so an epoch's buffer batches do not depend on where the
+        previous epoch stopped (what a resumed run cannot know).
+        """
+        self._iters.clear()
+
     def _next_buffer_batch(self, modality: str) -> Any:
         try:
             return next(self._iters[modality])

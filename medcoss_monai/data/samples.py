@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from medcoss_monai import MODALITIES
+from medcoss_monai.errors import MedcossError
 from medcoss_monai.data.archives import (
     DebianUnavailableError,
     Distribution,
@@ -257,7 +258,7 @@ TILE_SIZE, TILE_LEVEL, TILE_MIN_TISSUE = 224, 0, 0.5
 _DEBIAN_SKIPPED = ".debian_skipped.json"
 
 
-class SampleDataMissingError(FileNotFoundError):
+class SampleDataMissingError(MedcossError, FileNotFoundError):
     """Raised when a sample datalist is needed but :func:`fetch` has not been run."""
 
 

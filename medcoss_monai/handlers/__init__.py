@@ -1,7 +1,9 @@
 """Ignite handlers of medcoss-monai: stage outputs, loss history, reconstructions, continual learning, probes."""
 
 from .buffer_selection import BufferSelectionHandler, embed_dataset
+from .determinism import EpochSeedHandler, epoch_seed
 from .distillation import FeatureDistillationHandler, freeze_teacher
+from .failures import StopOnNonFiniteLoss, describe_batch
 from .loss_history import LossHistoryHandler
 from .metrics_writer import MetricsWriter, classification_metrics
 from .mixup import IntraModalMixupHandler
@@ -13,6 +15,7 @@ from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHa
 __all__ = [
     "AtomicCheckpointSaver",
     "BufferSelectionHandler",
+    "EpochSeedHandler",
     "FeatureDistillationHandler",
     "IntraModalMixupHandler",
     "LossHistoryHandler",
@@ -22,8 +25,11 @@ __all__ = [
     "RehearsalHandler",
     "StageModelSaver",
     "StageResumeHandler",
+    "StopOnNonFiniteLoss",
     "classification_metrics",
+    "describe_batch",
     "embed_dataset",
+    "epoch_seed",
     "freeze_teacher",
     "is_buffer_batch",
     "latest_checkpoint",

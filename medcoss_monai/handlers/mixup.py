@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from medcoss_monai.engines.pretext_trainer import PretextEvents
+from medcoss_monai.handlers.determinism import epoch_seed
 from medcoss_monai.handlers.rehearsal import is_buffer_batch
 from medcoss_monai.transforms import ImageMixup, TextMixupd
 
@@ -26,17 +27,29 @@ class IntraModalMixupHandler:
     """
 
     def __init__(self, seed: int = 0, all_batches: bool = False) -> None:
+        self.seed = int(seed)
         self.image_mixup = ImageMixup().set_random_state(seed)
         self.text_mixup = TextMixupd(keys=("input_ids", "attention_mask", "labels")).set_random_state(seed + 1)
         self.all_batches = all_batches
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``PretextEvents.INPUTS_PREPARED``.
+        """Register on ``PretextEvents.INPUTS_PREPARED``, and re-seed on ``Events.EPOCH_STARTED``.
 
         Args:
             engine: the trainer.
         """
+        engine.add_event_handler(Events.EPOCH_STARTED, self.set_epoch)
         engine.add_event_handler(PretextEvents.INPUTS_PREPARED, self)
+
+    def set_epoch(self, engine: Engine) -> None:
+        """Draw this epoch's mixing from ``(seed, epoch)``, so a resumed run mixes as the uninterrupted one.
+
+        Args:
+            engine: the trainer.
+        """
+        seed = epoch_seed(self.seed, engine.state.epoch)
+        self.image_mixup.set_random_state(seed)
+        self.text_mixup.set_random_state((seed + 1) % 0x7FFFFFFF)
 
     def __call__(self, engine: Engine) -> None:
         if not (self.all_batches or is_buffer_batch(engine)):

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcoss_monai.checkpoints import load_state
 from medcoss_monai.utils import is_rank0
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "mae_mse",
     "evaluate_stage",
     "append_row",
+    "write_rows",
     "ProbeHandler",
 ]
 
@@ -428,7 +430,7 @@ def network_with_stage_heads(
     path = Path(stage_model)
     if not path.is_file():
         raise FileNotFoundError(f"Stage weights '{path}' do not exist.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state(path, "stage model.pt")
     if isinstance(state, Mapping) and "network" in state and isinstance(state["network"], Mapping):
         state = state["network"]
     heads = {k: v for k, v in state.items() if k.split(".", 1)[0].startswith(tuple(head_prefixes))}
@@ -622,6 +624,24 @@ def evaluate_stage(
     return row
 
 
+def write_rows(rows: Sequence[Mapping[str, Any]], csv_path: str | os.PathLike) -> Path:
+    """Write probe rows as one CSV (header :data:`CSV_COLUMNS`), atomically: a kill leaves the old file or the new.
+
+    Args:
+        rows: dicts over :data:`CSV_COLUMNS`.
+        csv_path: the CSV file.
+
+    Returns:
+        the CSV path.
+    """
+    from medcoss_monai.utils import atomic_write_text
+
+    lines = [",".join(CSV_COLUMNS)]
+    for r in rows:
+        lines.append(",".join(_fmt(r.get(c)) for c in CSV_COLUMNS))
+    return atomic_write_text("\n".join(lines) + "\n", Path(csv_path))
+
+
 def append_row(row: Mapping[str, Any], csv_path: str | os.PathLike) -> Path:
     """Append a row to a probe CSV (header :data:`CSV_COLUMNS` written first); a row with the same ``after`` is replaced.
 
@@ -632,18 +652,13 @@ def append_row(row: Mapping[str, Any], csv_path: str | os.PathLike) -> Path:
     Returns:
         the CSV path.
     """
-    from medcoss_monai.utils import atomic_write_text
-
     path = Path(csv_path)
     rows: list[dict[str, Any]] = []
     if path.is_file():
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if r.get("after") != row.get("after")]
     rows.append({c: row.get(c) for c in CSV_COLUMNS})
-    lines = [",".join(CSV_COLUMNS)]
-    for r in rows:
-        lines.append(",".join(_fmt(r.get(c)) for c in CSV_COLUMNS))
-    return atomic_write_text("\n".join(lines) + "\n", path)
+    return write_rows(rows, path)
 
 
 def _fmt(value: Any) -> str:

@@ -14,11 +14,36 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
+from medcoss_monai.checkpoints import load_state, state_dict_mismatch
+from medcoss_monai.errors import CheckpointError, ResumeError
 from medcoss_monai.utils import atomic_torch_save, atomic_write_json, is_rank0
 
-__all__ = ["StageModelSaver", "AtomicCheckpointSaver", "StageResumeHandler", "latest_checkpoint", "unwrap_network"]
+__all__ = [
+    "StageModelSaver",
+    "AtomicCheckpointSaver",
+    "StageResumeHandler",
+    "latest_checkpoint",
+    "stage_config",
+    "unwrap_network",
+]
 
 _CKPT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+
+STAGE_CONFIG_KEY = "stage_config"
+"""Key of a checkpoint's record of what it was trained with (the network's config)."""
+
+
+def stage_config(network: Any) -> dict[str, Any]:
+    """What a checkpoint records about its run: the network's architecture config, JSON-plain.
+
+    Args:
+        network: the trained network (wrappers removed), or None.
+
+    Returns:
+        ``{"network": {...}}``, or ``{}`` when the network has no ``config``.
+    """
+    config = getattr(unwrap_network(network), "config", None) if isinstance(network, torch.nn.Module) else None
+    return {"network": json.loads(json.dumps(_jsonable(dict(config))))} if config is not None else {}
 
 
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -139,10 +164,11 @@ class AtomicCheckpointSaver:
             return
         if not is_rank0():
             return
-        state = {}
+        state: dict[str, Any] = {}
         for name, obj in self.save_dict.items():
             obj = unwrap_network(obj) if isinstance(obj, torch.nn.Module) else obj
             state[name] = obj.state_dict()
+        state[STAGE_CONFIG_KEY] = stage_config(self.save_dict.get("network"))
         atomic_torch_save(state, self.save_dir / f"checkpoint_epoch={epoch}.pt")
         found = sorted(
             (int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := _CKPT_PATTERN.match(p.name))
@@ -195,10 +221,58 @@ class StageResumeHandler:
         if self.checkpoint is None:
             logger.info(f"resume requested but {self.stage_dir} holds no checkpoint: starting from epoch 1")
             return
+        self.check_resumable(self.checkpoint)
         logger.info(f"resuming from {self.checkpoint}")
         CheckpointLoader(load_path=str(self.checkpoint), load_dict=self.load_dict, map_location=self.map_location).attach(
             engine
         )
+
+
+    def check_resumable(self, checkpoint: Path) -> None:
+        """Refuse, before any training, a checkpoint the current settings cannot continue from.
+
+        The network's config recorded in the checkpoint is compared with the current one (every
+        changed key is listed); a checkpoint without that record is compared tensor by tensor.
+
+        Args:
+            checkpoint: the checkpoint to resume from.
+
+        Raises:
+            CheckpointError: the file cannot be read or lacks a saved part (``network``, ``optimizer``...).
+            ResumeError: the network differs from the one the checkpoint was trained with.
+        """
+        state = load_state(checkpoint, "stage checkpoint")
+        missing = [k for k in self.load_dict if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"{checkpoint}: lacks {missing} (holds {sorted(state)}); it is not a stage checkpoint of this "
+                "project. Move it away or rerun without --resume."
+            )
+        what_to_do = (
+            "Rerun with the settings it was trained with, or start the stage afresh: without --resume, "
+            "or with another --output_dir."
+        )
+        recorded = state.get(STAGE_CONFIG_KEY, {}).get("network") if isinstance(state.get(STAGE_CONFIG_KEY), dict) else None
+        current = stage_config(self.load_dict.get("network")).get("network")
+        if recorded is not None and current is not None and recorded != current:
+            changed = [
+                f"{k}: {recorded.get(k, '(absent)')!r} in the checkpoint, {current.get(k, '(absent)')!r} now"
+                for k in sorted(set(recorded) | set(current))
+                if recorded.get(k) != current.get(k)
+            ]
+            raise ResumeError(
+                f"Cannot resume {self.stage_dir} from {checkpoint.name}: the network changed since it was saved:\n"
+                + "\n".join(f"  {c}" for c in changed)
+                + f"\n{what_to_do}"
+            )
+        network = self.load_dict.get("network")
+        if isinstance(network, torch.nn.Module) and isinstance(state.get("network"), Mapping):
+            problems = state_dict_mismatch(state["network"], network.state_dict())
+            if problems:
+                raise ResumeError(
+                    f"Cannot resume {self.stage_dir} from {checkpoint.name}: its network does not fit the current one "
+                    f"({'; '.join(problems)}). {what_to_do}"
+                )
 
 
 def _jsonable(obj: Any) -> Any:
