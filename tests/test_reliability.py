@@ -8,8 +8,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
