@@ -117,7 +117,9 @@ def run_pipeline(
     if method == "joint":
         # one stage: the last modality's bundle, with the others' training data interleaved
         joint = "[" + ",".join(repr(s) for s in stages) + "]"
-        plan = [(stages[-1], "", ["--joint_modalities", joint, "--stage_dir", str(Path(output_dir) / "stage_joint")])]
+        # the stage folder is claimed (one writer) as the stage bundles claim theirs
+        stage_dir = "$medcoss_monai.bundle.claim_stage_dir(@output_dir, 'joint')"
+        plan = [(stages[-1], "", ["--joint_modalities", joint, "--stage_dir", stage_dir])]
     else:
         plan = [(m, stages[i - 1] if i else "", []) for i, m in enumerate(stages)]
     summary = []
