@@ -19,12 +19,14 @@ from medcoss_monai.errors import CheckpointError
 __all__ = ["load_state", "state_dict_mismatch", "check_state_fits"]
 
 
-def load_state(path: str | os.PathLike, what: str = "checkpoint") -> Mapping[str, Any]:
+def load_state(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False) -> Mapping[str, Any]:
     """Load a checkpoint file as a mapping of plain tensors and values.
 
     Args:
         path: the file.
         what: what the file should be, for messages (``"model.pt of stage ct"``...).
+        mmap: memory-map the file: tensors are read only when their values are used (enough to check
+            keys, shapes and recorded settings of a large checkpoint).
 
     Returns:
         The loaded mapping (a state dict, or a dict of state dicts).
@@ -38,7 +40,7 @@ def load_state(path: str | os.PathLike, what: str = "checkpoint") -> Mapping[str
     if not path.is_file():
         raise CheckpointError(f"{path}: the {what} does not exist.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # every failure means the same to the user: this file cannot be used
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise CheckpointError(

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medcoss_monai.errors import OutputWriteError
+
 __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
@@ -47,8 +49,6 @@ def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError) and e.errno in _NO_SPACE:
-            from medcoss_monai.errors import OutputWriteError
-
             before = f"the previous {path.name} is unchanged" if path.exists() else f"no partial {path.name} was left"
             raise OutputWriteError(
                 e.errno, f"{path}: could not be written ({os.strerror(e.errno)}); {before}. "

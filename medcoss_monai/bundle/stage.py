@@ -15,8 +15,8 @@ from medcoss_monai import MODALITIES
 from medcoss_monai.checkpoints import load_state
 from medcoss_monai.data.checks import BadInputError, check_datalist
 from medcoss_monai.errors import RunLockedError
-from medcoss_monai.utils import remove_stale_temp_files
 from medcoss_monai.handlers.stage_outputs import unwrap_network
+from medcoss_monai.utils import remove_stale_temp_files
 
 __all__ = ["resolve_datalist", "load_stage_datalist", "init_from_previous_stage", "previous_stage_dir", "claim_stage_dir"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _loaders(loader: Any) -> Iterable[Any]:
-    # a RehearsalLoader holds the current loader and one loader per rehearsed modality
-    yield loader
-    yield from getattr(loader, "buffers", {}).values()
+def _training_datasets(loader: Any) -> list[tuple[int, Any]]:
+    """``(stream number, dataset)`` of each dataset a trainer's loader draws from.
+
+    A plain loader has one (number 1); a ``RehearsalLoader`` has one per rehearsed modality
+    (numbers 2, 3...) and the current modality's (the next number).
+    """
     current = getattr(loader, "current", None)
-    if current is not None:
-        yield current
+    if current is None:
+        return [(1, loader.dataset)] if getattr(loader, "dataset", None) is not None else []
+    buffers = [b.dataset for b in getattr(loader, "buffers", {}).values()]
+    return [(2 + i, d) for i, d in enumerate(buffers)] + [(2 + len(buffers), current.dataset)]
 
 
 class EpochSeedHandler:
@@ -67,11 +70,7 @@ class EpochSeedHandler:
     def __call__(self, engine: Engine) -> None:
         seed = epoch_seed(self.seed, engine.state.epoch)
         set_determinism(seed=seed)
-        offset = 1
-        for loader in _loaders(engine.data_loader):
-            dataset = getattr(loader, "dataset", None)
-            if dataset is not None:
-                set_rnd(dataset, seed=(seed + 1000 * offset) % 0x7FFFFFFF)
-            offset += 1
-            if hasattr(loader, "restart_buffers"):
-                loader.restart_buffers()  # buffer batches restart each epoch, from the re-seeded shuffle
+        for number, dataset in _training_datasets(engine.data_loader):
+            set_rnd(dataset, seed=(seed + 1000 * number) % 0x7FFFFFFF)
+        if hasattr(engine.data_loader, "restart_buffers"):
+            engine.data_loader.restart_buffers()  # buffer batches restart each epoch, from the re-seeded shuffle

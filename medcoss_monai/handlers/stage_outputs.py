@@ -208,7 +208,7 @@ class StageResumeHandler:
         self.checkpoint: Path | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Attach a ``CheckpointLoader`` for the newest checkpoint, if resuming and one exists.
+        """Check the newest checkpoint now and attach a ``CheckpointLoader`` for it, if resuming and one exists.
 
         Args:
             engine: the trainer.
@@ -227,7 +227,6 @@ class StageResumeHandler:
             engine
         )
 
-
     def check_resumable(self, checkpoint: Path) -> None:
         """Refuse, before any training, a checkpoint the current settings cannot continue from.
 
@@ -241,7 +240,8 @@ class StageResumeHandler:
             CheckpointError: the file cannot be read or lacks a saved part (``network``, ``optimizer``...).
             ResumeError: the network differs from the one the checkpoint was trained with.
         """
-        state = load_state(checkpoint, "stage checkpoint")
+        # memory-mapped: the config and the tensor shapes are read, not the weights (CheckpointLoader reads those)
+        state = load_state(checkpoint, "stage checkpoint", mmap=True)
         missing = [k for k in self.load_dict if k not in state]
         if missing:
             raise CheckpointError(
@@ -252,7 +252,8 @@ class StageResumeHandler:
             "Rerun with the settings it was trained with, or start the stage afresh: without --resume, "
             "or with another --output_dir."
         )
-        recorded = state.get(STAGE_CONFIG_KEY, {}).get("network") if isinstance(state.get(STAGE_CONFIG_KEY), dict) else None
+        record = state.get(STAGE_CONFIG_KEY)
+        recorded = record.get("network") if isinstance(record, dict) else None
         current = stage_config(self.load_dict.get("network")).get("network")
         if recorded is not None and current is not None and recorded != current:
             changed = [
