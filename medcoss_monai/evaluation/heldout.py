@@ -10,6 +10,8 @@ the same crops and the same masks.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -51,26 +53,32 @@ def held_out_batches(
     Yields:
         (B, C, ...) float tensors.
     """
+    # the cache key holds the overrides as JSON text (they are sizes and names) and the data folder
+    key = json.dumps(shared or {}, sort_keys=True)
+    crops = _held_out_crops(modality, key, seed, str(bundles) if bundles else None, os.environ.get("MEDCOSS_DATA", ""))
+    for start in range(0, len(crops), batch_size):
+        yield torch.stack(crops[start : start + batch_size])  # a new tensor: the cached crops stay intact
+
+
+@functools.lru_cache(maxsize=8)
+def _held_out_crops(modality: str, shared_json: str, seed: int, bundles: str | None, data: str) -> list[torch.Tensor]:
+    """The held-out crops of a modality, cut once per process: every row of a forgetting matrix scores the same ones."""
     from monai.transforms import Compose
 
-    parser = _stage_parser(modality, shared or {}, bundles)
+    parser = _stage_parser(modality, json.loads(shared_json), bundles)
     items = parser.get_parsed_content("test#datalist")
     repeats = int(parser.get_parsed_content("test#repeats"))
     deterministic = Compose(parser.get_parsed_content("train#deterministic_transforms"))
     random = Compose(parser.get_parsed_content("train#random_transforms"))
     random.set_random_state(seed)
-    pending: list[torch.Tensor] = []
+    crops: list[torch.Tensor] = []
     for item in items:
         base = deterministic(dict(item))
         for _ in range(repeats):
             out = random(dict(base))
             for sample in out if isinstance(out, list) else [out]:  # crops_per_volume samples of a 3D item
-                pending.append(torch.as_tensor(sample["image"]).float())
-                if len(pending) == batch_size:
-                    yield torch.stack(pending)
-                    pending = []
-    if pending:
-        yield torch.stack(pending)
+                crops.append(torch.as_tensor(sample["image"]).float())
+    return crops
 
 
 def held_out_mae_mse(
