@@ -94,7 +94,7 @@ def test_report_items_without_words_and_unknown_modality(sample_data, tmp_path):
 
 
 def test_foreign_garbage_and_malicious_checkpoints_are_refused(tmp_path):
-    from medcoss_monai.checkpoints import load_state
+    from medcoss_monai.networks.checkpoint import load_state
 
     garbage = tmp_path / "notes.pt"
     garbage.write_text("not a checkpoint")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medcoss_monai.checkpoints import check_state_fits, load_state
+from medcoss_monai.networks.checkpoint import load_state, load_strict, state_dict_of
 
 __all__ = ["export_bundle", "find_trained_network", "schema_path", "FeatureWriter", "load_weights", "main"]
 
@@ -166,14 +166,6 @@ def find_task_network(
     return network, weights, info
 
 
-def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from a ``model.pt`` or a MONAI checkpoint saved as ``{"model": state}``."""
-    state = load_state(path, "model checkpoint")
-    if isinstance(state, Mapping) and len(state) == 1 and isinstance(next(iter(state.values())), Mapping):
-        state = next(iter(state.values()))
-    return dict(state)
-
-
 def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Load a plain state dict into ``network`` (used by the exported ``train.json``).
 
@@ -184,10 +176,7 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
     Returns:
         The same network.
     """
-    state = load_state(path, "model.pt")
-    check_state_fits(state, network, path, "The weights were trained with another network_def.")
-    network.load_state_dict(state)
-    return network
+    return load_strict(network, path, "model.pt", "The weights were trained with another network_def.")
 
 
 class FeatureWriter:
@@ -550,7 +539,7 @@ def export_bundle(
 
     # the network as exported: build it, load the weights, measure its one output tensor
     net = ConfigParser({"network_def": network}).get_parsed_content("network_def")
-    state = _plain_state_dict(weights)
+    state = state_dict_of(load_state(weights, "model checkpoint"), weights)
     net.load_state_dict(state)
     net.eval()
     channels, spatial = _input_spec(network, modality)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcoss_monai.checkpoints import load_state
+from medcoss_monai.networks.checkpoint import load_state, state_dict_of
 from medcoss_monai.data.checks import EXPECTED_SPATIAL_DIMS, BadInputError, check_datalist, item_problems
 from medcoss_monai.data.layouts import label_problems
 from medcoss_monai.data.tasks import load_task_datalist
@@ -156,19 +156,6 @@ def default_tokenizer_dir(pretrained_ckpt: str | None, output_dir: str | os.Path
     return str(Path(output_dir) / "tokenizer")
 
 
-def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    """The tensors of a saved object: a state dict, or one nested under a usual key."""
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("network", "model", "state_dict", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise BadInputError(f"{path}: not a model checkpoint (expected a state dict of tensors, got {type(obj).__name__}).")
-
-
 def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_prefix: str = "encoder.") -> nn.Module:
     """Load a stage's ``model.pt`` into the encoder of a downstream network; ``ckpt`` empty = from scratch.
 
@@ -195,7 +182,7 @@ def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_
         return network
     path = str(ckpt)
     obj = load_state(path, "pretrained checkpoint")
-    state, report = adapt_state_dict(_state_dict_of(obj, path), network)
+    state, report = adapt_state_dict(state_dict_of(obj, path), network)
     encoder_loaded = [k for k in report.loaded if k.startswith(encoder_prefix)]
     encoder_skipped = {k: v for k, v in report.skipped.items() if k.startswith(encoder_prefix)}
     if not encoder_loaded or encoder_skipped:

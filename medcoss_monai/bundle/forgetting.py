@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from medcoss_monai import MODALITIES
-from medcoss_monai.checkpoints import check_state_fits, load_state
+from medcoss_monai.networks.checkpoint import load_strict
 from medcoss_monai.handlers.probes import (
     COLUMN_MODALITY,
     CSV_COLUMNS,
@@ -154,10 +154,7 @@ def load_stage_network(config: Mapping[str, Any] | None, model_path: str | os.Pa
             shapes or key names differ), naming the file.
     """
     network = build_network(config, seed)
-    state = load_state(model_path, "stage model.pt")
-    check_state_fits(state, network, model_path, "It was not written with the network of its stage.json.")
-    network.load_state_dict(state, strict=True)
-    return network
+    return load_strict(network, model_path, "stage model.pt", "It was not written with the network of its stage.json.")
 
 
 def _size(config: Mapping[str, Any] | None, key: str, default: Sequence[int]) -> tuple[int, ...]:

@@ -15,9 +15,8 @@ from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader
 
 from medcoss_monai.bundle.stage import previous_stage_dir
-from medcoss_monai.checkpoints import check_state_fits, load_state
 from medcoss_monai.handlers.distillation import freeze_teacher
-from medcoss_monai.handlers.stage_outputs import unwrap_network
+from medcoss_monai.networks.checkpoint import load_strict, unwrap_network
 
 __all__ = ["find_buffers", "buffer_loaders", "load_teacher"]
 
@@ -224,8 +223,6 @@ def load_teacher(
     if not enabled or folder is None:
         return None
     teacher = copy.deepcopy(unwrap_network(network)).cpu()
-    state = load_state(folder / "model.pt", f"model.pt of stage '{previous_stage}'")
-    check_state_fits(state, teacher, folder / "model.pt", "The previous stage was trained with another network_def.")
-    teacher.load_state_dict(state)
+    load_strict(teacher, folder / "model.pt", f"model.pt of stage '{previous_stage}'", "The previous stage was trained with another network_def.")
     logger.info(f"distillation teacher: {folder / 'model.pt'} (frozen, eval mode)")
     return freeze_teacher(teacher.to(device))

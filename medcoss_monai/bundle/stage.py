@@ -12,10 +12,9 @@ import torch
 from monai.data import load_decathlon_datalist
 
 from medcoss_monai import MODALITIES
-from medcoss_monai.checkpoints import load_state
 from medcoss_monai.data.checks import BadInputError, check_datalist
 from medcoss_monai.errors import RunLockedError
-from medcoss_monai.handlers.stage_outputs import unwrap_network
+from medcoss_monai.networks.checkpoint import load_adapted
 from medcoss_monai.utils import remove_stale_temp_files
 
 __all__ = ["resolve_datalist", "load_stage_datalist", "init_from_previous_stage", "previous_stage_dir", "claim_stage_dir"]
@@ -197,12 +196,7 @@ def init_from_previous_stage(
         why = "no previous stage configured" if not previous_stage else f"{Path(output_dir) / f'stage_{previous_stage}'} has no model.pt"
         logger.info(f"{name} runs as a first stage ({why}): encoder initialised from scratch.")
         return network
-    from medcoss_monai.networks import adapt_state_dict
-
-    state = load_state(folder / "model.pt", f"model.pt of stage '{previous_stage}'")
-    target = unwrap_network(network)
-    state, report = adapt_state_dict(state, target)
-    target.load_state_dict(state, strict=False)
+    report = load_adapted(network, folder / "model.pt", f"model.pt of stage '{previous_stage}'")
     logger.info(f"{name} starts from {folder / 'model.pt'} ({report})")
     return network
 

@@ -59,7 +59,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from medcoss_monai import MODALITIES
 from medcoss_monai.errors import MedcossError

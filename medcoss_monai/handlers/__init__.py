@@ -10,7 +10,7 @@ from .mixup import IntraModalMixupHandler
 from .probes import ProbeHandler
 from .reconstruction import ReconstructionSnapshotHandler, reconstruction_panels
 from .rehearsal import RehearsalHandler, is_buffer_batch
-from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHandler, latest_checkpoint, unwrap_network
+from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHandler, latest_checkpoint
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -34,5 +34,4 @@ __all__ = [
     "is_buffer_batch",
     "latest_checkpoint",
     "reconstruction_panels",
-    "unwrap_network",
 ]

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from monai.utils import optional_import
 
 from medcoss_monai.buffer import SAMPLERS, write_buffer_manifest
-from medcoss_monai.handlers.stage_outputs import unwrap_network
+from medcoss_monai.networks.checkpoint import unwrap_network
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcoss_monai.checkpoints import load_state
+from medcoss_monai.networks.checkpoint import load_state, state_dict_of, unwrap_network
 from medcoss_monai.utils import is_rank0
 
 __all__ = [
@@ -98,12 +98,6 @@ _TOKENIZER_CACHE: dict[str, Any] = {}
 
 
 # ------------------------------------------------------------------------------------------ features
-
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    while hasattr(network, "module") and isinstance(network.module, nn.Module):
-        network = network.module
-    return getattr(network, "_orig_mod", network)
 
 
 def pooled_features(network: nn.Module, dataloader: Iterable[Mapping[str, Any]], device: torch.device | str) -> np.ndarray:
@@ -249,7 +243,7 @@ def probe_tokenizer(run_dir: str | os.PathLike | None = None, vocab_size: int = 
 
 
 def _check_vocab(network: nn.Module, tokenizer: Any) -> None:
-    config = getattr(_unwrap(network), "config", None) or {}
+    config = getattr(unwrap_network(network), "config", None) or {}
     vocab = config.get("vocab_size") if isinstance(config, Mapping) else None
     if vocab is not None and len(tokenizer) > int(vocab):
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the network's vocabulary is {vocab}.")
@@ -430,13 +424,11 @@ def network_with_stage_heads(
     path = Path(stage_model)
     if not path.is_file():
         raise FileNotFoundError(f"Stage weights '{path}' do not exist.")
-    state = load_state(path, "stage model.pt")
-    if isinstance(state, Mapping) and "network" in state and isinstance(state["network"], Mapping):
-        state = state["network"]
+    state = state_dict_of(load_state(path, "stage model.pt"), path)
     heads = {k: v for k, v in state.items() if k.split(".", 1)[0].startswith(tuple(head_prefixes))}
     if not heads:
         raise ValueError(f"'{path}' holds no pretext-head key (prefixes {list(head_prefixes)}).")
-    model = copy.deepcopy(_unwrap(network))
+    model = copy.deepcopy(unwrap_network(network))
     own = model.state_dict()
     # a head tensor tied to an encoder tensor (the MLM output = the text embedding) is encoder: keep it current
     encoder_storage = {v.data_ptr() for k, v in own.items() if not k.split(".", 1)[0].startswith(tuple(head_prefixes))}
@@ -594,7 +586,7 @@ def evaluate_stage(
     row: dict[str, Any] = {c: None for c in CSV_COLUMNS}
     row["after"] = after
     timings = timings if timings is not None else {}
-    network = _unwrap(network)
+    network = unwrap_network(network)
     vocab = (getattr(network, "config", None) or {}).get("vocab_size", 8192)
     if ("text" in probes or "report" in trained) and tokenizer is None:
         tokenizer = probe_tokenizer(run_dir, vocab_size=int(vocab))
@@ -723,7 +715,7 @@ class ProbeHandler:
             from medcoss_monai.bundle.forgetting import stage_order
 
             trained = [m for m in stage_order(self.run_dir) if m != self.modality] + [self.modality]
-        device = self.device or next(_unwrap(self.network).parameters()).device
+        device = self.device or next(unwrap_network(self.network).parameters()).device
         timings: dict[str, float] = {}
         row = evaluate_stage(
             self.network, self.run_dir, f"stage_{self.modality}", trained, device, timings=timings,

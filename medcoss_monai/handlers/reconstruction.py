@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
-from medcoss_monai.handlers.stage_outputs import unwrap_network
+from medcoss_monai.networks.checkpoint import unwrap_network
 from medcoss_monai.utils import atomic_write_text, is_rank0
 
 __all__ = ["ReconstructionSnapshotHandler", "reconstruction_panels"]

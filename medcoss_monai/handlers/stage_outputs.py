@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-from medcoss_monai.checkpoints import load_state, state_dict_mismatch
+from medcoss_monai.networks.checkpoint import load_state, state_dict_mismatch, unwrap_network
 from medcoss_monai.errors import CheckpointError, ResumeError
 from medcoss_monai.utils import atomic_torch_save, atomic_write_json, is_rank0
 
@@ -24,7 +24,6 @@ __all__ = [
     "StageResumeHandler",
     "latest_checkpoint",
     "stage_config",
-    "unwrap_network",
 ]
 
 _CKPT_PATTERN = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
@@ -44,20 +43,6 @@ def stage_config(network: Any) -> dict[str, Any]:
     """
     config = getattr(unwrap_network(network), "config", None) if isinstance(network, torch.nn.Module) else None
     return {"network": json.loads(json.dumps(_jsonable(dict(config))))} if config is not None else {}
-
-
-def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a ``DistributedDataParallel``/``DataParallel``/compiled wrapper.
-
-    Args:
-        network: a network, possibly wrapped.
-
-    Returns:
-        The plain module whose ``state_dict`` has no ``module.`` prefixes.
-    """
-    while hasattr(network, "module") and isinstance(network.module, torch.nn.Module):
-        network = network.module
-    return getattr(network, "_orig_mod", network)
 
 
 def latest_checkpoint(stage_dir: str | os.PathLike) -> Path | None:

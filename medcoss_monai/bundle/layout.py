@@ -1,0 +1,267 @@
+"""The run layout: where the bundles are, how they are read, and the folder and file names of a run.
+
+A run folder (``output_dir``) holds one folder per stage and the run's evaluation::
+
+    <output_dir>/
+        stage_<name>/          one pre-training stage (``name`` is a modality, or ``joint``)
+            model.pt           encoder + heads (plain state dict): what the next stage loads
+            stage.json         what the stage was: modality, previous stage, network, settings
+            buffer.json        its rehearsal buffer
+            loss_history.csv   one row per epoch
+            checkpoint_epoch=N.pt, tokenizer/, recon_*.png, tensorboard/, rejected_inputs.json
+        forgetting.csv / .png  the forgetting matrix of the run
+
+Every module that reads or writes these names takes them from here.
+
+Stage and fine-tuning bundles write their shared recipe once, in ``bundles/common/``, and take it
+with MONAI macros (``"%bundles/common/pretrain.json#optimizer"``). MONAI reads a macro's file from
+the working directory, so ``python -m monai.bundle run --config_file bundles/stage_ct.json`` is run
+from the repository root, like a Model Zoo bundle from its bundle root; :func:`read_bundle` reads
+the macros from :func:`bundles_dir` wherever Python runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigParser
+
+from medcoss_monai.errors import BadInputError
+
+__all__ = [
+    "MODEL_FILE",
+    "STAGE_RECORD_FILE",
+    "BUFFER_FILE",
+    "LOSS_HISTORY_FILE",
+    "TOKENIZER_DIR",
+    "REJECTED_INPUTS_FILE",
+    "FORGETTING_CSV",
+    "FORGETTING_PNG",
+    "MACRO_PREFIX",
+    "bundles_dir",
+    "stage_bundle",
+    "method_bundle",
+    "methods",
+    "stage_dir",
+    "stage_model",
+    "read_stage_record",
+    "recorded_settings",
+    "read_bundle",
+    "read_stage_bundle",
+]
+
+MODEL_FILE = "model.pt"
+STAGE_RECORD_FILE = "stage.json"
+BUFFER_FILE = "buffer.json"
+LOSS_HISTORY_FILE = "loss_history.csv"
+TOKENIZER_DIR = "tokenizer"
+REJECTED_INPUTS_FILE = "rejected_inputs.json"
+FORGETTING_CSV = "forgetting.csv"
+FORGETTING_PNG = "forgetting.png"
+
+MACRO_PREFIX = "%bundles/"
+"""How bundles name a file of the bundles folder in a macro (read from the repository root)."""
+
+
+def bundles_dir() -> Path:
+    """The folder holding the bundles: ``$MEDCOSS_BUNDLES``, the repository's ``bundles/``, or ``./bundles``.
+
+    Returns:
+        The folder path.
+    """
+    env = os.environ.get("MEDCOSS_BUNDLES")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "bundles"
+    return repo if repo.is_dir() else Path.cwd() / "bundles"
+
+
+def stage_bundle(modality: str, bundles: str | os.PathLike | None = None) -> Path:
+    """The stage bundle of a modality, ``bundles/stage_<modality>.json``.
+
+    Args:
+        modality: the stage's modality.
+        bundles: the bundles folder (default :func:`bundles_dir`).
+
+    Returns:
+        Its path.
+
+    Raises:
+        FileNotFoundError: there is no such bundle.
+    """
+    path = Path(bundles or bundles_dir()) / f"stage_{modality}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no stage bundle for modality '{modality}' (write bundles/stage_{modality}.json)")
+    return path
+
+
+def method_bundle(method: str, bundles: str | os.PathLike | None = None) -> Path:
+    """The overlay of a continual-learning method, ``bundles/method_<method>.json``.
+
+    Args:
+        method: the method's name.
+        bundles: the bundles folder.
+
+    Returns:
+        Its path.
+    """
+    return Path(bundles or bundles_dir()) / f"method_{method}.json"
+
+
+def methods(bundles: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The continual-learning methods: one per ``bundles/method_<name>.json`` (``medcoss`` first).
+
+    Args:
+        bundles: the bundles folder.
+
+    Returns:
+        The method names.
+    """
+    names = sorted(p.stem[len("method_") :] for p in Path(bundles or bundles_dir()).glob("method_*.json"))
+    return tuple(sorted(names, key=lambda n: n != "medcoss"))
+
+
+def stage_dir(output_dir: str | os.PathLike, name: str) -> Path:
+    """The folder of one stage of a run.
+
+    Args:
+        output_dir: the run folder.
+        name: the stage's name (its modality, or ``joint``).
+
+    Returns:
+        ``<output_dir>/stage_<name>``.
+    """
+    return Path(output_dir) / f"stage_{name}"
+
+
+def stage_model(output_dir: str | os.PathLike, name: str) -> Path:
+    """The weights a stage hands to the next one, ``<output_dir>/stage_<name>/model.pt``."""
+    return stage_dir(output_dir, name) / MODEL_FILE
+
+
+def read_stage_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """A stage folder's ``stage.json`` (empty when the stage has not finished an epoch).
+
+    Args:
+        folder: the stage folder.
+
+    Returns:
+        The record.
+
+    Raises:
+        BadInputError: the file exists but is not readable JSON, naming it.
+    """
+    path = Path(folder) / STAGE_RECORD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{path}: cannot be read ({e}); it is written by the stage at each epoch end.") from e
+    if not isinstance(record, dict):
+        raise BadInputError(f"{path}: holds a {type(record).__name__}, not the stage record.")
+    return record
+
+
+def _is_plain(value: Any) -> bool:
+    """A JSON value with no config syntax in it: a recorded setting that is safe to apply as an override."""
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def recorded_settings(folder: str | os.PathLike) -> dict[str, Any]:
+    """The size and preprocessing settings a stage ran with, as recorded in its ``stage.json``.
+
+    Only plain values are returned (numbers, strings, lists): a recorded value that looks like a
+    config expression or reference is refused, so nothing from a run folder is ever evaluated.
+
+    Args:
+        folder: the stage folder.
+
+    Returns:
+        ``{id: value}``, empty for a stage that recorded none.
+
+    Raises:
+        BadInputError: a recorded value is not plain, naming the file and the id.
+    """
+    settings = read_stage_record(folder).get("settings") or {}
+    for key, value in settings.items():
+        if not _is_plain(value):
+            raise BadInputError(f"{Path(folder) / STAGE_RECORD_FILE}: setting '{key}' is not a plain value ({value!r}).")
+    return dict(settings)
+
+
+def _absolute_macros(config: Any, bundles: Path) -> Any:
+    """The config with every ``%bundles/...`` macro pointing into ``bundles`` (whatever the working directory)."""
+    if isinstance(config, dict):
+        return {k: _absolute_macros(v, bundles) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_absolute_macros(v, bundles) for v in config]
+    if isinstance(config, str) and config.startswith(MACRO_PREFIX):
+        return "%" + str(bundles / config[len(MACRO_PREFIX) :])
+    return config
+
+
+def read_bundle(
+    config_files: str | os.PathLike | Sequence[str | os.PathLike],
+    overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+    bundles: str | os.PathLike | None = None,
+) -> ConfigParser:
+    """Read bundle files as ``monai.bundle run`` does: merge, override, then resolve macros.
+
+    Overrides are applied before macros are resolved, as on the command line; the ``%bundles/``
+    macros are read from the bundles folder, so this works from any working directory.
+
+    Args:
+        config_files: one bundle file, or several merged in order (a stage bundle and overlays).
+        overrides: ``{id: value}`` pairs set after merging (values are used as given).
+        bundles: the bundles folder the macros refer to (default :func:`bundles_dir`).
+
+    Returns:
+        A parser holding the merged config, not yet parsed (``get_parsed_content`` parses it).
+    """
+    files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
+    config = ConfigParser.load_config_files([str(f) for f in files])
+    parser = ConfigParser(_absolute_macros(config, Path(bundles or bundles_dir()).resolve()))
+    pairs = overrides.items() if isinstance(overrides, Mapping) else overrides
+    for key, value in pairs:
+        parser[key] = value
+    parser.resolve_macro_and_relative_ids()
+    return parser
+
+
+def read_stage_bundle(
+    modality: str,
+    settings: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    bundles: str | os.PathLike | None = None,
+) -> ConfigParser:
+    """A stage bundle with the settings a run's stage recorded (and further overrides) applied.
+
+    This is how code outside the stage (rehearsal of its buffer, probes, the forgetting matrix)
+    prepares that stage's data exactly as the stage did: ``--ct_spacing`` given to the stage reaches
+    them through ``stage.json``.
+
+    Args:
+        modality: the stage's modality.
+        settings: recorded settings (:func:`recorded_settings`); ids the bundle lacks are skipped.
+        overrides: more ``{id: value}`` pairs, applied after ``settings`` (ids the bundle lacks are skipped).
+        bundles: the bundles folder.
+
+    Returns:
+        The parser (not yet parsed).
+    """
+    path = stage_bundle(modality, bundles)
+    own = ConfigParser.load_config_file(str(path))
+    pairs = {k: v for k, v in {**(settings or {}), **(overrides or {})}.items() if k.split("#")[0] in own}
+    return read_bundle(path, pairs, bundles)
