@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser, run
+from monai.bundle import run
 
+from medcoss_monai.layout import read_bundle
 from medcoss_monai.handlers import FeatureDistillationHandler
 from medcoss_monai.handlers.rehearsal import is_buffer_batch
 
@@ -110,13 +111,14 @@ def _zero_teacher_tokens(self: FeatureDistillationHandler, engine) -> torch.Tens
 def run_variant(variant: str, current: str, previous: str, output_dir: str, epochs: int) -> dict:
     """Train the current stage in one variant; return its timings."""
     method = "sequential" if variant == "sequential" else "medcoss"
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLES / f"stage_{current}.json"), str(BUNDLES / f"method_{method}.json")])
-    parser["output_dir"] = output_dir
-    parser["previous_stage"] = previous
-    parser["progress_bar"] = False
-    parser["select_buffer"] = False  # end-of-stage work, not part of the loop being timed
-    parser["train#trainer#max_epochs"] = epochs
+    overrides = {
+        "output_dir": output_dir,
+        "previous_stage": previous,
+        "progress_bar": False,
+        "select_buffer": False,  # end-of-stage work, not part of the loop being timed
+        "train#trainer#max_epochs": epochs,
+    }
+    parser = read_bundle([BUNDLES / f"stage_{current}.json", BUNDLES / f"method_{method}.json"], overrides)
     parser.parse()
     trainer = parser.get_parsed_content("train#trainer")
     teacher_timer = None

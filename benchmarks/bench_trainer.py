@@ -22,6 +22,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from medcoss_monai.layout import read_bundle
 from medcoss_monai.engines import PretextTrainer, pretext_of_batch
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
 
@@ -42,13 +43,11 @@ def matmul_peak(n: int = 2048, repeats: int = 10, trials: int = 5) -> float:
 
 
 def real_batches(modality: str, paper: bool, n: int) -> tuple[list[dict], ConfigParser]:
-    parser = ConfigParser()
-    files = [str(BUNDLES / f"stage_{modality}.json")] + ([str(BUNDLES / "paper_scale.json")] if paper else [])
-    parser.read_config(files)
-    parser["output_dir"] = "/tmp/medcoss_bench"
-    parser["max_items"] = 64 if modality == "report" else None
-    parser["batch_size"] = 8 if paper else parser["batch_size"]
-    parser["num_workers"] = 0
+    files = [BUNDLES / f"stage_{modality}.json"] + ([BUNDLES / "paper_scale.json"] if paper else [])
+    overrides = {"output_dir": "/tmp/medcoss_bench", "max_items": 64 if modality == "report" else None, "num_workers": 0}
+    if paper:
+        overrides["batch_size"] = 8
+    parser = read_bundle(files, overrides)
     parser.parse()
     loader = parser.get_parsed_content("train#current_loader")
     keep = ("input_ids", "attention_mask", "labels", "image")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # bundles take their shared recipe from bundles/common/ relative to the working directory (MONAI
+    # macros), so tests run bundles from the repository root, as users do
+    os.chdir(Path(__file__).resolve().parents[1])
     # the test machines have 2 cores; more threads only contend
     try:
         import torch

@@ -14,7 +14,7 @@ BUNDLES = REPO / "bundles"
 TINY = {
     "report": {"max_items": 48, "batch_size": 16},
     "xray": {"train#repeats": 4, "batch_size": 4},
-    "ct": {"train#repeats": 1, "batch_size": 1, "crops_per_volume": 2},
+    "ct": {"train#repeats": 1, "batch_size": 2, "crops_per_volume": 2},
     "mri": {"train#repeats": 1, "batch_size": 2, "crops_per_volume": 1},
     "pathology": {"train#repeats": 1, "batch_size": 8, "max_items": 16},
 }
@@ -41,12 +41,8 @@ def bundle_section(modality: str, section: str, **overrides):
     Tests read the transform chains from the bundles, so a change of recipe is tested, not a copy of it.
     ``overrides`` replace bundle ids first (``tokenizer`` may be an object: nothing is evaluated from it).
     """
-    from monai.bundle import ConfigParser
+    from medcoss_monai.layout import read_bundle
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLES / f"stage_{modality}.json"))
-    parser["output_dir"] = overrides.pop("output_dir", ".")
-    for key, value in overrides.items():
-        parser[key] = value
+    parser = read_bundle(BUNDLES / f"stage_{modality}.json", {"output_dir": ".", **overrides})
     parser.parse()
     return parser.get_parsed_content(section)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medcoss_monai.data.reports import load_report_corpus, parse_indiana_report, report_text
+from medcoss_monai.data.reports import load_report_corpus, parse_indiana_report
+from medcoss_monai.transforms import report_text
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def test_tissue_tiles_lie_on_tissue(sample_data: Path, datalist) -> None:
     pytest.importorskip("openslide")
     from monai.data import WSIReader
 
-    from medcoss_monai.data.slides import tissue_mask, tissue_tile_locations
+    from medcoss_monai.transforms.tissue import tissue_mask, tissue_tile_locations
 
     slide = sample_data / "pathology/cmu_small_region.svs"
     mask, level, downsample = tissue_mask(slide)

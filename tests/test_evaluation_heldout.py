@@ -11,8 +11,10 @@ import pytest
 import torch
 from stage_utils import run_stage
 
+from medcoss_monai.layout import read_stage_bundle, stage_model
 from medcoss_monai.evaluation import held_out_batches, held_out_mae_mse
 from medcoss_monai.networks import MedCoSSModel
+from medcoss_monai.networks.checkpoint import load_strict
 
 torch.set_num_threads(2)
 
@@ -27,11 +29,7 @@ def test_ct_crops_come_from_the_held_out_volume_only(sample_data, datalist):
     other = torch.cat(list(held_out_batches("ct", batch_size=16, seed=1)))
     assert not torch.equal(crops, other)
     # the bundle's test list is the datalist's held-out file, not a training volume
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles" / "stage_ct.json"))
-    parser["output_dir"] = "."
+    parser = read_stage_bundle("ct")
     assert [Path(i["image"]).name for i in parser.get_parsed_content("test#datalist")] == ["cxr.nii.gz"]
 
 
@@ -41,10 +39,8 @@ def test_a_short_stage_lowers_the_held_out_mse(sample_data, tmp_path):
     network = MedCoSSModel()
     scratch = held_out_mae_mse(network, "pathology", seed=0)
     assert held_out_mae_mse(network, "pathology", seed=0) == scratch  # same crops, same masks
-    stage = run_stage("pathology", tmp_path / "run", epochs=2, previous_stage="", max_items=None, batch_size=16,
-                      **{"train#repeats": 10})
-    trained = MedCoSSModel()
-    trained.load_state_dict(torch.load(stage / "model.pt", weights_only=True))
+    run_stage("pathology", tmp_path / "run", epochs=2, previous_stage="", max_items=None, batch_size=16, **{"train#repeats": 10})
+    trained = load_strict(MedCoSSModel(), stage_model(tmp_path / "run", "pathology"))
     score = held_out_mae_mse(trained, "pathology", seed=0)
     assert 0.0 < score < scratch - 0.1, (scratch, score)
 

@@ -1,142 +1,128 @@
-"""Model Zoo export of a one-epoch CT stage: MONAI's bundle checks and the exported inference config."""
+"""Model Zoo export of pre-training stages: the Zoo's checks, the exported configs, inference on held-out files.
+
+Default suite: a CT stage trained for one short epoch (the module fixture). The X-ray, MRI and
+pathology stages run the same checks under ``-m slow``; the report stage is in ``test_export_text.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from medcoss_monai.bundle.export import export_bundle, find_trained_network, main, schema_path
-from medcoss_monai.bundle.pipeline import bundles_dir
+from medcoss_monai import layout
+from medcoss_monai.bundle.export import PRETRAIN_WEIGHTS, find_trained_network, main
+from medcoss_monai.networks.checkpoint import load_state
 
-# ~25 s for the file on 2 cores (a tiny stage is trained once per module); the task export trains a task too
-slow = pytest.mark.slow
+sys.path.insert(0, str(Path(__file__).parent))
+from stage_utils import run_stage
+from test_export_zoo import (
+    check_layout_and_metadata,
+    check_trained_network,
+    check_zoo_network,
+    run_inference,
+)
+
+
+def _export_stage(modality: str, sample_data: Path, tmp: Path) -> tuple[Path, Path]:
+    """A one-epoch stage (no rehearsal: a first stage) and its exported bundle."""
+    stage = run_stage(modality, tmp / "run", rehearsal=False, select_buffer=False)
+    return stage, main(["--stage_dir", str(stage), "--out", str(tmp / "zoo" / f"medcoss_{modality}")])
+
+
+def _held_out(datalist, modality: str) -> str:
+    """The held-out test file of a stage's sample datalist (never in any stage's training list)."""
+    item = datalist(modality)["test"][0]
+    return item["image"]
 
 
 @pytest.fixture(scope="module")
-def stage_dir(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CT stage trained for one short epoch on the real sample volumes (in process, MONAI's ``run``)."""
-    from monai.bundle import run
-
-    out = tmp_path_factory.mktemp("run")
-    run(
-        config_file=str(bundles_dir() / "stage_ct.json"),
-        meta_file=str(bundles_dir() / "metadata.json"),
-        output_dir=str(out),
-        progress_bar=False,
-        **{"train#trainer#max_epochs": 1, "train#repeats": 1, "crops_per_volume": 2},
-    )
-    return out / "stage_ct"
+def ct(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _export_stage("ct", sample_data, tmp_path_factory.mktemp("ct"))
 
 
-@pytest.fixture(scope="module")
-def bundle(stage_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return main(["--stage_dir", str(stage_dir), "--out", str(tmp_path_factory.mktemp("zoo") / "medcoss_ct")])
-
-
-def test_layout_and_metadata(bundle: Path, stage_dir: Path) -> None:
-    for rel in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
-                "models/model.pt", "models/model.ts", "docs/README.md", "LICENSE"):
-        assert (bundle / rel).is_file(), rel
-    assert not (bundle / "large_files.yml").exists()  # every file of this small encoder is < 25 MB
-    meta = json.loads((bundle / "configs/metadata.json").read_text())
-    assert meta["version"] in meta["changelog"]
+def test_layout_weights_and_readme(ct: tuple[Path, Path]) -> None:
+    stage, bundle = ct
+    meta = check_layout_and_metadata(bundle)
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 64, 16]
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 192
     inference = json.loads((bundle / "configs/inference.json").read_text())
     for key in ("bundle_root", "device", "network_def", "dataset", "inferer", "evaluator", "output_dir", "run"):
         assert key in inference, key
-    # model.pt is a plain state dict equal to the stage's weights
-    exported = torch.load(bundle / "models/model.pt", weights_only=True)
-    original = torch.load(find_trained_network(stage_dir)[1], weights_only=True)
-    assert exported.keys() == original.keys()
-    assert all(torch.equal(exported[k], original[k]) for k in original)
+    assert inference["network_def"]["_target_"] == "medcoss_monai.networks.inference.FeatureExtractor"
+    # model.pt: the encoder's weights as the stage saved them; pretrain_model.pt: the whole stage network
+    original = load_state(find_trained_network(stage)[1])
+    exported, whole = load_state(bundle / "models/model.pt"), load_state(bundle / PRETRAIN_WEIGHTS)
+    assert set(exported) == {k for k in original if k.startswith("encoder.")}
+    assert all(torch.equal(exported[k], original[k]) for k in exported)
+    assert whole.keys() == original.keys() and all(torch.equal(whole[k], original[k]) for k in original)
+    history = (stage / layout.LOSS_HISTORY_FILE).read_text().strip()
+    assert history.splitlines()[0] in (bundle / "docs/README.md").read_text()
 
 
-def test_verify_metadata_with_shipped_schema(bundle: Path, tmp_path: Path) -> None:
-    from monai.bundle import verify_metadata
-
-    assert schema_path().is_file()
-    verify_metadata(meta_file=str(bundle / "configs/metadata.json"), filepath=str(schema_path()))
-    bad = json.loads((bundle / "configs/metadata.json").read_text())
-    del bad["network_data_format"]["outputs"]["pred"]
-    (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(Exception):  # the schema really encodes the required fields
-        verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=str(schema_path()))
-
-
-def test_verify_net_in_out_and_ckpt_export(bundle: Path, tmp_path: Path) -> None:
-    from monai.bundle import ckpt_export, verify_net_in_out
-
-    configs = {"meta_file": str(bundle / "configs/metadata.json"), "config_file": str(bundle / "configs/inference.json")}
-    verify_net_in_out(net_id="network_def", device="cpu", **configs)
-    ts = tmp_path / "model.ts"
-    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(bundle / "models/model.pt"), use_trace=True,
-                input_shape=[1, 1, 64, 64, 16], **configs)
-    assert ts.is_file()
-
-
-def test_torchscript_matches_network(bundle: Path) -> None:
+def test_train_config_starts_from_exported_weights(ct: tuple[Path, Path]) -> None:
     from monai.bundle import ConfigParser
 
-    scripted = torch.jit.load(str(bundle / "models/model.ts"))
+    bundle = ct[1]
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs/inference.json"))
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(bundle / "models/model.pt", weights_only=True))
-    net.eval()
-    x = torch.rand(2, 1, 64, 64, 16)
-    with torch.no_grad():
-        expected, got = net(x), scripted(x)
-    assert got.shape == (2, 192)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    parser.read_config(str(bundle / "configs/train.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    net = parser.get_parsed_content("network")
+    exported = load_state(bundle / PRETRAIN_WEIGHTS)
+    assert net.state_dict().keys() == exported.keys()
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in exported.items())
 
 
-def test_run_exported_inference(bundle: Path, datalist) -> None:
-    from monai.bundle import run
-
-    out = bundle / "eval_test"
-    from medcoss_monai.data.samples import datalist_path
-
-    run(config_file=str(bundle / "configs/inference.json"), meta_file=str(bundle / "configs/metadata.json"),
-        bundle_root=str(bundle), output_dir=str(out), dataset_dir=str(datalist_path("ct")))
-    feats = np.load(out / "features.npy")
-    n_val = len(datalist("ct")["validation"])
-    assert feats.shape == (n_val, 192) and np.isfinite(feats).all()
-    assert len(json.loads((out / "features.json").read_text())["items"]) == n_val
-
-
-def test_stage_bundles_metadata_validates() -> None:
+def test_schema_rejects_metadata_without_output(ct: tuple[Path, Path], tmp_path: Path) -> None:
     from monai.bundle import verify_metadata
 
-    verify_metadata(meta_file=str(bundles_dir() / "metadata.json"), filepath=str(schema_path()))
+    from medcoss_monai.bundle.export import schema_path
+
+    bad = json.loads((ct[1] / "configs/metadata.json").read_text())
+    del bad["network_data_format"]["outputs"]["pred"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError) as excinfo:  # MONAI wraps the schema's ValidationError
+        verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=str(schema_path()))
+    assert "'pred' is a required property" in str(excinfo.value.__cause__)
 
 
-def test_export_refuses_unfinished_folder(tmp_path: Path) -> None:
-    (tmp_path / "model.pt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="network"):
-        export_bundle(tmp_path, tmp_path / "out")
+def test_zoo_checks_and_inference_on_held_out_file(ct: tuple[Path, Path], datalist, tmp_path: Path) -> None:
+    """verify_net_in_out, ckpt_export by scripting (same output as eager on the real input), the stage's network
+    gives the same features, and inference.json run in the bundle folder writes them for the held-out CT."""
+    bundle = ct[1]
+    held_out = _held_out(datalist, "ct")
+    args, _, expected = check_zoo_network(bundle, tmp_path, held_out)
+    check_trained_network(bundle, bundle / PRETRAIN_WEIGHTS, args, {}, expected)
+    run_inference(bundle, held_out, tmp_path / "eval")
+    feats = np.load(tmp_path / "eval/features.npy")
+    assert feats.shape == (1, 192)
+    np.testing.assert_allclose(feats[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "eval/features.json").read_text())["items"] == [{"image": held_out}]
 
 
-@slow
-def test_export_fine_tuned_task(sample_data: Path, tmp_path: Path) -> None:
-    """A fine-tuned task folder (``model_best.pt`` + the task bundle) exports to a bundle whose network_def
-    returns the task logits and passes the same checks."""
-    from monai.bundle import run, verify_metadata, verify_net_in_out
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["xray", "mri", "pathology"])
+def test_image_stage_exports(modality: str, sample_data: Path, datalist, tmp_path: Path) -> None:
+    """Every image stage exports to a bundle that passes the Zoo's checks and embeds its held-out test split."""
+    _, bundle = _export_stage(modality, sample_data, tmp_path)
+    meta = check_layout_and_metadata(bundle)
+    sample = datalist_file(sample_data, modality)
+    args, _, expected = check_zoo_network(bundle, tmp_path, sample)
+    check_trained_network(bundle, bundle / PRETRAIN_WEIGHTS, args, {}, expected)
+    run_inference(bundle, sample, tmp_path / "eval")
+    feats = np.load(tmp_path / "eval/features.npy")
+    n_test = len(datalist(modality)["test"])
+    assert feats.shape == (n_test, meta["network_data_format"]["outputs"]["pred"]["num_channels"])
+    assert np.isfinite(feats).all()
+    np.testing.assert_allclose(feats[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
 
-    task_bundle = bundles_dir() / "finetune_ct_cls.json"
-    if not task_bundle.is_file():
-        pytest.skip("no finetune_ct_cls.json bundle")
-    run(config_file=str(task_bundle), meta_file=str(bundles_dir() / "metadata.json"), output_dir=str(tmp_path / "ft"),
-        **{"train#trainer#max_epochs": 1})
-    out = main(["--stage_dir", str(tmp_path / "ft"), "--config_file", str(task_bundle), "--out", str(tmp_path / "zoo")])
-    meta_file, config_file = str(out / "configs/metadata.json"), str(out / "configs/inference.json")
-    verify_metadata(meta_file=meta_file, filepath=str(schema_path()))
-    verify_net_in_out(net_id="network_def", meta_file=meta_file, config_file=config_file, device="cpu")
-    meta = json.loads((out / "configs/metadata.json").read_text())
-    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
-    scripted = torch.jit.load(str(out / "models/model.ts"))
-    assert scripted(torch.rand(1, 1, 64, 64, 16)).shape == (1, 2)
+
+def datalist_file(sample_data: Path, modality: str) -> Path:
+    """The sample datalist of a modality (its ``test`` list is what the exported inference reads by default)."""
+    return sample_data / "datalists" / f"{modality}.json"
+

@@ -9,27 +9,32 @@ import numpy as np
 import pytest
 import torch
 
-from medcoss_monai.bundle.compare import compare_runs, parse_runs
-from medcoss_monai.bundle.forgetting import evaluate_run, forgetting_summary, read_matrix, stage_order
-from medcoss_monai.handlers.probes import CSV_COLUMNS
+from medcoss_monai.layout import STAGE_RECORD_FILE, stage_dir, stage_model
+from medcoss_monai.evaluation.compare import compare_runs, parse_runs
+from medcoss_monai.evaluation.forgetting import evaluate_run, load_stage_network, stage_network_config, stage_order
+from medcoss_monai.evaluation.heldout import held_out_mae_mse
+from medcoss_monai.evaluation.matrix import CSV_COLUMNS, forgetting_summary, read_matrix
+from medcoss_monai.evaluation.probes import image_probe
+from medcoss_monai.evaluation.text import probe_tokenizer, text_probe
 from medcoss_monai.networks import MedCoSSModel
+from medcoss_monai.networks.checkpoint import load_state
 
 TINY = dict(hidden_size=48, num_layers=2, num_heads=2, decoder_hidden_size=32, decoder_layers=1, decoder_heads=2,
             img_size_2d=[64, 64], img_size_3d=[32, 32, 16])
 
 
-def _fake_run(root, stages, seed=0):
-    """Stage folders as the stages write them: model.pt (random weights) and stage.json."""
+def _fake_run(root, stages, seed=0, settings=None):
+    """Stage folders as the stages write them: model.pt (random weights) and stage.json (``settings[m]`` recorded)."""
     previous = ""
     for i, m in enumerate(stages):
         torch.manual_seed(seed + i)
         net = MedCoSSModel(**TINY)
-        stage = root / f"stage_{m}"
+        stage = stage_dir(root, m)
         stage.mkdir(parents=True)
-        torch.save(net.state_dict(), stage / "model.pt")
-        info = {"modality": m, "previous_stage": previous,
+        torch.save(net.state_dict(), stage_model(root, m))
+        info = {"modality": m, "previous_stage": previous, "settings": (settings or {}).get(m, {}),
                 "network": {"_target_": "medcoss_monai.networks.MedCoSSModel", **net.config}}
-        (stage / "stage.json").write_text(json.dumps(info))
+        (stage / STAGE_RECORD_FILE).write_text(json.dumps(info))
         previous = m
     return root
 
@@ -130,32 +135,52 @@ def test_compare_aggregates_seeds(run, tmp_path):
 
 def test_each_row_scores_that_stages_own_weights(run):
     """A row equals a direct probe of the stage's weights (not of scratch weights half-loaded)."""
-    from medcoss_monai.bundle.forgetting import load_stage_network, stage_network_config
-    from medcoss_monai.handlers.probes import mae_mse, probe_tokenizer, text_probe
-
     root, rows, _ = run
     config = stage_network_config(root, ["report"])
     tokenizer = probe_tokenizer(root, vocab_size=config["vocab_size"])
     for row, stage in zip(rows[1:], ("report", "ct")):
-        network = load_stage_network(config, root / f"stage_{stage}" / "model.pt")
+        network = load_stage_network(config, stage_model(root, stage))
         assert row["text"] == pytest.approx(text_probe(network, tokenizer, n_test=200)["auc"], abs=1e-6)
-    ct = load_stage_network(config, root / "stage_ct" / "model.pt")
-    assert rows[2]["ct_mae_mse"] == pytest.approx(
-        mae_mse(ct, "ct", img_size_2d=config["img_size_2d"], img_size_3d=config["img_size_3d"]), rel=1e-5
-    )
+    ct = load_stage_network(config, stage_model(root, "ct"))
+    assert rows[2]["ct_mae_mse"] == pytest.approx(held_out_mae_mse(ct, "ct"), rel=1e-5)
     assert rows[1]["text"] != rows[2]["text"]  # different weights, different rows
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path, sample_data):
     root = _fake_run(tmp_path / "renamed", ["report", "ct"])
-    state = torch.load(root / "stage_ct" / "model.pt", weights_only=True)
-    torch.save({k.replace("encoder.", "backbone.", 1): v for k, v in state.items()}, root / "stage_ct" / "model.pt")
+    state = load_state(stage_model(root, "ct"))
+    torch.save({k.replace("encoder.", "backbone.", 1): v for k, v in state.items()}, stage_model(root, "ct"))
     with pytest.raises(ValueError, match=r"stage_ct/model\.pt' does not fit .*missing key"):
         evaluate_run(root, probes=["text"], text_n_test=50, mlm_n_items=8, verbose=False, write=False)
     # a stage's heads renamed: its pretext column is refused too, not scored with the current heads
     root = _fake_run(tmp_path / "heads", ["report", "ct"])
-    state = torch.load(root / "stage_report" / "model.pt", weights_only=True)
+    state = load_state(stage_model(root, "report"))
     state = {k.replace("mlm_head.", "text_head.", 1): v for k, v in state.items()}
-    torch.save(state, root / "stage_report" / "model.pt")
+    torch.save(state, stage_model(root, "report"))
     with pytest.raises(ValueError, match="does not fit"):
         evaluate_run(root, probes=[], mlm_n_items=8, verbose=False, write=False)
+
+
+def test_recorded_ct_settings_reach_the_matrix(sample_data, tmp_path):
+    """A CT stage run with --ct_spacing 2 2 4 --hu_window -500 500 is probed and scored with those settings."""
+    recorded = {"ct_spacing": [2.0, 2.0, 4.0], "hu_window": [-500, 500]}
+    root = _fake_run(tmp_path / "run", ["ct"], settings={"ct": recorded})
+    rows, summary = evaluate_run(root, probes=["ct"], verbose=False, write=False)
+    assert summary["stage_settings"]["ct"] == recorded and summary["stage_settings"]["mri"] == {}
+    network = load_stage_network(stage_network_config(root, ["ct"]), stage_model(root, "ct"))
+    assert rows[1]["ct"] == pytest.approx(image_probe(network, "ct", settings=recorded)["auc"], abs=1e-9)
+    assert rows[1]["ct_mae_mse"] == pytest.approx(held_out_mae_mse(network, "ct", settings=recorded), rel=1e-6)
+    # the bundle's defaults (1.5 x 1.5 x 3 mm, [-1000, 1000] HU) cut other held-out crops: another score
+    assert abs(rows[1]["ct_mae_mse"] - held_out_mae_mse(network, "ct")) > 1e-4
+
+
+def test_command_line_takes_the_pipelines_arguments(sample_data, tmp_path, capsys):
+    """``--output_dir`` and comma-separated ``--stages``, as the pipeline passes them, or ``--run_dir`` and spaces."""
+    from medcoss_monai.evaluation.forgetting import main
+
+    root = _fake_run(tmp_path / "run", ["report", "ct"])
+    assert main(["--output_dir", str(root), "--stages", "report,ct", "--probes", "--mlm_n_items", "8", "--device", "cpu"]) == 0
+    rows = read_matrix(root / "forgetting.csv")
+    assert [r["after"] for r in rows] == ["scratch", "stage_report", "stage_ct"] and rows[2]["ct_mae_mse"] is not None
+    assert main(["--run_dir", str(root), "--stages", "ct", "--probes", "--device", "cpu"]) == 0
+    assert [r["after"] for r in read_matrix(root / "forgetting.csv")] == ["scratch", "stage_ct"]

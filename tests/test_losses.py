@@ -1,4 +1,4 @@
-"""Pretext, distillation and contrastive losses on known values."""
+"""Pretext and distillation losses on known values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from medcoss_monai.losses import (
     FeatureDistillationLoss,
-    InfoNCELoss,
     MaskedReconstructionLoss,
     MaskedTokenLoss,
     masked_token_accuracy,
@@ -69,16 +68,3 @@ def test_feature_distillation_loss() -> None:
     with pytest.raises(ValueError, match="same masking noise"):
         loss(student, teacher[:, :2])
 
-
-def test_info_nce() -> None:
-    q = torch.eye(4)
-    # keys equal to queries: in-batch loss is low; shuffled keys: high
-    good = InfoNCELoss(0.1)(q, q.clone())
-    bad = InfoNCELoss(0.1)(q, q[[1, 2, 3, 0]])
-    assert good.item() < 0.01 < bad.item()
-    # with a queue: logits [q.k, q.queue] / t; orthogonal negatives give log(1 + K e^{-1/t})
-    queue = torch.tensor([[0.0, 0, 0, 1], [0, 0, 1, 0]])
-    value = InfoNCELoss(1.0)(q[:1], q[:1], queue)
-    assert value.item() == pytest.approx(math.log(1 + 2 * math.exp(-1.0)), rel=1e-5)
-    with pytest.raises(ValueError, match="temperature"):
-        InfoNCELoss(0.0)

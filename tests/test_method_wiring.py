@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from monai.engines.utils import IterationEvents
 from stage_utils import BUNDLES, run_stage
 
+from medcoss_monai.layout import read_bundle
 from medcoss_monai.data.rehearsal import BUFFER_FLAG, SOURCE_KEY
 from medcoss_monai.engines.pretext_trainer import PretextEvents
 from medcoss_monai.handlers import IntraModalMixupHandler
@@ -35,15 +35,12 @@ def report_run(sample_data, tmp_path_factory):
 def train_ct(report_run: Path, out: Path, method: str, **overrides) -> dict:
     """The CT stage after the report stage, in this process; returns what every iteration did."""
     shutil.copytree(report_run / "stage_report", out / "stage_report")
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLES / "stage_ct.json"), str(BUNDLES / f"method_{method}.json")])
     settings = {
         "output_dir": str(out), "previous_stage": "report", "progress_bar": False, "select_buffer": False,
-        "train#repeats": 1, "batch_size": 1, "crops_per_volume": 2, "max_items": 2,
+        "train#repeats": 1, "batch_size": 2, "crops_per_volume": 2, "max_items": 2,
         "rehearsal_ratio": 1.0, "warmup_epochs": 0, "train#trainer#max_epochs": 2, **overrides,
     }
-    for key, value in settings.items():
-        parser[key] = value
+    parser = read_bundle([BUNDLES / "stage_ct.json", BUNDLES / f"method_{method}.json"], settings)
     parser.parse()
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")

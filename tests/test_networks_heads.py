@@ -45,7 +45,7 @@ def test_encoder_classifier(encoder: UnifiedEncoder) -> None:
 
 def test_segmenter_2d(encoder: UnifiedEncoder) -> None:
     seg = UNETRStyleSegmenter(encoder, out_channels=3, spatial_dims=2, feature_size=8)
-    assert seg.native and seg.hidden_layers == (0, 1, 2)
+    assert seg.native and seg.hidden_layers == (1, 2, 3)  # k * depth // 4 of the fixture's 4 blocks
     out = seg(torch.rand(2, 3, 96, 96))
     assert out.shape == (2, 3, 96, 96)
     out.mean().backward()
@@ -53,6 +53,18 @@ def test_segmenter_2d(encoder: UnifiedEncoder) -> None:
     assert seg(torch.rand(1, 3, 128, 64)).shape == (1, 3, 128, 64)  # other sizes: resized position table
     with pytest.raises(ValueError, match="image batch"):
         seg(torch.rand(1, 1, 64, 64, 16))
+
+
+def test_segmenter_taps_the_blocks_monai_unetr_taps() -> None:
+    import inspect
+    import re
+
+    from monai.networks.nets import UNETR
+
+    # the block outputs MONAI's UNETR feeds to its three skips, read from its forward (3, 6, 9 of 12)
+    taps = tuple(int(i) for i in re.findall(r"hidden_states_out\[(\d+)\]", inspect.getsource(UNETR.forward)))
+    enc = UnifiedEncoder(num_layers=12, hidden_size=48, num_heads=4)
+    assert UNETRStyleSegmenter(enc, out_channels=2, spatial_dims=3, feature_size=8).hidden_layers == taps == (3, 6, 9)
 
 
 def test_segmenter_3d_anisotropic(encoder: UnifiedEncoder) -> None:

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from PIL import Image
 from stage_utils import BUNDLES, read_history, run_stage
 
 from medcoss_monai import MODALITIES
+from medcoss_monai.layout import read_bundle
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,7 @@ def test_stage_outputs(curriculum, modality):
 def test_later_stage_starts_from_previous(curriculum):
     _, stages = curriculum
     prev = torch.load(stages["ct"] / "model.pt", weights_only=True)
-    fresh = ConfigParser()
-    fresh.read_config(str(BUNDLES / "stage_mri.json"))
+    fresh = read_bundle(BUNDLES / "stage_mri.json")
     untrained = fresh.get_parsed_content("network_def").state_dict()
     # the MRI stage trained one short epoch from CT's weights: far closer to them than to a fresh init
     mri = torch.load(stages["mri"] / "model.pt", weights_only=True)
@@ -66,11 +65,12 @@ def test_later_stage_starts_from_previous(curriculum):
 def test_all_stage_bundles_share_one_architecture():
     nets = []
     for m in MODALITIES:
-        cfg = json.loads((BUNDLES / f"stage_{m}.json").read_text())
-        keys = ["network_def"] + [k for k in cfg["network_def"].values() if isinstance(k, str) and k.startswith("@")]
-        nets.append({k.lstrip("@"): cfg[k.lstrip("@")] for k in keys})
+        parser = read_bundle(BUNDLES / f"stage_{m}.json")
+        network_def = parser.get("network_def")
+        sizes = {v[1:]: parser.get(v[1:]) for v in network_def.values() if isinstance(v, str) and v.startswith("@")}
+        nets.append((network_def, sizes))
         for part in ("deterministic_transforms", "random_transforms", "preprocessing"):
-            assert part in cfg["train"]
+            assert part in parser.get("train")
     assert all(n == nets[0] for n in nets)
 
 

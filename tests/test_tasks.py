@@ -10,18 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medcoss_monai.layout import read_stage_bundle
 from medcoss_monai.data.checks import BadInputError
-from medcoss_monai.data.tasks import (
-    TASKS,
+from medcoss_monai.data.layouts import (
     check_task_labels,
     datalist_from_class_folders,
     datalist_from_image_mask_folders,
     datalist_from_labelled_sentences,
-    load_task_datalist,
-    prepare_task,
-    prepare_tasks,
-    task_datalist_path,
 )
+from medcoss_monai.data.sample_tasks import GRID_3D, MRI_PERCENTILES, SPACING_3D
+from medcoss_monai.data.tasks import TASKS, load_task_datalist, prepare_task, prepare_tasks, task_datalist_path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +79,7 @@ def test_3d_tasks_align(tasks):
         data = tasks[name]
         assert data["classes"][1] == positive
         img = nib.load(data["test"][0]["image"])
-        assert img.shape == (64, 64, 16) and np.allclose(img.header.get_zooms(), (1.5, 1.5, 3.0))
+        assert img.shape == GRID_3D and np.allclose(img.header.get_zooms(), SPACING_3D)
         assert {it["label"] for it in data["training"]} == {0, 1} and {it["label"] for it in data["test"]} == {0, 1}
     ct = tasks["ct_seg"]
     assert ct["classes"] == ["background", "lung", "heart", "liver", "bone"]
@@ -89,7 +87,7 @@ def test_3d_tasks_align(tasks):
     present = set()
     for it in ct["training"] + ct["validation"] + ct["test"]:
         image, label = nib.load(it["image"]), nib.load(it["label"])
-        assert np.allclose(image.affine, label.affine) and image.shape[2] == 16
+        assert np.allclose(image.affine, label.affine) and image.shape[2] == GRID_3D[2]
         values = np.asarray(label.dataobj)
         present |= set(np.unique(values).tolist())
         # lungs are air-filled: their voxels are far below soft tissue in HU
@@ -104,6 +102,15 @@ def test_3d_tasks_align(tasks):
         assert (counts[1:] > 0).all(), f"mri_seg {split}: a region class is missing"
 
 
+def test_3d_grid_is_the_stages_grid():
+    """The 3D tasks are cut on the grid the CT and MRI stages train on, with the MRI stage's percentiles."""
+    for modality in ("ct", "mri"):
+        stage = read_stage_bundle(modality)
+        assert tuple(stage.get_parsed_content(f"{modality}_spacing")) == SPACING_3D, modality
+        assert tuple(stage.get_parsed_content("img_size_3d")) == GRID_3D, modality
+    assert tuple(read_stage_bundle("mri").get_parsed_content("percentiles")) == MRI_PERCENTILES
+
+
 def test_mri_tissue_seg_labels_and_hemisphere_split(tasks):
     data = tasks["mri_tissue_seg"]
     assert data["classes"] == ["background", "grey matter", "white matter"]
@@ -112,8 +119,8 @@ def test_mri_tissue_seg_labels_and_hemisphere_split(tasks):
     centres = {}
     for split, it in items.items():
         image, label = nib.load(it["image"]), nib.load(it["label"])
-        assert np.allclose(image.affine, label.affine) and np.allclose(image.header.get_zooms(), (1.5, 1.5, 3.0))
-        assert all(s >= g for s, g in zip(image.shape, (64, 64, 16)))
+        assert np.allclose(image.affine, label.affine) and np.allclose(image.header.get_zooms(), SPACING_3D)
+        assert all(s >= g for s, g in zip(image.shape, GRID_3D))
         counts = np.bincount(np.asarray(label.dataobj).ravel(), minlength=3)
         assert counts[1] > 0.05 * counts.sum() and counts[2] > 0.03 * counts.sum(), f"{split}: tissue missing"
         centres[split] = nib.affines.apply_affine(image.affine, (np.asarray(image.shape) - 1) / 2)

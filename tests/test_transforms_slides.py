@@ -81,7 +81,7 @@ def test_bad_locations_name_the_slide(items):
 
 
 def test_random_tissue_tiles_without_location(items):
-    from medcoss_monai.data.slides import tissue_tile_locations
+    from medcoss_monai.transforms.tissue import tissue_tile_locations
 
     path = items[0]["image"]
     grid = set(tissue_tile_locations(path, tile_size=224, level=0))
@@ -129,7 +129,7 @@ def test_pathology_chain_batches_match_the_contract(items):
 
 def test_plain_image_is_a_one_level_slide(datalist, tmp_path):
     """A PNG item with a location reads that region (the held-out H&E image), and its tissue grid covers it."""
-    from medcoss_monai.data.slides import tissue_mask, tissue_tile_locations
+    from medcoss_monai.transforms.tissue import tissue_mask, tissue_tile_locations
 
     item = datalist("pathology")["test"][5]
     assert item["image"].endswith("target_image.png")

@@ -1,8 +1,8 @@
 """MONAI transforms of medcoss-monai, installed as ``medcoss_monai.transforms``.
 
-One module per concern: report text (:mod:`.text`), X-ray loading (:mod:`.xray`), intensity recipes
-(:mod:`.intensity`, MONAI covers them), slide tiles (:mod:`.slides`), crops (:mod:`.patches`) and
-batch-level mixup for rehearsal (:mod:`.mixup`).
+One module per concern: report text (:mod:`.text`), X-ray loading (:mod:`.xray`), slide tiles
+(:mod:`.slides`, with tissue detection in :mod:`.tissue`), crops (:mod:`.patches`) and batch-level mixup for rehearsal (:mod:`.mixup`).
+Intensity scaling is MONAI's own (``ScaleIntensityRanged`` and friends), set in the stage bundles.
 """
 
 from .mixup import ImageMixup, ImageMixupd, TextMixup, TextMixupd
@@ -15,8 +15,10 @@ from .text import (
     TokenizeTextd,
     WholeWordMask,
     WholeWordMaskd,
+    clean_report_text,
     load_or_train_tokenizer,
     load_tokenizer,
+    report_text,
     train_bpe_tokenizer,
 )
 from .xray import DICOM_SUFFIXES, LoadXRay, LoadXRayd
@@ -25,6 +27,8 @@ __all__ = [
     "DICOM_SUFFIXES",
     "SLIDE_SUFFIXES",
     "SPECIAL_TOKENS",
+    "clean_report_text",
+    "report_text",
     "ImageMixup",
     "ImageMixupd",
     "LoadSlideTile",

@@ -219,7 +219,7 @@ class LoadSlideTiled(MapTransform):
 class RandLoadSlideTile(RandomizableTransform):
     """Read a random tissue tile of a slide: :class:`LoadSlideTile` at a location drawn from the tissue grid.
 
-    Tissue tiles come from :func:`medcoss_monai.data.slides.tissue_tile_locations` (Otsu's threshold on
+    Tissue tiles come from :func:`medcoss_monai.transforms.tissue.tissue_tile_locations` (Otsu's threshold on
     saturation of the lowest level, non-overlapping grid); the grid is computed once per
     (slide, size, level) and kept.
 
@@ -247,7 +247,7 @@ class RandLoadSlideTile(RandomizableTransform):
 
     def tissue_locations(self, path: str, size: Sequence[int], level: int) -> list[tuple[int, int]]:
         """Level-0 (y, x) of the tissue tiles of ``path`` that can hold a tile of ``size`` at ``level``."""
-        from medcoss_monai.data.slides import tissue_tile_locations
+        from .tissue import tissue_tile_locations  # imported here: tissue imports this module
 
         side = int(max(size))  # the grid is square; a grid cell of the longer side holds the tile
         key = (str(path), side, int(level))

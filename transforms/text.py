@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ transformers, has_transformers = optional_import("transformers")
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "clean_report_text",
+    "report_text",
     "train_bpe_tokenizer",
     "load_or_train_tokenizer",
     "load_tokenizer",
@@ -150,10 +153,50 @@ def load_or_train_tokenizer(
     return train_bpe_tokenizer(texts, output_dir, vocab_size=vocab_size, min_frequency=min_frequency)
 
 
+def clean_report_text(text: str | None) -> str:
+    """Collapse whitespace (report XML is hand-indented) and strip.
+
+    Args:
+        text: a report text, or None.
+
+    Returns:
+        The text on one line, without leading or trailing spaces.
+    """
+    return re.sub(r"\s+", " ", text or "").strip()
+
+
+
+
+def report_text(item: Mapping[str, Any]) -> str:
+    """Text of a report datalist item: its ``"text"``, or the content of the file named by ``"text_file"``.
+
+    Args:
+        item: a datalist item.
+
+    Returns:
+        the report text, whitespace collapsed.
+
+    Raises:
+        ValueError: the item has neither key, or the file cannot be decoded as UTF-8.
+        FileNotFoundError: ``"text_file"`` names a missing file.
+    """
+    if isinstance(item.get("text"), str):
+        return clean_report_text(item["text"])
+    if item.get("text_file"):
+        path = Path(item["text_file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"Report text file '{path}' does not exist.")
+        try:
+            return clean_report_text(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"Cannot read report text file '{path}': not UTF-8 ({e}).") from e
+    raise ValueError(f"Report item has neither 'text' nor 'text_file' (keys: {sorted(item)}).")
+
+
 class ReportTextd(MapTransform):
     """Fill ``item[key]`` with the report text, read from ``item["text_file"]`` when the text is absent.
 
-    Uses :func:`medcoss_monai.data.reports.report_text`, so the text is whitespace-collapsed either way.
+    Uses :func:`report_text`, so the text is whitespace-collapsed either way.
 
     Args:
         keys: the text key (normally ``"text"``).
@@ -168,8 +211,6 @@ class ReportTextd(MapTransform):
         self.text_file_key = text_file_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medcoss_monai.data.reports import report_text
-
         d = dict(data)
         for key in self.keys:
             if isinstance(d.get(key), str):

@@ -1,11 +1,17 @@
-"""Bundle-side helpers: the run layout, stage data and chaining, rehearsal and teacher, the pipeline, Model Zoo export."""
+"""Bundle-side helpers: stage data and chaining, rehearsal and teacher, the pipeline, Model Zoo export."""
 
-from . import layout
 from .rehearsal import buffer_loaders, find_buffers, load_teacher
-from .stage import claim_stage_dir, flag, init_from_previous_stage, load_stage_datalist, previous_stage_dir, resolve_datalist
+from .stage import (
+    claim_stage_dir,
+    flag,
+    init_from_previous_stage,
+    load_stage_datalist,
+    previous_stage_dir,
+    resolve_datalist,
+    volumes_per_batch,
+)
 
 __all__ = [
-    "layout",
     "buffer_loaders",
     "claim_stage_dir",
     "find_buffers",
@@ -15,4 +21,5 @@ __all__ = [
     "load_teacher",
     "previous_stage_dir",
     "resolve_datalist",
+    "volumes_per_batch",
 ]

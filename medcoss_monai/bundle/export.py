@@ -1,66 +1,96 @@
-"""Model Zoo export: turn a trained stage (or fine-tuned task) folder into a MONAI bundle.
+"""Model Zoo export: turn a trained stage, or a fine-tuned task, into a MONAI bundle.
 
 ``python -m medcoss_monai.bundle.export --stage_dir runs/medcoss/stage_ct --out exported/medcoss_ct``
-writes ``configs/{metadata,inference,train}.json``, ``configs/logging.conf``, ``models/model.pt``
-(plain state dict), ``models/model.ts`` (TorchScript), ``docs/README.md``, ``LICENSE`` and, when a
-file exceeds 25 MB, ``large_files.yml``. The exported ``network_def`` returns ONE tensor (pooled
-features for an encoder, the task output for a fine-tuned network), so MONAI's ``verify_net_in_out``
-and ``ckpt_export`` apply to it unchanged.
+``python -m medcoss_monai.bundle.export --finetune_dir runs/finetune/ct_seg --out exported/medcoss_ct_seg``
+
+write ``configs/{metadata,inference,train}.json``, ``configs/logging.conf``, ``models/model.pt``
+(plain state dict of ``network_def``), ``models/model.ts`` (TorchScript, by MONAI's ``ckpt_export``
+with scripting), ``docs/README.md``, ``LICENSE``, ``models/tokenizer/`` for text, and, when a file
+exceeds 25 MB, ``large_files.yml``. A stage bundle also keeps the whole pre-training network
+(``models/pretrain_model.pt``: encoder, MAE decoder, MLM head) for its ``train.json``.
+
+``network_def`` builds a tensor-only network of :mod:`medcoss_monai.networks.inference` around the
+trained one: pooled features (stage), logits (classification) or per-voxel logits (segmentation).
+``configs/inference.json`` reads the user's files (``--dataset_dir``: a file, a folder or a
+datalist) with the trained bundle's preprocessing and writes features, a CSV of class probabilities,
+or label maps on the input's grid. The configs are self-contained (no macro into the repository).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Mapping, Sequence
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from ignite.engine import Engine, Events
 
-from medcoss_monai.networks.checkpoint import load_state, load_strict, state_dict_of
+from medcoss_monai import layout
+from medcoss_monai.bundle import export_configs as configs
+from medcoss_monai.bundle.export_configs import (
+    ZOO_TOKENIZER,
+    ZOO_TORCHSCRIPT,
+    ZOO_WEIGHTS,
+)
+from medcoss_monai.bundle.export_docs import bundle_license, bundle_readme
+from medcoss_monai.bundle.export_metadata import bundle_metadata, schema_path
+from medcoss_monai.networks.checkpoint import (
+    check_state_fits,
+    load_state,
+    state_dict_of,
+)
+from medcoss_monai.networks.inference import inference_network
+from medcoss_monai.networks.segmentation import UNETRStyleSegmenter
 
-__all__ = ["export_bundle", "find_trained_network", "schema_path", "FeatureWriter", "load_weights", "main"]
+__all__ = ["export_bundle", "export_finetuned", "find_finetuned", "find_trained_network", "main", "schema_path"]
 
 logger = logging.getLogger(__name__)
 
-MODALITIES_3D = ("ct", "mri")
-MODALITIES_2D = ("xray", "pathology")
+KIND_OF = {"report": "text", "text": "text", "xray": "2d", "pathology": "2d", "ct": "3d", "mri": "3d"}
+"""Input kind of the encoder per modality (a task's modality is the prefix of its name)."""
 LARGE_FILE_BYTES = 25 * 1024 * 1024
-ZOO_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-_MODALITY_WORDS = {
-    "ct": ("CT", "chest CT volumes (NRRD/NIfTI/DICOM)"),
-    "mri": ("MR", "brain MRI volumes (NRRD/NIfTI)"),
-    "xray": ("X-ray", "radiographs (DICOM/PNG/JPEG)"),
-    "pathology": ("pathology", "H&E whole-slide image tiles (SVS/TIFF)"),
-    "report": ("text", "clinical report text"),
-}
+PRETRAIN_WEIGHTS = "models/pretrain_model.pt"
+"""A stage bundle's whole pre-training network (encoder and pretext heads), what its train.json loads."""
+METRICS_FILE = "metrics.json"
+WEIGHT_NAMES = ("model_best.pt", layout.MODEL_FILE, "model_final.pt")
+"""The weights of a fine-tuning output folder, in order of preference."""
 
 
-def schema_path() -> Path:
-    """The metadata JSON schema shipped with the package (for ``monai.bundle verify_metadata --filepath``).
+@dataclass
+class Trained:
+    """A trained network to export.
 
-    Returns:
-        Path of ``medcoss_monai/bundle/schema/metadata_schema.json``.
+    Attributes:
+        network: its config (``_target_`` and arguments, self-contained).
+        state: its weights.
+        modality: ``report``, ``xray``, ``ct``, ``mri`` or ``pathology`` (stage), or a task's prefix.
+        bundle_file: the bundle it was trained with.
+        parser: that bundle, read with its macros resolved (and the task's overrides).
+        info: facts for the metadata and README (``config_file``, ``epochs``, ``task``, ``metrics``...).
+        tokenizer: the tokenizer folder of a text network.
     """
-    return Path(str(resources.files("medcoss_monai.bundle") / "schema" / "metadata_schema.json"))
+
+    network: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    modality: str
+    bundle_file: Path
+    parser: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Path | None = None
 
 
 def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Path, dict[str, Any]]:
-    """Find the network config and weights in a stage or fine-tuned task folder.
+    """Find the network config and weights in a stage folder.
 
-    The folder must hold a JSON file (``stage.json``, ``task.json`` or any ``*.json``) with a key
+    The folder must hold a JSON file (the stage record ``stage.json``, or any ``*.json``) with a key
     ``"network"`` that is a config with ``"_target_"`` (as :class:`~medcoss_monai.handlers.StageModelSaver`
-    writes), and the weights it names under ``"model"`` (default ``model.pt``).
+    writes), and the weights it names under ``"model"`` (default :data:`~medcoss_monai.layout.MODEL_FILE`).
 
     Args:
         folder: the trained folder.
@@ -73,9 +103,8 @@ def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Pat
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder: pass the stage_<modality> (or task) output folder.")
-    candidates = [folder / "stage.json", folder / "task.json"] + sorted(folder.glob("*.json"))
-    for path in candidates:
+        raise FileNotFoundError(f"{folder} is not a folder: pass the stage_<modality> output folder.")
+    for path in [folder / layout.STAGE_RECORD_FILE] + sorted(folder.glob("*.json")):
         if not path.is_file():
             continue
         try:
@@ -84,7 +113,7 @@ def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Pat
             continue
         net = info.get("network") if isinstance(info, dict) else None
         if isinstance(net, dict) and "_target_" in net:
-            weights = folder / str(info.get("model", "model.pt"))
+            weights = folder / str(info.get("model", layout.MODEL_FILE))
             if not weights.is_file():
                 raise FileNotFoundError(f"{path} names the weights {weights.name}, but {weights} does not exist.")
             info = dict(info)
@@ -92,335 +121,183 @@ def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Pat
             return dict(net), weights, info
     raise FileNotFoundError(
         f"{folder} has no JSON file with a 'network' config (\"_target_\"...): it does not look like a finished "
-        "stage or task folder (train it to completion first; the stage writes stage.json)."
+        f"stage folder (train it to completion first; the stage writes {layout.STAGE_RECORD_FILE}). "
+        "For a fine-tuned task's output_dir use --finetune_dir."
     )
 
 
-def inline_config(parser: Any, id: str) -> Any:
-    """The raw config at ``id`` with its references replaced by values, so it stands alone.
-
-    ``"@other"`` is replaced by the (inlined) raw config of ``other``; a ``"$expression"`` leaf is
-    evaluated and must give a JSON value (a number, a list...). Used to copy a task bundle's network
-    config (``model_def`` referencing ``network_def``, ``@num_classes``...) into an exported bundle.
-
-    Args:
-        parser: a ``monai.bundle.ConfigParser`` holding the bundle.
-        id: the config id, e.g. ``"model_def"``.
-
-    Returns:
-        A JSON-serialisable config.
-    """
-    raw = parser.get(id)
-    if isinstance(raw, dict):
-        # "_target_", "_disabled_"... stay as written; every other value is inlined
-        return {k: v if k.startswith("_") else inline_config(parser, f"{id}#{k}") for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [inline_config(parser, f"{id}#{i}") for i in range(len(raw))]
-    if isinstance(raw, str) and raw.startswith("@") and "#" not in raw[1:] and raw[1:] in parser:
-        return inline_config(parser, raw[1:])
-    if isinstance(raw, str) and ("@" in raw or raw.startswith("$") or raw.startswith("%")):
-        value = parser.get_parsed_content(id)
-        json.dumps(value)  # raises TypeError for values an exported config cannot hold
-        return value
-    return raw
-
-
-def find_task_network(
-    folder: str | os.PathLike, config_file: str | os.PathLike, net_id: str = "model_def", model: str | None = None
-) -> tuple[dict[str, Any], Path, dict[str, Any]]:
-    """Network config and weights of a fine-tuned task folder, with the architecture read from its bundle.
-
-    Args:
-        folder: the task's output folder (holding ``model_best.pt`` or ``model.pt``...).
-        config_file: the task bundle it was trained with (e.g. ``bundles/finetune_ct_cls.json``);
-            command-line overrides used at training time (sizes, ``num_classes``) must match.
-        net_id: id of the network config in that bundle.
-        model: weights file name in ``folder`` (default: the first of ``model_best.pt``, ``model.pt``,
-            ``model_final.pt``, or the newest ``*.pt``).
-
-    Returns:
-        ``(network config, weights path, info)`` as :func:`find_trained_network`.
-    """
+def _build(network: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """The trained network: built from its config, weights loaded strictly, in eval mode."""
     from monai.bundle import ConfigParser
 
-    folder = Path(folder)
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    if net_id not in parser:
-        raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
-    network = inline_config(parser, net_id)
-    if model:
-        weights = folder / model
-    else:
-        found = [folder / n for n in ("model_best.pt", "model.pt", "model_final.pt") if (folder / n).is_file()]
-        found = found or sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        if not found:
-            raise FileNotFoundError(f"{folder} holds no *.pt weights of the task")
-        weights = found[0]
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} does not exist")
-    task = str(parser.get("task", ""))
-    modality = str(parser.get("modality", "") or task.split("_")[0])
-    info = {"task": task, "modality": modality, "config_file": str(weights), "bundle_file": str(config_file),
-            "epochs": parser.get("train#trainer#max_epochs", "?")}
-    return network, weights, info
+    net = ConfigParser({"network_def": dict(network)}).get_parsed_content("network_def")
+    check_state_fits(state, net, path, "The bundle's network config does not match the weights (pass the overrides "
+                                       "used at training time, e.g. --num_classes 3).")
+    net.load_state_dict(state, strict=True)
+    return net.eval()
 
 
-def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load a plain state dict into ``network`` (used by the exported ``train.json``).
+def _stage(stage_dir: Path, bundle_file: str | os.PathLike | None) -> Trained:
+    network, weights, info = find_trained_network(stage_dir)
+    modality = str(info.get("modality", ""))
+    if modality not in KIND_OF:
+        raise ValueError(f"{info.get('config_file')}: modality '{modality}' is not one of {sorted(KIND_OF)}")
+    path = Path(bundle_file) if bundle_file else layout.stage_bundle(modality)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the stage bundle for the inference preprocessing is missing")
+    tokenizer = stage_dir / layout.TOKENIZER_DIR if KIND_OF[modality] == "text" else None
+    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{tokenizer}: the report stage's tokenizer is missing (the stage writes it).")
+    state = state_dict_of(load_state(weights, "stage weights"), weights)
+    return Trained(network, state, modality, path, layout.read_bundle(path), dict(info), tokenizer)
+
+
+def find_finetuned(
+    finetune_dir: str | os.PathLike,
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    net_id: str = "model_def",
+    model: str | None = None,
+) -> Trained:
+    """The fine-tuned network of a task's ``output_dir``, with the architecture read from its bundle.
+
+    The task is the ``"task"`` of the folder's ``metrics.json`` (or ``overrides["task"]``); its bundle
+    is ``bundles/finetune_<task>.json`` unless ``config_file`` names it. Overrides used at training
+    time that change the architecture (``num_classes``, sizes) must be given again.
 
     Args:
-        network: the network built from ``network_def``.
-        path: a ``model.pt`` (plain state dict).
+        finetune_dir: the task's output folder (``model_best.pt``, ``metrics.json``).
+        config_file: the task bundle it was trained with (default from the task name).
+        overrides: ``{id: value}`` applied to the bundle, as on the training command line.
+        net_id: id of the network config in that bundle.
+        model: weights file name in the folder (default the first of :data:`WEIGHT_NAMES`).
 
     Returns:
-        The same network.
+        The :class:`Trained` network.
+
+    Raises:
+        FileNotFoundError: the folder, its weights or the bundle are missing.
     """
-    return load_strict(network, path, "model.pt", "The weights were trained with another network_def.")
+    folder = Path(finetune_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder: pass the output_dir of a fine-tuning bundle.")
+    metrics_path = folder / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    overrides = dict(overrides or {})
+    task = str(overrides.get("task") or metrics.get("task") or "")
+    if config_file is None:
+        if not task:
+            raise FileNotFoundError(f"{folder} has no {METRICS_FILE} naming the task: pass --config_file (the task bundle).")
+        config_file = layout.bundles_dir() / f"finetune_{task}.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file}: no bundle for task '{task}'; pass --config_file (the bundle it was "
+                                    "trained with) and the overrides it was trained with.")
+    config_file = Path(config_file)
+    names = [model] if model else [n for n in WEIGHT_NAMES if (folder / n).is_file()]
+    if not names or not (folder / names[0]).is_file():
+        raise FileNotFoundError(f"{folder} holds none of {[model] if model else list(WEIGHT_NAMES)}: train the task first.")
+    weights = folder / names[0]
+    if task:
+        overrides.setdefault("task", task)  # a bundle run for another task (--task mri_tissue_seg)
+    if metrics.get("pretrained_ckpt") is not None:
+        overrides.setdefault("pretrained_ckpt", metrics["pretrained_ckpt"])  # where its tokenizer was found
+    parser = layout.read_bundle(config_file, {"output_dir": str(folder), **overrides})
+    if net_id not in parser:
+        raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
+    task = str(parser.get("task", task))
+    modality = task.split("_")[0]
+    if modality not in KIND_OF:
+        raise ValueError(f"task '{task}': its modality '{modality}' is not one of {sorted(KIND_OF)}")
+    tokenizer = Path(parser.get_parsed_content("tokenizer_dir")) if "tokenizer_dir" in parser else None
+    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{tokenizer}: the tokenizer the task was trained with is missing.")
+    info = {"task": task, "config_file": str(weights), "bundle_file": str(config_file), "metrics": metrics.get("metrics", {}),
+            "split_sizes": metrics.get("split_sizes", {}), "epochs": metrics.get("max_epochs", parser.get("train#trainer#max_epochs", "?")),
+            "pretrained_ckpt": metrics.get("pretrained_ckpt", "")}
+    state = state_dict_of(load_state(weights, "fine-tuned weights"), weights)
+    return Trained(configs.inline_config(parser, net_id), state, modality, config_file, parser, info, tokenizer)
 
 
-class FeatureWriter:
-    """Collects the evaluator's ``pred`` per item and writes ``features.npy`` and ``features.json``.
+def _class_names(parser: Any, task: str, count: int) -> list[str]:
+    """The task's class names, from its datalist's ``"classes"`` (else ``class 0``, ``class 1``...)."""
+    from medcoss_monai.bundle.finetune import load_task
 
-    Args:
-        output_dir: folder of the outputs (created).
-        items: the datalist items, in loader order (written beside the features, paths kept).
-        pred_key: key of the network output in the decollated engine output.
-    """
-
-    def __init__(self, output_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]] = (), pred_key: str = "pred") -> None:
-        self.output_dir = Path(output_dir)
-        self.items = [dict(i) for i in items]
-        self.pred_key = pred_key
-        self._features: list[np.ndarray] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Register on ``ITERATION_COMPLETED`` (collect) and ``COMPLETED`` (write).
-
-        Args:
-            engine: the evaluator.
-        """
-        engine.add_event_handler(Events.STARTED, lambda _: self._features.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def _collect(self, engine: Engine) -> None:
-        out = engine.state.output
-        preds = [o[self.pred_key] for o in out] if isinstance(out, list) else list(out[self.pred_key])
-        self._features += [torch.as_tensor(p).detach().float().cpu().numpy() for p in preds]
-
-    def __call__(self, engine: Engine) -> None:
-        from medcoss_monai.utils import atomic_write_json, is_rank0
-
-        if not is_rank0() or not self._features:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        feats = np.stack(self._features)
-        np.save(self.output_dir / "features.npy", feats)
-        atomic_write_json({"shape": list(feats.shape), "items": _jsonable(self.items)}, self.output_dir / "features.json")
-        logger.info(f"{feats.shape[0]} feature vectors written to {self.output_dir / 'features.npy'}")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def _input_spec(network: Mapping[str, Any], modality: str) -> tuple[int, list[int]]:
-    """(channels, spatial shape) of the network's image input for ``modality``."""
-    if isinstance(network.get("encoder"), Mapping):  # a task network around a MedCoSS encoder
-        network = network["encoder"]
-    if modality in MODALITIES_3D:
-        return int(network.get("in_channels_3d", 1)), [int(s) for s in network.get("img_size_3d", [64, 64, 16])]
-    if modality in MODALITIES_2D:
-        return int(network.get("in_channels_2d", 3)), [int(s) for s in network.get("img_size_2d", [96, 96])]
-    raise ValueError(
-        f"modality '{modality}' has no image input: only ct, mri, xray and pathology encoders are exported "
-        "(a report encoder takes token ids, which MONAI's bundle checks cannot generate)."
-    )
-
-
-def _refs(obj: Any) -> set[str]:
-    """Top-level ids referenced with ``@id`` in a raw config fragment."""
-    text = json.dumps(obj)
-    return {m.split("#")[0] for m in re.findall(r"@([A-Za-z_][\w#]*)", text)}
-
-
-def _eval_preprocessing(bundle_file: Path, network: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any], Any]:
-    """The raw ``eval#transforms`` of a stage bundle and the top-level ids they need.
-
-    Input sizes are taken from the trained network config, so the exported preprocessing matches
-    the exported weights even if the stage ran with size overrides.
-    """
-    raw = json.loads(bundle_file.read_text())
-    section = raw.get("eval") or {}
-    transforms = section.get("transforms")
-    if transforms is None and isinstance(raw.get("validate"), dict):  # a fine-tuning task bundle
-        pre = raw["validate"].get("preprocessing")
-        transforms = pre.get("transforms") if isinstance(pre, dict) else None
-        datalist = raw["validate"].get("datalist")
-    else:
-        datalist = "$medcoss_monai.bundle.load_stage_datalist(@dataset_dir, @modality, 'validation', None, 0, False)"
-    if not isinstance(transforms, list):
-        raise ValueError(f"{bundle_file}: no 'eval#transforms' list to build the inference preprocessing from")
-    ids: dict[str, Any] = {}
-    todo = _refs(transforms) | _refs(datalist)
-    while todo:
-        key = todo.pop()
-        if key in ids or key not in raw:
-            continue
-        ids[key] = raw[key]
-        todo |= _refs(raw[key])
-    encoder = network.get("encoder", network) if isinstance(network.get("encoder"), dict) else network
-    for key in ("img_size_2d", "img_size_3d", "patch_size_2d", "patch_size_3d"):
-        if key in ids and key in encoder:
-            ids[key] = list(encoder[key])
-    for key in ("dataset_dir", "output_dir", "device", "network", "network_def", "bundle_root"):
-        ids.pop(key, None)  # the exported config defines these itself
-    return transforms, ids, datalist
-
-
-def _metadata(
-    modality: str, network: Mapping[str, Any], info: Mapping[str, Any], name: str, version: str, pred: torch.Tensor
-) -> dict[str, Any]:
-    import monai
-
-    channels, spatial = _input_spec(network, modality)
-    output_channels = int(pred.shape[1])
-    mod_word, data_words = _MODALITY_WORDS.get(modality, (modality, modality))
-    is_task = bool(info.get("task"))
-    task_kind = "segmentation" if pred.ndim > 2 else "classification"
-    out_def = {"0": "pooled encoder features"} if not is_task else {str(i): f"class {i}" for i in range(output_channels)}
-    packages = {"medcoss-monai": _package_version()}
-    return {
-        "schema": ZOO_SCHEMA_URL,
-        "version": version,
-        "changelog": {version: "exported from " + str(info.get("config_file", "a trained folder"))},
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "required_packages_version": packages,
-        "supported_apps": {},
-        "name": name,
-        "task": (f"{mod_word} {task_kind} fine-tuned from a MedCoSS encoder (task '{info.get('task')}')" if is_task
-                 else f"Self-supervised (MedCoSS continual pre-training) {mod_word} encoder"),
-        "description": (
-            f"MedCoSS encoder fine-tuned on task '{info.get('task')}'; network_def returns the task output (logits)."
-            if is_task else
-            f"Shared transformer encoder of MedCoSS after the '{modality}' stage "
-            f"({info.get('epochs', '?')} epochs). network_def returns the pooled (mean of final tokens) features."
-        ),
-        "authors": "medcoss-monai contributors",
-        "copyright": "Copyright (c) medcoss-monai contributors",
-        "data_source": f"medcoss-monai sample data ({data_words}), see docs/README.md",
-        "data_type": "nrrd" if modality in MODALITIES_3D else ("dicom" if modality == "xray" else "svs"),
-        "intended_use": "Research only: feature extraction and initialisation for fine-tuning. Not for clinical use.",
-        "references": [
-            "Ye et al., Continual Self-supervised Learning: Towards Universal Multi-modal Medical Data "
-            "Representation Learning, CVPR 2024"
-        ],
-        "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude" if modality != "pathology" else "RGB",
-                    "modality": mod_word,
-                    "num_channels": channels,
-                    "spatial_shape": spatial,
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": modality in MODALITIES_3D,
-                    "channel_def": {str(i): ("image" if channels == 1 else "RGB"[i] if i < 3 else str(i)) for i in range(channels)},
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image" if pred.ndim > 2 else "tensor",
-                    "format": ("segmentation" if pred.ndim > 2 else "logits") if is_task else "features",
-                    "modality": "n/a",
-                    "num_channels": output_channels,
-                    "spatial_shape": [int(s) for s in pred.shape[2:]],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": pred.ndim > 2 and modality in MODALITIES_3D,
-                    "channel_def": out_def,
-                }
-            },
-        },
-    }
-
-
-def _package_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("medcoss-monai")
-    except Exception:  # not installed as a distribution: the source tree is used
-        return "0.0.0"
-
-
-def _inference_config(
-    modality: str, network: Mapping[str, Any], transforms: list[Any], ids: Mapping[str, Any], datalist: Any
-) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "imports": ["$import os", "$import torch", "$import monai", "$import medcoss_monai", "$import medcoss_monai.bundle",
-                    "$import medcoss_monai.bundle.export", "$import medcoss_monai.bundle.finetune",
-                    "$import medcoss_monai.transforms"],
-        "bundle_root": ".",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": "",
-        "modality": modality,
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        **copy.deepcopy(dict(ids)),
-        "network_def": copy.deepcopy(dict(network)),
-        "network": "$@network_def.to(@device)",
-        "datalist": copy.deepcopy(datalist),
-        "preprocessing": {"_target_": "Compose", "transforms": copy.deepcopy(transforms)},
-        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-        "inferer": {"_target_": "SimpleInferer"},
-        "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'", "load_dict": {"model": "@network"},
-             "map_location": "@device"},
-            {"_target_": "medcoss_monai.bundle.export.FeatureWriter", "output_dir": "@output_dir", "items": "@datalist"},
-        ],
-        "evaluator": {
-            "_target_": "SupervisedEvaluator",
-            "device": "@device",
-            "val_data_loader": "@dataloader",
-            "network": "@network",
-            "inferer": "@inferer",
-            "val_handlers": "@handlers",
-            "amp": False,
-        },
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
-        "run": ["$@evaluator.run()"],
-        "finalize": [],
-    }
-    return cfg
+        names = load_task(parser.get("dataset_dir", ""), task).get("classes")
+    except Exception as e:  # the names are documentation: a missing datalist must not stop the export
+        logger.warning(f"no class names for task '{task}' ({e}); numbered names are used")
+        names = None
+    if isinstance(names, list) and len(names) == count:
+        return [str(n) for n in names]
+    return [f"class {i}" for i in range(count)]
 
 
-def _train_config(bundle_file: Path, network: Mapping[str, Any], net_id: str = "network_def") -> dict[str, Any]:
-    """The stage (or task) bundle, re-pointed to start from the exported weights (continue or fine-tune by override)."""
-    cfg = json.loads(bundle_file.read_text())
-    cfg["imports"] = list(dict.fromkeys(list(cfg.get("imports", [])) + ["$import medcoss_monai.bundle.export"]))
-    cfg["bundle_root"] = "."
-    cfg["output_dir"] = "$@bundle_root + '/runs'"
-    if "previous_stage" in cfg:
-        cfg["previous_stage"] = ""
-    cfg[net_id] = copy.deepcopy(dict(network))
-    encoder = network.get("encoder") if isinstance(network.get("encoder"), Mapping) else network
-    for key in ("img_size_2d", "img_size_3d", "patch_size_2d", "patch_size_3d", "hidden_size", "num_layers", "num_heads"):
-        if key in cfg and key in encoder:
-            cfg[key] = encoder[key]
-    cfg["exported_weights"] = "$@bundle_root + '/models/model.pt'"
-    cfg["network"] = f"$medcoss_monai.bundle.export.load_weights(@{net_id}, @exported_weights).to(@device)"
-    return cfg
+def _sizes_from_encoder(ids: dict[str, Any], encoder: Mapping[str, Any]) -> None:
+    """Input sizes of the trained network win over the bundle's (a stage may have run with size overrides)."""
+    for key in ("img_size_2d", "img_size_3d", "patch_size_2d", "patch_size_3d", "max_text_len", "vocab_size"):
+        if key in ids and key in encoder:
+            ids[key] = encoder[key]
+
+
+def _resolve(parser: Any, value: Any) -> Any:
+    """A raw config value, following ``"@id"`` references to the value they name."""
+    while isinstance(value, str) and value.startswith("@") and value[1:] in parser:
+        value = parser.get(value[1:])
+    return value
+
+
+def _inference(trained: Trained, net: torch.nn.Module, output: str, kind: str, pred: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
+    """``configs/inference.json`` of the trained network, and its class names (tasks)."""
+    parser, raw = trained.parser, trained.parser.get()
+    text = kind == "text"
+    tokenizer = f"$medcoss_monai.transforms.load_tokenizer(@bundle_root + '/{ZOO_TOKENIZER}')"
+    if trained.info.get("task"):
+        task = trained.info["task"]
+        transforms = _resolve(parser, parser.get("validate#preprocessing#transforms"))
+        if not isinstance(transforms, list):
+            raise ValueError(f"{trained.bundle_file}: validate#preprocessing#transforms is not a list of transforms")
+        transforms = configs.unlabelled_transforms(transforms)
+        if text:  # reads "text", or "text_file" (a .txt report)
+            transforms = [{"_target_": "medcoss_monai.transforms.ReportTextd", "keys": ["text"]}] + transforms
+        inferer = raw.get("eval_inferer")
+        sample = f"$str(medcoss_monai.data.tasks.task_datalist_path('{task}'))"
+    else:
+        transforms = parser.get("eval#transforms")
+        inferer = None
+        sample = f"$str(medcoss_monai.data.samples.datalist_path('{trained.modality}'))"
+    if text:
+        raw = {**raw, "tokenizer": tokenizer}
+    ids = configs.referenced_ids(raw, transforms, inferer or {})
+    encoder = trained.network.get("encoder", trained.network)
+    _sizes_from_encoder(ids, encoder if isinstance(encoder, Mapping) else trained.network)
+    network_def = {"_target_": f"medcoss_monai.networks.inference.{type(net).__name__}", "network": trained.network}
+    if output != "segmentation":
+        network_def["kind"] = kind
+    prepare = {"_target_": "medcoss_monai.bundle.inference_inputs.TextInferenceBatch"} if text else None
+    cfg = configs.inference_skeleton(network_def, ids, transforms, sample, "text" if text else "image",
+                                     series=kind == "3d", inferer=inferer, prepare_batch=prepare)
+    if output == "features":
+        return configs.add_feature_output(cfg), []
+    names = _class_names(parser, trained.info["task"], int(pred.shape[1]))
+    if output == "classification":
+        post = _resolve(parser, parser.get("validate#postprocessing#transforms", []))
+        activations = [t for t in post if isinstance(t, dict) and set(configs.transform_keys(t)) == {"pred"}]
+        multilabel = any(t.get("sigmoid") for t in activations)
+        return configs.add_classification_output(cfg, activations, names, multilabel), names
+    mask_values = raw.get("mask_values")
+    ext = ".nii.gz" if kind == "3d" else ".png"
+    return configs.add_segmentation_output(cfg, names, ext, mask_values if isinstance(mask_values, list) else None), names
+
+
+def _example(kind: str, encoder: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One input of the network's built size (token ids with a full mask for text)."""
+    if kind == "text":
+        length, vocab = int(encoder.get("max_text_len", 112)), int(encoder.get("vocab_size", 8192))
+        ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+        return ids, {"attention_mask": torch.ones_like(ids)}
+    channels = int(encoder.get(f"in_channels_{kind}", 1 if kind == "3d" else 3))
+    spatial = [int(s) for s in encoder.get(f"img_size_{kind}", [64, 64, 16] if kind == "3d" else [96, 96])]
+    return torch.rand(1, channels, *spatial, generator=torch.Generator().manual_seed(0)), {}
 
 
 def _sha256(path: Path) -> str:
@@ -431,142 +308,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _readme(name: str, modality: str, info: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
-    inp = metadata["network_data_format"]["inputs"]["image"]
-    out = metadata["network_data_format"]["outputs"]["pred"]
-    if info.get("task"):
-        recipe = (f"Supervised fine-tuning of a MedCoSS encoder on task '{info['task']}' with "
-                  f"`{Path(str(info.get('bundle_file', ''))).name}` ({info.get('epochs', '?')} epoch(s)).")
-    else:
-        recipe = (f"MedCoSS continual self-supervised pre-training (masked image modelling, k-means rehearsal buffer, "
-                  f"feature distillation, intra-modal mixup); stage '{modality}', {info.get('epochs', '?')} epoch(s), "
-                  f"previous stage '{info.get('previous_stage', '') or 'none'}'.")
-    history = ""
-    stage_dir = Path(str(info.get("config_file", "."))).parent
-    if (stage_dir / "loss_history.csv").is_file():
-        history = "\n```\n" + (stage_dir / "loss_history.csv").read_text().strip() + "\n```\n"
-    return f"""# {name}
-
-## Intended use
-{metadata['intended_use']} The encoder maps one {modality} input of shape
-(1, {inp['num_channels']}, {', '.join(map(str, inp['spatial_shape']))}), intensities in [0, 1], to a
-({out['num_channels']},) feature vector (mean of the final transformer tokens).
-
-## Data
-{metadata['data_source']}. The sample data is tiny: it proves the pipeline, it is not a benchmark.
-Run on your own data with a decathlon-style datalist (`validation` section):
-`python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/datalist.json`.
-
-## Training recipe
-{recipe} `configs/train.json` continues training from
-`models/model.pt` (`python -m monai.bundle run --config_file configs/train.json --train#trainer#max_epochs 5`).
-
-## Results
-Loss per epoch of the exported stage:{history or ' not recorded here (see the training folder, e.g. metrics.json).'}
-
-## Commands
-- inference: `python -m monai.bundle run --config_file configs/inference.json` (writes `eval/features.npy`)
-- checks: `python -m monai.bundle verify_net_in_out --net_id network_def --meta_file configs/metadata.json --config_file configs/inference.json`
-- TorchScript: `python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "{[1, inp['num_channels'], *inp['spatial_shape']]}"`
-
-## Limitations
-Trained briefly on a handful of public sample files; features are not validated for any clinical
-task. Inputs must be preprocessed as in `configs/inference.json`. Research use only.
-"""
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=4) + "\n")
 
 
-def _license(repo_license: Path | None) -> str:
-    text = (
-        "The exported code and configuration follow the license of medcoss-monai.\n"
-        "The weights were trained on public sample data whose licenses apply to derived models; some of it is\n"
-        "non-commercial / no-derivatives (see docs/README.md). Research use only.\n"
-    )
-    if repo_license is not None and repo_license.is_file():
-        text += "\n" + repo_license.read_text()
-    return text
-
-
-def export_bundle(
-    stage_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    name: str | None = None,
-    version: str = "0.1.0",
-    bundle_file: str | os.PathLike | None = None,
-    torchscript: bool = True,
-    config_file: str | os.PathLike | None = None,
-    net_id: str = "model_def",
-    model: str | None = None,
-) -> Path:
-    """Export a trained stage (or fine-tuned task) folder as a Model Zoo bundle.
-
-    Args:
-        stage_dir: the trained folder (``stage.json`` + ``model.pt``, or a task folder with a config
-            holding ``"network"``).
-        out: the bundle folder to write (created; existing files are overwritten).
-        name: bundle name in the metadata (default ``medcoss_<modality>_encoder``).
-        version: bundle version.
-        bundle_file: the stage bundle whose ``eval#transforms`` become the inference preprocessing
-            (default ``bundles/stage_<modality>.json``).
-        torchscript: also write ``models/model.ts``.
-        config_file: for a fine-tuned task folder (no ``stage.json``): the task bundle it was trained
-            with; its ``net_id`` config gives the architecture and its ``validate#preprocessing`` the
-            inference preprocessing.
-        net_id: id of the network config in ``config_file``.
-        model: weights file of the task folder (default ``model_best.pt``/``model.pt``).
-
-    Returns:
-        The bundle folder.
-    """
-    from monai.bundle import ConfigParser
-
-    from medcoss_monai.bundle.pipeline import bundles_dir
-
-    if config_file:
-        network, weights, info = find_task_network(stage_dir, config_file, net_id, model)
-    else:
-        network, weights, info = find_trained_network(stage_dir)
-    modality = str(info.get("modality", ""))
-    if not modality:
-        raise ValueError(f"{info.get('config_file')}: no 'modality' key, so the input format is unknown")
-    if config_file and not bundle_file:
-        bundle_file = config_file
-    bundle_file = Path(bundle_file) if bundle_file else bundles_dir() / f"stage_{modality}.json"
-    if not bundle_file.is_file():
-        raise FileNotFoundError(f"{bundle_file}: the stage bundle for the inference preprocessing is missing")
-    out = Path(out)
-    for sub in ("configs", "models", "docs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-
-    # the network as exported: build it, load the weights, measure its one output tensor
-    net = ConfigParser({"network_def": network}).get_parsed_content("network_def")
-    state = state_dict_of(load_state(weights, "model checkpoint"), weights)
-    net.load_state_dict(state)
-    net.eval()
-    channels, spatial = _input_spec(network, modality)
-    example = torch.rand(1, channels, *spatial)
-    with torch.no_grad():
-        pred = net(example)
-    if not isinstance(pred, torch.Tensor):
-        raise TypeError(f"{type(net).__name__}(x) returns {type(pred).__name__}, not one tensor: it cannot be a Zoo network_def")
-
-    name = name or f"medcoss_{modality}_encoder"
-    metadata = _metadata(modality, network, info, name, version, pred)
-    transforms, ids, datalist = _eval_preprocessing(bundle_file, network)
-    _write_json(out / "configs" / "metadata.json", metadata)
-    _write_json(out / "configs" / "inference.json", _inference_config(modality, network, transforms, ids, datalist))
-    _write_json(out / "configs" / "train.json", _train_config(bundle_file, network, net_id if config_file else "network_def"))
-    logging_conf = bundle_file.parent / "logging.conf"
-    if logging_conf.is_file():
-        shutil.copyfile(logging_conf, out / "configs" / "logging.conf")
-    torch.save(state, out / "models" / "model.pt")  # always a plain state dict
-    if torchscript:
-        with torch.no_grad():
-            traced = torch.jit.trace(net, example, check_trace=False)
-        extra = {"metadata.json": json.dumps(metadata), "inference.json": (out / "configs" / "inference.json").read_text()}
-        torch.jit.save(traced, str(out / "models" / "model.ts"), _extra_files=extra)
-    (out / "docs" / "README.md").write_text(_readme(name, modality, info, metadata))
-    repo_license = Path(__file__).resolve().parents[2] / "LICENSE"
-    (out / "LICENSE").write_text(_license(repo_license))
+def _large_files(out: Path) -> None:
+    """List every file over 25 MB in ``large_files.yml`` (the Zoo keeps them outside git), or remove the list."""
     large = [p for p in sorted(out.rglob("*")) if p.is_file() and p.stat().st_size > LARGE_FILE_BYTES]
     large_yml = out / "large_files.yml"
     if large:
@@ -577,16 +324,148 @@ def export_bundle(
         large_yml.write_text("\n".join(lines) + "\n")
     elif large_yml.exists():
         large_yml.unlink()
+
+
+def _value_range(transforms: Any) -> list[float]:
+    """[0, 1] unless the preprocessing standardises intensities (z-scores are not bounded)."""
+    return [] if "NormalizeIntensity" in json.dumps(transforms) else [0, 1]
+
+
+def _write_bundle(trained: Trained, out: Path, name: str | None, version: str, torchscript: bool) -> Path:
+    """Write every file of the bundle for a trained network."""
+    kind = KIND_OF[trained.modality]
+    trained_net = _build(trained.network, trained.state, Path(trained.info.get("config_file", "weights")))
+    net = inference_network(trained_net, kind).eval()
+    output = ("segmentation" if isinstance(trained_net, UNETRStyleSegmenter)
+              else "classification" if trained.info.get("task") else "features")
+    encoder = trained.network.get("encoder", trained.network)
+    x, kwargs = _example(kind, encoder)
+    with torch.no_grad():
+        pred = net(x, **kwargs)
+    inference, class_names = _inference(trained, net, output, kind, pred)
+    task = trained.info.get("task")
+    name = name or (f"medcoss_{task}" if task else f"medcoss_{trained.modality}_encoder")
+    metadata = bundle_metadata(name=name, version=version, modality=trained.modality, output=output, encoder=encoder,
+                               pred=pred, info=trained.info, class_names=class_names,
+                               value_range=_value_range(inference["preprocessing"]))
+    for sub in ("configs", "models", "docs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    _write_json(out / "configs" / "metadata.json", metadata)
+    _write_json(out / "configs" / "inference.json", inference)
+    raw = trained.parser.get()
+    if task:
+        train = configs.train_config(raw, trained.network, "model_def", ZOO_WEIGHTS, trained.tokenizer is not None)
+    else:
+        train = configs.train_config(raw, trained.network, "network_def", PRETRAIN_WEIGHTS, trained.tokenizer is not None)
+        torch.save(trained.state, out / PRETRAIN_WEIGHTS)
+    _write_json(out / "configs" / "train.json", train)
+    for logging_conf in (trained.bundle_file.parent / "logging.conf", layout.bundles_dir() / "logging.conf"):
+        if logging_conf.is_file():
+            shutil.copyfile(logging_conf, out / "configs" / "logging.conf")
+            break
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / ZOO_WEIGHTS)  # a plain state dict
+    if trained.tokenizer is not None:
+        shutil.copytree(trained.tokenizer, out / ZOO_TOKENIZER, dirs_exist_ok=True)
+    if torchscript:
+        _torchscript(out)
+    (out / "docs" / "README.md").write_text(bundle_readme(name, trained.modality, trained.info, metadata, output))
+    repo_license = Path(__file__).resolve().parents[2] / "LICENSE"
+    (out / "LICENSE").write_text(bundle_license(repo_license))
+    _large_files(out)
+    return out
+
+
+def _torchscript(out: Path) -> None:
+    """``models/model.ts`` by MONAI's ``ckpt_export`` with scripting, from the bundle's own files, as the Zoo makes it."""
+    from monai.bundle import ckpt_export
+
+    ckpt_export(net_id="network_def", filepath=str(out / ZOO_TORCHSCRIPT), ckpt_file=str(out / ZOO_WEIGHTS),
+                meta_file=str(out / "configs" / "metadata.json"), config_file=str(out / "configs" / "inference.json"),
+                bundle_root=str(out), use_trace=False)
+
+
+def export_bundle(
+    stage_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    name: str | None = None,
+    version: str = "0.1.0",
+    bundle_file: str | os.PathLike | None = None,
+    torchscript: bool = True,
+) -> Path:
+    """Export a trained stage folder as a Model Zoo bundle of its encoder (pooled features).
+
+    Args:
+        stage_dir: the stage folder (``stage.json`` + ``model.pt``; ``tokenizer/`` for the report stage).
+        out: the bundle folder to write (created; existing files are overwritten).
+        name: bundle name in the metadata (default ``medcoss_<modality>_encoder``).
+        version: bundle version.
+        bundle_file: the stage bundle whose ``eval#transforms`` become the inference preprocessing
+            (default :func:`~medcoss_monai.layout.stage_bundle` of the modality).
+        torchscript: also write ``models/model.ts``.
+
+    Returns:
+        The bundle folder.
+    """
+    out = _write_bundle(_stage(Path(stage_dir), bundle_file), Path(out), name, version, torchscript)
     logger.info(f"exported {stage_dir} to the bundle {out}")
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=4) + "\n")
+def export_finetuned(
+    finetune_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    name: str | None = None,
+    version: str = "0.1.0",
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    torchscript: bool = True,
+    net_id: str = "model_def",
+    model: str | None = None,
+) -> Path:
+    """Export a fine-tuned task (the ``output_dir`` of a ``bundles/finetune_<task>.json`` run) as a Model Zoo bundle.
+
+    Args:
+        finetune_dir: the task's output folder.
+        out: the bundle folder to write.
+        name: bundle name (default ``medcoss_<task>``).
+        version: bundle version.
+        config_file: the task bundle it was trained with (default ``bundles/finetune_<task>.json``).
+        overrides: the training run's overrides that change the network or the task (``num_classes``, ``task``).
+        torchscript: also write ``models/model.ts``.
+        net_id: id of the network config in the task bundle.
+        model: weights file of the folder (default ``model_best.pt``).
+
+    Returns:
+        The bundle folder.
+    """
+    trained = find_finetuned(finetune_dir, config_file, overrides, net_id, model)
+    out = _write_bundle(trained, Path(out), name, version, torchscript)
+    logger.info(f"exported {finetune_dir} to the bundle {out}")
+    return out
+
+
+def _overrides(extra: Sequence[str]) -> dict[str, Any]:
+    """``--key value`` pairs after the known options, values read as JSON when they parse (MONAI style)."""
+    pairs: dict[str, Any] = {}
+    it = iter(extra)
+    for key in it:
+        if not key.startswith("--"):
+            raise SystemExit(f"unexpected argument {key!r}: overrides are given as --id value")
+        value = next(it, None)
+        if value is None:
+            raise SystemExit(f"override {key} has no value")
+        try:
+            pairs[key[2:]] = json.loads(value)
+        except json.JSONDecodeError:
+            pairs[key[2:]] = value
+    return pairs
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``python -m medcoss_monai.bundle.export --stage_dir DIR --out DIR``.
+    """Command line: ``python -m medcoss_monai.bundle.export (--stage_dir DIR | --finetune_dir DIR) --out DIR``.
+
+    With ``--finetune_dir``, further ``--id value`` pairs override the task bundle as at training
+    time (``--num_classes 3``).
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -595,19 +474,27 @@ def main(argv: Sequence[str] | None = None) -> Path:
         The bundle folder.
     """
     ap = argparse.ArgumentParser(prog="python -m medcoss_monai.bundle.export", description=__doc__.splitlines()[0])
-    ap.add_argument("--stage_dir", required=True, help="trained stage_<modality> folder or fine-tuned task folder")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stage_dir", help="trained stage_<modality> folder")
+    src.add_argument("--finetune_dir", help="output_dir of a fine-tuning bundle (model_best.pt, metrics.json)")
     ap.add_argument("--out", required=True, help="bundle folder to write")
-    ap.add_argument("--name", default=None, help="bundle name (default medcoss_<modality>_encoder)")
+    ap.add_argument("--name", default=None, help="bundle name (default medcoss_<modality>_encoder or medcoss_<task>)")
     ap.add_argument("--version", default="0.1.0", help="bundle version")
-    ap.add_argument("--bundle_file", default=None, help="stage bundle for the inference preprocessing")
+    ap.add_argument("--bundle_file", default=None, help="stage: the stage bundle for the inference preprocessing")
+    ap.add_argument("--config_file", default=None, help="fine-tuned: the task bundle (default bundles/finetune_<task>.json)")
+    ap.add_argument("--net_id", default="model_def", help="fine-tuned: id of the network config in the task bundle")
+    ap.add_argument("--model", default=None, help="fine-tuned: weights file in the folder (default model_best.pt)")
     ap.add_argument("--no_torchscript", action="store_true", help="do not write models/model.ts")
-    ap.add_argument("--config_file", default=None, help="fine-tuned task folder: the task bundle it was trained with")
-    ap.add_argument("--net_id", default="model_def", help="fine-tuned task: id of the network config in --config_file")
-    ap.add_argument("--model", default=None, help="fine-tuned task: weights file in the folder (default model_best.pt)")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    overrides = _overrides(extra)
+    if overrides and not args.finetune_dir:
+        ap.error(f"unknown arguments {extra} (overrides apply to --finetune_dir only)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    out = export_bundle(args.stage_dir, args.out, args.name, args.version, args.bundle_file, not args.no_torchscript,
-                        args.config_file, args.net_id, args.model)
+    if args.finetune_dir:
+        out = export_finetuned(args.finetune_dir, args.out, args.name, args.version, args.config_file, overrides,
+                               not args.no_torchscript, args.net_id, args.model)
+    else:
+        out = export_bundle(args.stage_dir, args.out, args.name, args.version, args.bundle_file, not args.no_torchscript)
     print(out)
     return out
 

@@ -17,10 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from medcoss_monai.networks.checkpoint import load_state, state_dict_of
-from medcoss_monai.data.checks import EXPECTED_SPATIAL_DIMS, BadInputError, check_datalist, item_problems
+from medcoss_monai import layout
+from medcoss_monai.data.checks import (
+    EXPECTED_SPATIAL_DIMS,
+    BadInputError,
+    check_datalist,
+    item_problems,
+)
 from medcoss_monai.data.layouts import label_problems
 from medcoss_monai.data.tasks import load_task_datalist
+from medcoss_monai.networks.checkpoint import load_state, state_dict_of
 from medcoss_monai.networks.pos_embed import StateDictReport, adapt_state_dict
 
 __all__ = [
@@ -149,11 +155,11 @@ def default_tokenizer_dir(pretrained_ckpt: str | None, output_dir: str | os.Path
     A fine-tune from scratch (or from a stage without a tokenizer) trains one into ``output_dir/tokenizer``.
     """
     if pretrained_ckpt:
-        stage_tok = Path(pretrained_ckpt).parent / "tokenizer"
+        stage_tok = Path(pretrained_ckpt).parent / layout.TOKENIZER_DIR
         if (stage_tok / "tokenizer.json").is_file():
             return str(stage_tok)
         logger.warning(f"No tokenizer next to '{pretrained_ckpt}'; a new one is trained into {output_dir}/tokenizer.")
-    return str(Path(output_dir) / "tokenizer")
+    return str(Path(output_dir) / layout.TOKENIZER_DIR)
 
 
 def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_prefix: str = "encoder.") -> nn.Module:

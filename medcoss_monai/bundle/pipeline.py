@@ -7,11 +7,13 @@ Example::
 
 Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` merged with the
 method's overlay ``bundles/method_<method>.json``, exactly as a user would run it alone, with
-``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written
-(:mod:`medcoss_monai.bundle.forgetting`; ``--forgetting false`` skips it). Methods are switches of
-the same bundles: ``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer),
-``er`` (buffer batches get the pretext loss), ``random_buffer`` (random sampler) and ``joint``
-(one stage, ``stage_joint``, over all the listed modalities, each batch single-modality).
+``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written by
+``python -m medcoss_monai.evaluation.forgetting`` (``--forgetting false`` skips it). Run it from the
+repository root, as the stage bundles are (MONAI reads their ``%bundles/common/...`` macros from the
+working directory). Methods are switches of the same bundles, one ``bundles/method_<name>.json``
+each: ``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer), ``er``
+(buffer batches get the pretext loss), ``random_buffer`` (random sampler) and ``joint`` (one stage,
+``stage_joint``, over all the listed modalities, each batch single-modality).
 """
 
 from __future__ import annotations
@@ -25,22 +27,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["METHODS", "bundles_dir", "stage_command", "run_pipeline", "main"]
+from medcoss_monai import layout
+from medcoss_monai.errors import BadInputError
 
-METHODS = ("medcoss", "sequential", "er", "random_buffer", "joint")
+__all__ = ["stage_command", "forgetting_command", "run_pipeline", "main"]
 
 
-def bundles_dir() -> Path:
-    """The folder holding the stage bundles: ``$MEDCOSS_BUNDLES``, the repository's ``bundles/``, or ``./bundles``.
-
-    Returns:
-        The folder path.
-    """
-    env = os.environ.get("MEDCOSS_BUNDLES")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2] / "bundles"
-    return repo if repo.is_dir() else Path.cwd() / "bundles"
+def _check_working_dir(folder: Path) -> None:
+    """Refuse to start when MONAI would not find the bundles' shared recipe from this working directory."""
+    common = folder / "common" / "pretrain.json"
+    if common.is_file() and not (Path.cwd() / "bundles" / "common" / "pretrain.json").resolve() == common.resolve():
+        raise BadInputError(
+            f"Run the pipeline from {folder.resolve().parent} (the folder holding bundles/): the stage bundles take "
+            f"their shared recipe from 'bundles/common/' relative to the working directory, as MONAI reads macros."
+        )
 
 
 def stage_command(
@@ -59,15 +59,13 @@ def stage_command(
         previous_stage: the modality of the stage before, or "" for the first.
         overlays: more config files merged after the stage bundle (method, paper scale...).
         overrides: extra ``--id value`` arguments, as strings.
-        bundle_dir: where the bundles are (default :func:`bundles_dir`).
+        bundle_dir: where the bundles are (default :func:`~medcoss_monai.layout.bundles_dir`).
 
     Returns:
         The argument list for ``subprocess``.
     """
-    folder = Path(bundle_dir) if bundle_dir else bundles_dir()
-    stage = folder / f"stage_{modality}.json"
-    if not stage.is_file():
-        raise FileNotFoundError(f"{stage}: no stage bundle for modality '{modality}' (write bundles/stage_{modality}.json)")
+    folder = Path(bundle_dir) if bundle_dir else layout.bundles_dir()
+    stage = layout.stage_bundle(modality, folder)
     configs = [str(stage)] + [str(o) for o in overlays]
     config_arg = configs[0] if len(configs) == 1 else "[" + ",".join(repr(c) for c in configs) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
@@ -78,8 +76,27 @@ def stage_command(
     return cmd + list(overrides)
 
 
+def forgetting_command(
+    output_dir: str | os.PathLike, stages: Sequence[str], joint_modalities: Sequence[str] = (), seed: int = 0
+) -> list[str]:
+    """The command line that writes the forgetting matrix of a run.
+
+    Args:
+        output_dir: the run folder.
+        stages: the stage folders' names, in order (``stage_<name>``).
+        joint_modalities: for a joint run, the modalities trained together.
+        seed: seed of the randomly initialised encoder of the first row.
+
+    Returns:
+        The argument list for ``subprocess``.
+    """
+    cmd = [sys.executable, "-m", "medcoss_monai.evaluation.forgetting", "--run_dir", str(output_dir),
+           "--stages", *stages, "--seed", str(seed)]
+    return cmd + (["--joint_modalities", *joint_modalities] if joint_modalities else [])
+
+
 def _final_loss(stage_dir: Path) -> str:
-    path = stage_dir / "loss_history.csv"
+    path = stage_dir / layout.LOSS_HISTORY_FILE
     if not path.is_file():
         return "-"
     with open(path, newline="") as f:
@@ -105,15 +122,17 @@ def run_pipeline(
         overlays: config files merged onto every stage bundle (after the method's overlay).
         overrides: ``--id value`` arguments passed to every stage.
         bundle_dir: where the bundles are.
-        method: one of :data:`METHODS`.
+        method: one of :func:`~medcoss_monai.layout.methods` (a ``bundles/method_<name>.json``).
 
     Returns:
         One summary dict per stage (``stage``, ``folder``, ``seconds``, ``loss``).
     """
-    if method not in METHODS:
-        raise SystemExit(f"unknown --method '{method}': choose one of {', '.join(METHODS)}")
-    folder_of_bundles = Path(bundle_dir) if bundle_dir else bundles_dir()
-    overlays = [folder_of_bundles / f"method_{method}.json", *overlays]
+    folder_of_bundles = Path(bundle_dir) if bundle_dir else layout.bundles_dir()
+    known = layout.methods(folder_of_bundles)
+    if method not in known:
+        raise SystemExit(f"unknown --method '{method}': choose one of {', '.join(known)}")
+    _check_working_dir(folder_of_bundles)
+    overlays = [layout.method_bundle(method, folder_of_bundles), *overlays]
     if method == "joint":
         # one stage: the last modality's bundle, with the others' training data interleaved
         joint = "[" + ",".join(repr(s) for s in stages) + "]"
@@ -132,7 +151,7 @@ def run_pipeline(
         seconds = time.time() - start
         if result.returncode != 0:
             raise SystemExit(f"stage '{name}' failed (exit {result.returncode}, its reason is printed above); later stages were not run.")
-        folder = Path(output_dir) / f"stage_{name}"
+        folder = layout.stage_dir(output_dir, name)
         summary.append({"stage": name, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
     return summary
 
@@ -148,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="report,xray,ct,mri,pathology", help="comma-separated modalities in order")
-    parser.add_argument("--method", default="medcoss", choices=METHODS, help="continual-learning method")
+    parser.add_argument("--method", default="medcoss", choices=layout.methods(), help="continual-learning method")
     parser.add_argument("--output_dir", default="runs/medcoss", help="run folder (stage_<modality>/ inside)")
     parser.add_argument("--max_epochs", type=int, default=None, help="epochs of every stage (default: the bundle's)")
     parser.add_argument(
@@ -174,13 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in summary:
         print(f"  stage_{row['stage']:<10} {row['seconds']:7.1f} s  loss {row['loss']}  -> {row['folder']}")
     if args.forgetting == "true":
-        from medcoss_monai.bundle.forgetting import evaluate_run
-
         start = time.time()
         print("\n=== forgetting matrix: a randomly initialised encoder, then every stage ===", flush=True)
         joint = stages if args.method == "joint" else ()
-        evaluate_run(args.output_dir, [row["stage"] for row in summary], joint_modalities=joint, seed=args.seed or 0)
-        print(f"wrote {Path(args.output_dir) / 'forgetting.csv'} and forgetting.png in {time.time() - start:.0f} s")
+        cmd = forgetting_command(args.output_dir, [row["stage"] for row in summary], joint, args.seed or 0)
+        print(f"$ {' '.join(cmd)}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise SystemExit("the forgetting matrix failed (its reason is printed above); the stages' outputs are complete.")
+        out = Path(args.output_dir)
+        print(f"wrote {out / layout.FORGETTING_CSV} and {layout.FORGETTING_PNG} in {time.time() - start:.0f} s")
     return 0
 
 

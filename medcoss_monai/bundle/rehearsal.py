@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader
 
+from medcoss_monai import layout
 from medcoss_monai.bundle.stage import previous_stage_dir
 from medcoss_monai.handlers.distillation import freeze_teacher
 from medcoss_monai.networks.checkpoint import load_strict, unwrap_network
@@ -45,47 +46,32 @@ def find_buffers(output_dir: str | os.PathLike, modality: str, previous_stage: s
     chain: list[str] = []
     current = previous_stage or ""
     while current and current != modality and current not in chain:
-        folder = root / f"stage_{current}"
+        folder = layout.stage_dir(root, current)
         if not folder.is_dir():
             logger.warning(f"rehearsal: {folder} does not exist; the chain of earlier stages of '{modality}' ends there")
             break
         chain.append(current)
-        current = str(_stage_record(folder).get("previous_stage") or "")
-    found = {m: root / f"stage_{m}" / "buffer.json" for m in reversed(chain)}
+        current = str(layout.read_stage_record(folder).get("previous_stage") or "")
+    found = {m: layout.stage_dir(root, m) / layout.BUFFER_FILE for m in reversed(chain)}
     return {m: p for m, p in found.items() if p.is_file()}
 
 
-def _stage_record(folder: Path) -> dict[str, Any]:
-    import json
-
-    path = folder / "stage.json"
-    if not path.is_file():
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot read '{path}': {e}") from e
-
-
 def _parse_stage_bundle(
-    bundle_file: Path,
+    modality: str,
     output_dir: str | os.PathLike,
     shared: Mapping[str, Any],
     tokenizer: Any = None,
     stage_dir: str | os.PathLike | None = None,
+    bundles: str | os.PathLike | None = None,
 ) -> ConfigParser:
-    """Parse another stage bundle with this stage's run folder and shared sizes imposed."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle_file))
-    parser["output_dir"] = str(output_dir)
+    """Another stage's bundle, set up as that stage ran: the settings it recorded, then this stage's shared sizes."""
+    overrides: dict[str, Any] = {**dict(shared), "output_dir": str(output_dir)}
     if stage_dir is not None:
-        parser["stage_dir"] = str(stage_dir)  # rejected inputs and the tokenizer stay in this stage's folder
-    for key, value in shared.items():
-        if key in parser:  # only ids the other bundle has (a report bundle has no 3D sizes)
-            parser[key] = value
+        overrides["stage_dir"] = str(stage_dir)  # rejected inputs and the tokenizer stay in this stage's folder
     if tokenizer is not None:
-        parser["tokenizer"] = tokenizer  # a plain object: nothing is evaluated from text
+        overrides["tokenizer"] = tokenizer  # a plain object: nothing is evaluated from text
+    settings = layout.recorded_settings(layout.stage_dir(output_dir, modality))
+    parser = layout.read_stage_bundle(modality, settings, overrides, bundles)
     parser.parse()
     return parser
 
@@ -135,9 +121,7 @@ def buffer_loaders(
     if not enabled:
         return {}
     from medcoss_monai.buffer import load_buffer_manifest
-    from medcoss_monai.bundle.pipeline import bundles_dir
-
-    folder = Path(bundles) if bundles else bundles_dir()
+    folder = Path(bundles) if bundles else layout.bundles_dir()
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if joint_modalities:
@@ -150,15 +134,12 @@ def buffer_loaders(
         if not items:
             continue
         tokenizer = None
-        tok_dir = path.parent / "tokenizer"
+        tok_dir = path.parent / layout.TOKENIZER_DIR
         if tok_dir.is_dir():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-        bundle_file = folder / f"stage_{mod}.json"
-        if not bundle_file.is_file():
-            raise FileNotFoundError(f"{path}: its stage bundle {bundle_file} is missing, so its items cannot be prepared")
-        parser = _parse_stage_bundle(bundle_file, output_dir, shared or {}, tokenizer)
+        parser = _parse_stage_bundle(mod, output_dir, shared or {}, tokenizer, bundles=folder)
         transform, crops = parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
         dataset = CacheDataset(items, transform=transform, cache_rate=cache_rate, num_workers=0, progress=False)
         per_batch = max(1, int(batch_size) // max(1, int(crops)))
@@ -190,7 +171,7 @@ def _joint_loaders(
     for mod in modalities:
         if mod == modality:
             continue
-        parser = _parse_stage_bundle(folder / f"stage_{mod}.json", output_dir, shared, stage_dir=stage_dir)
+        parser = _parse_stage_bundle(mod, output_dir, shared, stage_dir=stage_dir, bundles=folder)
         dataset = parser.get_parsed_content("train#dataset")
         crops = parser.get("crops_per_volume", 1)
         repeats = parser.get("train#repeats", 1)
@@ -223,6 +204,6 @@ def load_teacher(
     if not enabled or folder is None:
         return None
     teacher = copy.deepcopy(unwrap_network(network)).cpu()
-    load_strict(teacher, folder / "model.pt", f"model.pt of stage '{previous_stage}'", "The previous stage was trained with another network_def.")
-    logger.info(f"distillation teacher: {folder / 'model.pt'} (frozen, eval mode)")
+    load_strict(teacher, folder / layout.MODEL_FILE, f"model.pt of stage '{previous_stage}'", "The previous stage was trained with another network_def.")
+    logger.info(f"distillation teacher: {folder / layout.MODEL_FILE} (frozen, eval mode)")
     return freeze_teacher(teacher.to(device))

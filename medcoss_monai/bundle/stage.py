@@ -12,12 +12,20 @@ import torch
 from monai.data import load_decathlon_datalist
 
 from medcoss_monai import MODALITIES
+from medcoss_monai import layout
 from medcoss_monai.data.checks import BadInputError, check_datalist
 from medcoss_monai.errors import RunLockedError
 from medcoss_monai.networks.checkpoint import load_adapted
 from medcoss_monai.utils import remove_stale_temp_files
 
-__all__ = ["resolve_datalist", "load_stage_datalist", "init_from_previous_stage", "previous_stage_dir", "claim_stage_dir"]
+__all__ = [
+    "resolve_datalist",
+    "load_stage_datalist",
+    "init_from_previous_stage",
+    "previous_stage_dir",
+    "claim_stage_dir",
+    "volumes_per_batch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +106,12 @@ def load_stage_datalist(
     return items
 
 
+ENCODER_PREFIX = "encoder."
+"""State-dict prefix of the shared encoder and its tokenizers (what one stage hands to the next)."""
+
 _HELD_LOCKS: dict[str, int] = {}
 """Stage folders this process holds the writer lock of: path -> open file descriptor."""
 
-LOCK_FILE = ".writer.lock"
 
 
 def _global_rank() -> int:
@@ -130,7 +140,7 @@ def claim_stage_dir(output_dir: str | os.PathLike, modality: str) -> str:
     Raises:
         RunLockedError: another live process holds the folder, naming its pid.
     """
-    folder = Path(output_dir) / f"stage_{modality}"
+    folder = layout.stage_dir(output_dir, modality)
     key = str(folder.resolve())
     if _global_rank() != 0 or key in _HELD_LOCKS:
         return str(folder)
@@ -139,7 +149,7 @@ def claim_stage_dir(output_dir: str | os.PathLike, modality: str) -> str:
         import fcntl
     except ImportError:  # Windows: no flock; one writer is then the user's responsibility
         return str(folder)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / layout.WRITER_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -170,22 +180,31 @@ def previous_stage_dir(output_dir: str | os.PathLike, previous_stage: str | None
     """
     if not previous_stage:
         return None
-    folder = Path(output_dir) / f"stage_{previous_stage}"
-    return folder if (folder / "model.pt").is_file() else None
+    folder = layout.stage_dir(output_dir, previous_stage)
+    return folder if (folder / layout.MODEL_FILE).is_file() else None
 
 
 def init_from_previous_stage(
-    network: torch.nn.Module, output_dir: str | os.PathLike, previous_stage: str | None, modality: str = ""
+    network: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    previous_stage: str | None,
+    modality: str = "",
+    inherit_pretext_heads: bool = False,
 ) -> torch.nn.Module:
-    """Load the previous stage's ``model.pt`` into ``network``, or say that this is a first stage.
+    """Load the previous stage's encoder into ``network``, or say that this is a first stage.
 
-    Position embeddings of another input size are resized; keys that do not fit are reported.
+    As in the MedCoSS paper, a stage takes over the encoder (the shared transformer and the text,
+    2D and 3D tokenizers) and starts its MAE decoder and MLM head from their initialisation;
+    ``inherit_pretext_heads`` takes those over too. Position embeddings of another input size are
+    resized; keys that do not fit are reported.
 
     Args:
         network: the freshly built network.
         output_dir: the run folder.
         previous_stage: the previous stage's modality (bundle id ``previous_stage``).
         modality: this stage's modality, for the log line.
+        inherit_pretext_heads: load the previous stage's MAE decoder and MLM head as well (bundle id
+            ``inherit_pretext_heads``).
 
     Returns:
         The same network, with weights loaded when a previous stage exists.
@@ -193,11 +212,13 @@ def init_from_previous_stage(
     folder = previous_stage_dir(output_dir, previous_stage)
     name = f"stage '{modality}'" if modality else "this stage"
     if folder is None:
-        why = "no previous stage configured" if not previous_stage else f"{Path(output_dir) / f'stage_{previous_stage}'} has no model.pt"
+        why = "no previous stage configured" if not previous_stage else f"{layout.stage_model(output_dir, previous_stage)} does not exist"
         logger.info(f"{name} runs as a first stage ({why}): encoder initialised from scratch.")
         return network
-    report = load_adapted(network, folder / "model.pt", f"model.pt of stage '{previous_stage}'")
-    logger.info(f"{name} starts from {folder / 'model.pt'} ({report})")
+    prefixes = None if flag(inherit_pretext_heads) else (ENCODER_PREFIX,)
+    report = load_adapted(network, folder / layout.MODEL_FILE, f"model.pt of stage '{previous_stage}'", prefixes)
+    heads = "with" if prefixes is None else "without"
+    logger.info(f"{name} starts from {folder / layout.MODEL_FILE}, {heads} its pretext heads ({report})")
     return network
 
 
@@ -221,3 +242,25 @@ def flag(value: Any) -> bool:
             return False
         raise ValueError(f"expected true or false, got {value!r}")
     return bool(value)
+
+
+def volumes_per_batch(batch_size: int, crops_per_volume: int) -> int:
+    """Volumes per loader batch of a 3D stage whose ``batch_size`` counts samples (crops), as every stage's does.
+
+    Args:
+        batch_size: samples per process per step (bundle id ``batch_size``).
+        crops_per_volume: crops cut from each loaded volume (bundle id ``crops_per_volume``).
+
+    Returns:
+        ``batch_size // crops_per_volume``.
+
+    Raises:
+        BadInputError: ``batch_size`` is not a positive multiple of ``crops_per_volume``.
+    """
+    batch_size, crops = int(batch_size), int(crops_per_volume)
+    if crops < 1 or batch_size < crops or batch_size % crops:
+        raise BadInputError(
+            f"batch_size {batch_size} counts crops and must be a multiple of crops_per_volume {crops} "
+            f"(e.g. --batch_size {max(1, crops) * max(1, batch_size // max(1, crops))})."
+        )
+    return batch_size // crops

@@ -1,5 +1,6 @@
 """Data helpers: the sample-data fetcher and datalists, report corpora, slide tiling, rehearsal loading,
-converters of sample formats, sample tasks (``tasks``) and users' dataset layouts (``layouts``).
+converters of sample formats, the downstream tasks (``tasks``: registry and datalists; ``sample_tasks``:
+how each is cut from the held-out sample files) and users' dataset layouts (``layouts``).
 
 Names are imported from their submodules on first use (PEP 562), so that
 ``python -m medcoss_monai.data.samples`` runs its module once, without a runpy warning, and starts

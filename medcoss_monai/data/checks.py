@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medcoss_monai.errors import BadInputError
+from medcoss_monai.transforms.slides import SLIDE_SUFFIXES
 from medcoss_monai.utils import atomic_write_json, is_rank0
 
 __all__ = ["BadInputError", "check_datalist", "item_problems", "EXPECTED_SPATIAL_DIMS"]
@@ -20,7 +21,6 @@ __all__ = ["BadInputError", "check_datalist", "item_problems", "EXPECTED_SPATIAL
 EXPECTED_SPATIAL_DIMS = {"xray": 2, "pathology": 2, "ct": 3, "mri": 3}
 """Spatial dimensionality each image modality must have."""
 
-_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
 
 
 def _spatial_dims_of(path: str, problems: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def _spatial_dims_of(path: str, problems: list[str] | None = None) -> int:
     from monai.transforms import LoadImage
 
     lower = path.lower()
-    if lower.endswith(_SLIDE_SUFFIXES):
+    if lower.endswith(SLIDE_SUFFIXES):
         from monai.data import WSIReader
 
         reader = WSIReader(backend="openslide")

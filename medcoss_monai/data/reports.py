@@ -16,15 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from medcoss_monai.transforms.text import clean_report_text as _clean
+from medcoss_monai.transforms.text import report_text
+
 __all__ = ["parse_indiana_report", "load_report_corpus", "report_text", "text_group", "split_by_text"]
 
 _TAR_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 _CSV_TEXT_COLUMNS = ("text", "report")
-
-
-def _clean(text: str | None) -> str:
-    """Collapse whitespace (the XML is hand-indented) and strip."""
-    return re.sub(r"\s+", " ", text or "").strip()
 
 
 def _mesh_heading(term: str) -> str:
@@ -188,32 +186,6 @@ def load_report_corpus(path: str | os.PathLike) -> list[dict[str, Any]]:
             f"Unsupported report corpus '{path}': expected a folder of XML, a .tgz/.tar of XML, a .txt or a .csv."
         )
     return [item for item in items if item["text"]]
-
-
-def report_text(item: Mapping[str, Any]) -> str:
-    """Text of a report datalist item: its ``"text"``, or the content of the file named by ``"text_file"``.
-
-    Args:
-        item: a datalist item.
-
-    Returns:
-        the report text, whitespace collapsed.
-
-    Raises:
-        ValueError: the item has neither key, or the file cannot be decoded as UTF-8.
-        FileNotFoundError: ``"text_file"`` names a missing file.
-    """
-    if isinstance(item.get("text"), str):
-        return _clean(item["text"])
-    if item.get("text_file"):
-        path = Path(item["text_file"])
-        if not path.is_file():
-            raise FileNotFoundError(f"Report text file '{path}' does not exist.")
-        try:
-            return _clean(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"Cannot read report text file '{path}': not UTF-8 ({e}).") from e
-    raise ValueError(f"Report item has neither 'text' nor 'text_file' (keys: {sorted(item)}).")
 
 
 def text_group(text: str) -> str:

@@ -448,7 +448,7 @@ def _image_items(root: Path, modality: str) -> list[dict[str, Any]]:
         ]
         return items
     if modality == "pathology":
-        from medcoss_monai.data.slides import tissue_tile_locations
+        from medcoss_monai.transforms.tissue import tissue_tile_locations
 
         items = []
         for rel, group in (

@@ -12,24 +12,55 @@ from typing import Any
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.utils import CommonKeys as Keys
+from monai.utils import CommonKeys
 from ignite.engine import EventEnum
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
 
-__all__ = ["PretextTrainer", "PretextEvents", "TEXT_KEYS", "pretext_of_batch"]
+__all__ = ["PretextTrainer", "PretextEvents", "PretextKeys", "TEXT_KEYS", "pretext_of_batch"]
 
-TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+
+class PretextKeys:
+    """Keys of :class:`PretextTrainer`'s ``engine.state.output``, shared with the handlers that read or change it.
+
+    MONAI's ``CommonKeys`` name the network input (``IMAGE``), its output (``PRED``) and the loss
+    (``LOSS``); the other keys are this engine's own. ``INPUTS`` maps ``X`` (images or token ids),
+    ``ATTENTION_MASK``, ``LABELS`` (MLM labels) and ``NOISE`` (MAE masking noise) to what the network
+    is fed; ``LOSS_TERMS`` maps term names (``PRETEXT_LOSS``, ``DISTILL_LOSS``) to their values.
+    """
+
+    IMAGE = CommonKeys.IMAGE  # also the batch key of images
+    PRED = CommonKeys.PRED
+    LOSS = CommonKeys.LOSS
+    BATCH = "batch"
+    INPUTS = "inputs"
+    PRETEXT = "pretext"
+    PRETEXT_WEIGHT = "pretext_weight"
+    LOSS_TERMS = "loss_terms"
+    MIXUP_LAM = "mixup_lam"
+    # keys of INPUTS; text batches hold INPUT_IDS, ATTENTION_MASK and LABELS too
+    X = "x"
+    NOISE = "noise"
+    INPUT_IDS = "input_ids"
+    ATTENTION_MASK = "attention_mask"
+    LABELS = "labels"
+    # names in LOSS_TERMS
+    PRETEXT_LOSS = "pretext_loss"
+    DISTILL_LOSS = "distill_loss"
+
+
+TEXT_KEYS = (PretextKeys.INPUT_IDS, PretextKeys.ATTENTION_MASK, PretextKeys.LABELS)
+"""Batch keys of a report-text batch that travel together (token ids, attention mask, MLM labels)."""
 
 
 class PretextEvents(EventEnum):
     """Events the :class:`PretextTrainer` fires in addition to MONAI's ``IterationEvents``.
 
     ``INPUTS_PREPARED`` fires after the batch is on the device and before the forward pass, so a handler
-    can rewrite ``engine.state.output["inputs"]`` (mixup of buffer batches) or set
-    ``engine.state.output["pretext_weight"]`` (buffer batches that get only the distillation loss).
+    can rewrite ``engine.state.output[PretextKeys.INPUTS]`` (mixup of buffer batches) or set
+    ``engine.state.output[PretextKeys.PRETEXT_WEIGHT]`` (buffer batches that get only the distillation loss).
     """
 
     INPUTS_PREPARED = "inputs_prepared"
@@ -47,9 +78,9 @@ def pretext_of_batch(batch: Mapping[str, Any]) -> str:
     Raises:
         KeyError: when the batch holds neither.
     """
-    if "input_ids" in batch:
+    if PretextKeys.INPUT_IDS in batch:
         return "mlm"
-    if "image" in batch:
+    if PretextKeys.IMAGE in batch:
         return "mae"
     raise KeyError(f"a pre-training batch needs 'image' or 'input_ids', got keys {sorted(batch)}")
 
@@ -67,14 +98,14 @@ class PretextTrainer(SupervisedTrainer):
     forward and a masked-patch MSE), report text gets masked-language modelling (``pretext="mlm"``
     and a cross-entropy over masked tokens). The iteration fires MONAI's ``IterationEvents``
     (``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``, ``MODEL_COMPLETED``) and
-    :class:`PretextEvents` ``INPUTS_PREPARED``. ``engine.state.output`` holds:
+    :class:`PretextEvents` ``INPUTS_PREPARED``. ``engine.state.output`` holds (keys of :class:`PretextKeys`):
 
-    - ``"inputs"``: dict with ``x`` (images or token ids) and ``attention_mask`` (text) fed to the network;
-    - ``"batch"``: the whole batch on the device; ``"pretext"``: ``"mae"`` or ``"mlm"``;
-    - ``Keys.PRED``: the network's output dict; ``"loss_terms"``: named loss terms (floats after the step);
-    - ``Keys.LOSS``: their sum, the loss that is back-propagated.
+    - ``INPUTS``: dict with ``X`` (images or token ids), ``ATTENTION_MASK`` and ``LABELS`` (text) fed to the network;
+    - ``BATCH``: the whole batch on the device; ``PRETEXT``: ``"mae"`` or ``"mlm"``; ``PRETEXT_WEIGHT``;
+    - ``PRED``: the network's output dict; ``LOSS_TERMS``: named loss terms (floats after the step);
+    - ``LOSS``: their sum, the loss that is back-propagated.
 
-    Handlers listening to ``LOSS_COMPLETED`` may add a term to ``"loss_terms"`` and to ``Keys.LOSS``.
+    Handlers listening to ``LOSS_COMPLETED`` may add a term to ``LOSS_TERMS`` and to ``LOSS``.
 
     Args:
         device: device to train on.
@@ -92,6 +123,9 @@ class PretextTrainer(SupervisedTrainer):
         optim_set_to_none: ``zero_grad(set_to_none=...)``.
         amp_kwargs: arguments of ``torch.autocast``.
         grad_clip_norm: clip the gradient norm to this value when given.
+        accumulation_steps: micro-batches whose gradients are summed before one optimizer step (each
+            loss is divided by it, so a step sees the mean over ``accumulation_steps * batch`` samples);
+            the last, shorter window of an epoch is stepped at the epoch's end.
         kwargs: other ``SupervisedTrainer`` arguments (``event_names``, ``compile``...).
     """
 
@@ -111,6 +145,7 @@ class PretextTrainer(SupervisedTrainer):
         optim_set_to_none: bool = True,
         amp_kwargs: dict | None = None,
         grad_clip_norm: float | None = None,
+        accumulation_steps: int = 1,
         **kwargs: Any,
     ) -> None:
         losses = {"mae": MaskedReconstructionLoss(), "mlm": MaskedTokenLoss()}
@@ -138,6 +173,10 @@ class PretextTrainer(SupervisedTrainer):
         self.mask_ratio = mask_ratio
         self.pretext_losses = losses
         self.grad_clip_norm = grad_clip_norm
+        if int(accumulation_steps) < 1:
+            raise ValueError(f"accumulation_steps must be at least 1, got {accumulation_steps}.")
+        self.accumulation_steps = int(accumulation_steps)
+        self._micro_batches = 0  # micro-batches whose gradients wait for the next optimizer step
 
     def forward_pretext(self, inputs: Mapping[str, Any], pretext: str, pretext_weight: float) -> dict:
         """Run the network for one pretext.
@@ -146,7 +185,7 @@ class PretextTrainer(SupervisedTrainer):
         encoder alone (``pretext="encode"``), skipping the decoder/MLM head it would not use.
 
         Args:
-            inputs: ``{"x": tensor, "attention_mask": tensor or None, "labels": MLM labels or None}``.
+            inputs: ``{X: tensor, ATTENTION_MASK: tensor or None, LABELS: MLM labels or None}`` (:class:`PretextKeys`).
             pretext: ``"mae"`` or ``"mlm"``.
             pretext_weight: the weight of the pretext loss for this batch.
 
@@ -155,15 +194,15 @@ class PretextTrainer(SupervisedTrainer):
         """
         mode = pretext if pretext_weight != 0 else "encode"
         kwargs: dict[str, Any] = {"pretext": mode}
-        if inputs.get("attention_mask") is not None:
-            kwargs["attention_mask"] = inputs["attention_mask"]
+        if inputs.get(PretextKeys.ATTENTION_MASK) is not None:
+            kwargs["attention_mask"] = inputs[PretextKeys.ATTENTION_MASK]
         if pretext == "mae":
             kwargs["mask_ratio"] = self.mask_ratio
-            if inputs.get("noise") is not None:
-                kwargs["noise"] = inputs["noise"]
-        elif mode == "mlm" and inputs.get("labels") is not None:
-            kwargs["labels"] = inputs["labels"]  # the vocabulary head then runs on masked positions only
-        return self.network(inputs["x"], **kwargs)
+            if inputs.get(PretextKeys.NOISE) is not None:
+                kwargs["noise"] = inputs[PretextKeys.NOISE]
+        elif mode == "mlm" and inputs.get(PretextKeys.LABELS) is not None:
+            kwargs["labels"] = inputs[PretextKeys.LABELS]  # the vocabulary head then runs on masked positions only
+        return self.network(inputs[PretextKeys.X], **kwargs)
 
     def pretext_loss(self, pred: Mapping[str, torch.Tensor], batch: Mapping[str, Any], pretext: str) -> torch.Tensor:
         """The pretext loss of one batch.
@@ -178,27 +217,32 @@ class PretextTrainer(SupervisedTrainer):
         """
         if pretext == "mae":
             return self.pretext_losses["mae"](pred["pred"], pred["target"], pred["mask"])
-        return self.pretext_losses["mlm"](pred["logits"], pred.get("labels", batch["labels"]))
+        return self.pretext_losses["mlm"](pred["logits"], pred.get("labels", batch[PretextKeys.LABELS]))
 
     def _iteration(self, engine: PretextTrainer, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = _to_device(batchdata, engine.state.device, engine.non_blocking)
         pretext = pretext_of_batch(batch)
-        x = batch["input_ids"] if pretext == "mlm" else batch["image"]
-        inputs = {"x": x, "attention_mask": batch.get("attention_mask"), "labels": batch.get("labels")}
+        x = batch[PretextKeys.INPUT_IDS] if pretext == "mlm" else batch[PretextKeys.IMAGE]
+        inputs = {
+            PretextKeys.X: x,
+            PretextKeys.ATTENTION_MASK: batch.get(PretextKeys.ATTENTION_MASK),
+            PretextKeys.LABELS: batch.get(PretextKeys.LABELS),
+        }
         engine.state.output = {
-            Keys.IMAGE: x,
-            "batch": batch,
-            "inputs": inputs,
-            "pretext": pretext,
-            "pretext_weight": 1.0,
-            "loss_terms": {},
+            PretextKeys.IMAGE: x,
+            PretextKeys.BATCH: batch,
+            PretextKeys.INPUTS: inputs,
+            PretextKeys.PRETEXT: pretext,
+            PretextKeys.PRETEXT_WEIGHT: 1.0,
+            PretextKeys.LOSS_TERMS: {},
         }
         engine.fire_event(PretextEvents.INPUTS_PREPARED)
 
         engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine._micro_batches == 0:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         out = engine.state.output
         autocast = (
             torch.autocast("cuda", **engine.amp_kwargs)
@@ -206,42 +250,52 @@ class PretextTrainer(SupervisedTrainer):
             else torch.autocast("cpu", enabled=False)
         )
         with autocast:
-            weight = float(out["pretext_weight"])
-            out[Keys.PRED] = engine.forward_pretext(out["inputs"], pretext, weight)
+            weight = float(out[PretextKeys.PRETEXT_WEIGHT])
+            out[PretextKeys.PRED] = engine.forward_pretext(out[PretextKeys.INPUTS], pretext, weight)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = out[PretextKeys.LOSS_TERMS]
             if weight != 0:
-                out["loss_terms"]["pretext_loss"] = weight * engine.pretext_loss(out[Keys.PRED], batch, pretext)
+                terms[PretextKeys.PRETEXT_LOSS] = weight * engine.pretext_loss(out[PretextKeys.PRED], batch, pretext)
             else:
-                out["loss_terms"]["pretext_loss"] = torch.zeros((), device=engine.state.device)
-            out[Keys.LOSS] = sum(out["loss_terms"].values())
+                terms[PretextKeys.PRETEXT_LOSS] = torch.zeros((), device=engine.state.device)
+            out[PretextKeys.LOSS] = sum(terms.values())
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        loss = out[Keys.LOSS]
+        loss = out[PretextKeys.LOSS]
         if not loss.requires_grad:
             # nothing to learn from this batch (a buffer batch with no pretext weight and no teacher)
             if not getattr(engine, "_warned_no_grad", False):
                 engine.logger.warning("a batch produced no trainable loss term; its step is skipped")
                 engine._warned_no_grad = True
             return engine._finish(out)
+        if engine.accumulation_steps > 1:
+            loss = loss / engine.accumulation_steps  # the logged loss stays the micro-batch's own
+        engine._micro_batches += 1
+        # step once a window is full, and at the epoch's end so no gradient crosses into the next epoch
+        step = engine._micro_batches == engine.accumulation_steps or engine.state.iteration % engine.state.epoch_length == 0
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if engine.grad_clip_norm:
-                engine.scaler.unscale_(engine.optimizer)
-                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
+            if step:
+                if engine.grad_clip_norm:
+                    engine.scaler.unscale_(engine.optimizer)
+                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
         else:
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if engine.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
-            engine.optimizer.step()
+            if step:
+                if engine.grad_clip_norm:
+                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+                engine.optimizer.step()
+        if step:
+            engine._micro_batches = 0
         return engine._finish(out)
 
     def _finish(self, out: dict) -> dict:
         # keep floats, not graphs, in the engine state once the step is done
-        out["loss_terms"] = {k: float(v.detach()) for k, v in out["loss_terms"].items()}
-        out[Keys.LOSS] = out[Keys.LOSS].detach()
+        out[PretextKeys.LOSS_TERMS] = {k: float(v.detach()) for k, v in out[PretextKeys.LOSS_TERMS].items()}
+        out[PretextKeys.LOSS] = out[PretextKeys.LOSS].detach()
         self.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

@@ -31,6 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medcoss_monai.layout import FORGETTING_CSV, bundles_dir, stage_model
+from medcoss_monai.evaluation.compare import compare_runs
+from medcoss_monai.evaluation.matrix import SCRATCH_ROW, read_matrix, row_name
+
 __all__ = ["FINETUNE_TASKS", "run_figures", "main"]
 
 FINETUNE_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -65,7 +69,7 @@ def pretrain(out: Path, seeds: Sequence[int]) -> None:
     for seed in seeds:
         for method in METHODS:
             run_dir = out / f"{method}_s{seed}"
-            if (run_dir / "forgetting.csv").is_file():
+            if (run_dir / FORGETTING_CSV).is_file():
                 continue
             cmd = [sys.executable, "-m", "medcoss_monai.bundle.pipeline", "--stages", STAGES, "--method", method,
                    "--output_dir", str(run_dir), "--seed", str(seed), "--progress_bar", "false"]
@@ -74,14 +78,12 @@ def pretrain(out: Path, seeds: Sequence[int]) -> None:
 
 def compare(out: Path, seeds: Sequence[int]) -> None:
     """Mean matrices and the method table over the seeds."""
-    from medcoss_monai.bundle.compare import compare_runs
-
     compare_runs({m: [out / f"{m}_s{s}" for s in seeds] for m in METHODS}, out / "compare")
 
 
 def finetune(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> None:
     """Every task from scratch and from the medcoss run's matching stage, per seed (skipped when done)."""
-    bundles = Path(__file__).resolve().parents[2] / "bundles"
+    bundles = bundles_dir()
     for task in tasks:
         bundle, stage, extra = FINETUNE_TASKS[task]
         for seed in seeds:
@@ -92,7 +94,7 @@ def finetune(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> None:
                 cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundles / f"finetune_{bundle}.json"),
                        "--output_dir", str(folder), "--seed", str(seed), *extra]
                 if init == "pretrained":
-                    cmd += ["--pretrained_ckpt", str(out / f"medcoss_s{seed}" / f"stage_{stage}" / "model.pt")]
+                    cmd += ["--pretrained_ckpt", str(stage_model(out / f"medcoss_s{seed}", stage))]
                 _run(cmd, folder / "finetune.log")
 
 
@@ -127,15 +129,13 @@ def finetune_table(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> str
 
 def text_probe_table(out: Path, seeds: Sequence[int]) -> str:
     """Markdown: the text probe of the random encoders and of the report stages (medcoss runs), per seed and mean ± sd."""
-    from medcoss_monai.bundle.forgetting import read_matrix
-
-    scores: dict[str, list[float]] = {"scratch": [], "stage_report": []}
+    scores: dict[str, list[float]] = {SCRATCH_ROW: [], row_name("report"): []}
     for seed in seeds:
-        rows = {r["after"]: r for r in read_matrix(out / f"medcoss_s{seed}" / "forgetting.csv")}
+        rows = {r["after"]: r for r in read_matrix(out / f"medcoss_s{seed}" / FORGETTING_CSV)}
         for name in scores:
             scores[name].append(rows[name]["text"])
     lines = ["| encoder | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "| --- |" + " ---: |" * (len(seeds) + 1)]
-    for name, label in (("scratch", "randomly initialised"), ("stage_report", "after the report stage")):
+    for name, label in ((SCRATCH_ROW, "randomly initialised"), (row_name("report"), "after the report stage")):
         lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in scores[name]) + f" | {_mean_sd(scores[name])} |")
     return "\n".join(lines) + "\n"
 

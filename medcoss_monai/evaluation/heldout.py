@@ -5,7 +5,8 @@ The score is the stage's own loss (masked-patch MSE, per-patch normalised target
 training data: the stage bundle's ``train#deterministic_transforms`` once per file, then its
 ``train#random_transforms`` ``test#repeats`` times per file (crops at the scale and with the
 intensity handling the stage trains with), drawn from a fixed seed, so every network is scored on
-the same crops and the same masks.
+the same crops and the same masks. The bundle is read with the settings the run's stage recorded
+(:func:`medcoss_monai.evaluation.preprocessing.stage_settings`), so its overrides apply here too.
 """
 
 from __future__ import annotations
@@ -17,26 +18,18 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from monai.transforms import Compose
 from torch import nn
+
+from medcoss_monai.layout import read_stage_bundle
+from medcoss_monai.evaluation.preprocessing import network_sizes
 
 __all__ = ["held_out_batches", "held_out_mae_mse"]
 
 
-def _stage_parser(modality: str, shared: Mapping[str, Any], bundles: str | os.PathLike | None) -> Any:
-    from pathlib import Path
-
-    from medcoss_monai.bundle.pipeline import bundles_dir
-    from medcoss_monai.bundle.rehearsal import _parse_stage_bundle
-
-    bundle_file = Path(bundles or bundles_dir()) / f"stage_{modality}.json"
-    if not bundle_file.is_file():
-        raise FileNotFoundError(f"No stage bundle {bundle_file} to prepare the held-out '{modality}' files with.")
-    return _parse_stage_bundle(bundle_file, output_dir=".", shared=shared)
-
-
 def held_out_batches(
     modality: str,
-    shared: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
     batch_size: int = 16,
     seed: int = 0,
     bundles: str | os.PathLike | None = None,
@@ -45,7 +38,7 @@ def held_out_batches(
 
     Args:
         modality: an image modality with a ``bundles/stage_<modality>.json``.
-        shared: bundle ids to impose (input and patch sizes of the network being scored).
+        settings: bundle ids to apply (the stage's recorded settings, the sizes of the network scored).
         batch_size: crops per batch.
         seed: the seed of the random crops (the same crops on every call).
         bundles: folder of the stage bundles (default: the repository's ``bundles/``).
@@ -53,19 +46,17 @@ def held_out_batches(
     Yields:
         (B, C, ...) float tensors.
     """
-    # the cache key holds the overrides as JSON text (they are sizes and names) and the data folder
-    key = json.dumps(shared or {}, sort_keys=True)
+    # the cache key holds the settings as JSON text (plain values) and the data folder
+    key = json.dumps(dict(settings or {}), sort_keys=True)
     crops = _held_out_crops(modality, key, seed, str(bundles) if bundles else None, os.environ.get("MEDCOSS_DATA", ""))
     for start in range(0, len(crops), batch_size):
         yield torch.stack(crops[start : start + batch_size])  # a new tensor: the cached crops stay intact
 
 
 @functools.lru_cache(maxsize=8)
-def _held_out_crops(modality: str, shared_json: str, seed: int, bundles: str | None, data: str) -> list[torch.Tensor]:
+def _held_out_crops(modality: str, settings_json: str, seed: int, bundles: str | None, data: str) -> list[torch.Tensor]:
     """The held-out crops of a modality, cut once per process: every row of a forgetting matrix scores the same ones."""
-    from monai.transforms import Compose
-
-    parser = _stage_parser(modality, json.loads(shared_json), bundles)
+    parser = read_stage_bundle(modality, settings=json.loads(settings_json), bundles=bundles)
     items = parser.get_parsed_content("test#datalist")
     repeats = int(parser.get_parsed_content("test#repeats"))
     deterministic = Compose(parser.get_parsed_content("train#deterministic_transforms"))
@@ -85,8 +76,8 @@ def held_out_mae_mse(
     network: nn.Module,
     modality: str,
     device: torch.device | str = "cpu",
-    shared: Mapping[str, Any] | None = None,
-    mask_ratio: float = 0.75,
+    settings: Mapping[str, Any] | None = None,
+    mask_ratio: float | None = None,
     batch_size: int = 16,
     seed: int = 0,
     bundles: str | os.PathLike | None = None,
@@ -100,8 +91,8 @@ def held_out_mae_mse(
         network: a network with a ``pretext="mae"`` forward (``pred``, ``target``, ``mask``).
         modality: the image modality.
         device: where to run.
-        shared: bundle ids to impose (sizes of the network being scored).
-        mask_ratio: share of masked patches.
+        settings: bundle ids to apply; the network's own sizes are the default for the size ids.
+        mask_ratio: share of masked patches; None: the stage's ``mask_ratio`` (with ``settings``).
         batch_size: crops per forward.
         seed: crops and masks seed.
         bundles: folder of the stage bundles.
@@ -109,6 +100,9 @@ def held_out_mae_mse(
     Returns:
         the mean squared error over all masked patches of all crops.
     """
+    settings = {**network_sizes(network), **(settings or {})}
+    if mask_ratio is None:
+        mask_ratio = float(read_stage_bundle(modality, settings=settings, bundles=bundles).get_parsed_content("mask_ratio"))
     gen = torch.Generator().manual_seed(seed)
     err = count = 0.0
     n_patches = 0
@@ -116,7 +110,7 @@ def held_out_mae_mse(
     network.eval()
     try:
         with torch.no_grad():
-            for x in held_out_batches(modality, shared, batch_size, seed, bundles):
+            for x in held_out_batches(modality, settings, batch_size, seed, bundles):
                 x = x.to(device)
                 if not n_patches:  # the number of patches comes from the network itself
                     n_patches = network(x[:1], pretext="mae", mask_ratio=mask_ratio)["noise"].shape[1]
@@ -129,4 +123,3 @@ def held_out_mae_mse(
     finally:
         network.train(was_training)
     return err / max(count, 1.0)
-

@@ -1,13 +1,14 @@
-"""Ignite handlers of medcoss-monai: stage outputs, loss history, reconstructions, continual learning, probes."""
+"""Ignite handlers of medcoss-monai: stage outputs, loss history, reconstructions, continual learning, features."""
 
 from .buffer_selection import BufferSelectionHandler, embed_dataset
 from .determinism import EpochSeedHandler, epoch_seed
 from .distillation import FeatureDistillationHandler, freeze_teacher
 from .failures import StopOnNonFiniteLoss, describe_batch
+from .feature_writer import FeatureWriter
 from .loss_history import LossHistoryHandler
 from .metrics_writer import MetricsWriter, classification_metrics
 from .mixup import IntraModalMixupHandler
-from .probes import ProbeHandler
+from .probability_writer import ClassProbabilityWriter
 from .reconstruction import ReconstructionSnapshotHandler, reconstruction_panels
 from .rehearsal import RehearsalHandler, is_buffer_batch
 from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHandler, latest_checkpoint
@@ -15,12 +16,13 @@ from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHa
 __all__ = [
     "AtomicCheckpointSaver",
     "BufferSelectionHandler",
+    "ClassProbabilityWriter",
     "EpochSeedHandler",
     "FeatureDistillationHandler",
+    "FeatureWriter",
     "IntraModalMixupHandler",
     "LossHistoryHandler",
     "MetricsWriter",
-    "ProbeHandler",
     "ReconstructionSnapshotHandler",
     "RehearsalHandler",
     "StageModelSaver",

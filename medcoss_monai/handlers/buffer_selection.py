@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from monai.utils import optional_import
 
+from medcoss_monai import layout
 from medcoss_monai.buffer import SAMPLERS, write_buffer_manifest
 from medcoss_monai.networks.checkpoint import unwrap_network
 
@@ -202,7 +203,7 @@ class BufferSelectionHandler:
             input_keys = (input_keys,)
         self.dataloader = dataloader
         path = Path(output_path)
-        self.output_path = path if path.suffix == ".json" else path / "buffer.json"
+        self.output_path = path if path.suffix == ".json" else path / layout.BUFFER_FILE
         self.modality = modality
         self.items = items
         self.sampler = sampler

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
-from monai.utils import CommonKeys as Keys
 
+from medcoss_monai.engines.pretext_trainer import PretextKeys
 from medcoss_monai.handlers.rehearsal import is_buffer_batch
 from medcoss_monai.losses import FeatureDistillationLoss
 
@@ -21,7 +21,7 @@ class FeatureDistillationHandler:
     The teacher is the previous stage's network, frozen and in ``eval()`` mode, run without gradients
     on exactly the student's input: the same (mixed) images with the same masking noise, or the same
     masked token ids. The loss compares the final-layer tokens (``latent``) of both. Current-modality
-    batches are left alone. The term is reported as ``distill_loss``.
+    batches are left alone. The term is reported as ``PretextKeys.DISTILL_LOSS`` (``distill_loss``).
 
     Args:
         teacher: the frozen previous-stage network (``None`` disables the handler: a first stage).
@@ -56,25 +56,25 @@ class FeatureDistillationHandler:
             (B, L', hidden) tokens, without gradient.
         """
         out = engine.state.output
-        inputs, pred = out["inputs"], out[Keys.PRED]
+        inputs, pred = out[PretextKeys.INPUTS], out[PretextKeys.PRED]
         kwargs: dict[str, Any] = {"pretext": "encode"}
-        if inputs.get("attention_mask") is not None:
-            kwargs["attention_mask"] = inputs["attention_mask"]
-        if out["pretext"] == "mae":
+        if inputs.get(PretextKeys.ATTENTION_MASK) is not None:
+            kwargs["attention_mask"] = inputs[PretextKeys.ATTENTION_MASK]
+        if out[PretextKeys.PRETEXT] == "mae":
             kwargs["mask_ratio"] = engine.mask_ratio
             kwargs["noise"] = pred["noise"]
         self.teacher.eval()  # never let a train() call on a parent switch the teacher to train mode
         with torch.no_grad():
-            return self.teacher(inputs["x"], **kwargs)["latent"]
+            return self.teacher(inputs[PretextKeys.X], **kwargs)["latent"]
 
     def __call__(self, engine: Engine) -> None:
         if not (self.all_batches or is_buffer_batch(engine)):
             return
         out = engine.state.output
-        student = out[Keys.PRED]["latent"]
+        student = out[PretextKeys.PRED]["latent"]
         term = self.weight * self.loss(student, self.teacher_tokens(engine).to(student.dtype))
-        out["loss_terms"]["distill_loss"] = term
-        out[Keys.LOSS] = out[Keys.LOSS] + term
+        out[PretextKeys.LOSS_TERMS][PretextKeys.DISTILL_LOSS] = term
+        out[PretextKeys.LOSS] = out[PretextKeys.LOSS] + term
 
 
 def freeze_teacher(teacher: torch.nn.Module) -> torch.nn.Module:

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
-from monai.utils import CommonKeys as Keys
 
+from medcoss_monai.engines.pretext_trainer import PretextKeys
 from medcoss_monai.errors import DivergenceError, MedcossError
 from medcoss_monai.handlers.rehearsal import is_buffer_batch
 
@@ -30,7 +30,7 @@ def describe_batch(batch: Mapping[str, Any] | None, limit: int = 8) -> list[str]
     """
     if not isinstance(batch, Mapping):
         return []
-    for key in ("image", "input_ids"):
+    for key in (PretextKeys.IMAGE, PretextKeys.INPUT_IDS):
         meta = getattr(batch.get(key), "meta", None)
         if isinstance(meta, Mapping) and meta.get("filename_or_obj") is not None:
             names = meta["filename_or_obj"]
@@ -73,7 +73,7 @@ class StopOnNonFiniteLoss:
 
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
-        loss = out[Keys.LOSS].detach()
+        loss = out[PretextKeys.LOSS].detach()
         bad = (~torch.isfinite(loss)).any().to(torch.float32)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(bad)  # every rank stops at the same iteration, none waits in a collective
@@ -81,9 +81,9 @@ class StopOnNonFiniteLoss:
             return
         state = engine.state
         in_epoch = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
-        terms = {k: float(v) for k, v in out.get("loss_terms", {}).items()}
+        terms = {k: float(v) for k, v in out.get(PretextKeys.LOSS_TERMS, {}).items()}
         value = float(loss) if loss.numel() == 1 else "non-finite"
-        items = describe_batch(out.get("batch", state.batch))
+        items = describe_batch(out.get(PretextKeys.BATCH, state.batch))
         where = "a rehearsal-buffer batch" if is_buffer_batch(engine) else "a batch of the current modality"
         raise DivergenceError(
             f"The loss became {value} at epoch {state.epoch}, iteration {in_epoch} of {state.epoch_length} "

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.utils import CommonKeys as Keys
 
+from medcoss_monai.engines.pretext_trainer import PretextKeys
 from medcoss_monai.utils import atomic_write_text, is_rank0
 
 __all__ = ["LossHistoryHandler"]
@@ -22,7 +22,7 @@ class LossHistoryHandler:
     """Averages the loss and its named terms over each epoch and rewrites ``loss_history.csv``.
 
     The file has one row per finished epoch: ``epoch,loss`` followed by the loss terms the trainer
-    reports in ``engine.state.output["loss_terms"]`` (``pretext_loss``, ``distill_loss``...). Terms
+    reports in ``engine.state.output[PretextKeys.LOSS_TERMS]`` (``pretext_loss``, ``distill_loss``...). Terms
     a batch did not produce count as 0 for that batch, so a column is an epoch mean over all batches.
     Rows of epochs at or after the current one are replaced, so a resumed run neither loses nor
     repeats an epoch. Under ``torch.distributed`` the sums are reduced over ranks and rank 0 writes.
@@ -32,7 +32,7 @@ class LossHistoryHandler:
         columns: term columns always written (in this order) even when no batch produced them.
     """
 
-    def __init__(self, output_path: str | os.PathLike, columns: tuple[str, ...] = ("pretext_loss",)) -> None:
+    def __init__(self, output_path: str | os.PathLike, columns: tuple[str, ...] = (PretextKeys.PRETEXT_LOSS,)) -> None:
         self.output_path = Path(output_path)
         self.columns = list(columns)
         self._sums: dict[str, float] = defaultdict(float)
@@ -54,8 +54,8 @@ class LossHistoryHandler:
 
     def _accumulate(self, engine: Engine) -> None:
         out = engine.state.output
-        self._sums["loss"] += float(out[Keys.LOSS])
-        for name, value in out.get("loss_terms", {}).items():
+        self._sums[PretextKeys.LOSS] += float(out[PretextKeys.LOSS])
+        for name, value in out.get(PretextKeys.LOSS_TERMS, {}).items():
             self._sums[name] += float(value)
         self._count += 1
 
@@ -71,7 +71,8 @@ class LossHistoryHandler:
             return list(csv.DictReader(f))
 
     def __call__(self, engine: Engine) -> None:
-        names = ["loss"] + sorted(set(self._sums) - {"loss"} | set(self.columns), key=self._order)
+        # the total loss is the first column, named as the engine names it
+        names = [PretextKeys.LOSS] + sorted(set(self._sums) - {PretextKeys.LOSS} | set(self.columns), key=self._order)
         values = torch.tensor([self._sums.get(n, 0.0) for n in names] + [float(self._count)], dtype=torch.float64)
         if dist.is_available() and dist.is_initialized():
             # gloo and nccl both reduce a float64 tensor on the engine's device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ignite.engine import Engine, Events
 
-from medcoss_monai.engines.pretext_trainer import PretextEvents
+from medcoss_monai.engines.pretext_trainer import TEXT_KEYS, PretextEvents, PretextKeys
 from medcoss_monai.handlers.determinism import epoch_seed
 from medcoss_monai.handlers.rehearsal import is_buffer_batch
 from medcoss_monai.transforms import ImageMixup, TextMixupd
@@ -29,7 +29,7 @@ class IntraModalMixupHandler:
     def __init__(self, seed: int = 0, all_batches: bool = False) -> None:
         self.seed = int(seed)
         self.image_mixup = ImageMixup().set_random_state(seed)
-        self.text_mixup = TextMixupd(keys=("input_ids", "attention_mask", "labels")).set_random_state(seed + 1)
+        self.text_mixup = TextMixupd(keys=TEXT_KEYS).set_random_state(seed + 1)
         self.all_batches = all_batches
 
     def attach(self, engine: Engine) -> None:
@@ -55,14 +55,14 @@ class IntraModalMixupHandler:
         if not (self.all_batches or is_buffer_batch(engine)):
             return
         out = engine.state.output
-        inputs, batch = out["inputs"], out["batch"]
-        if out["pretext"] == "mae":
-            inputs["x"] = self.image_mixup(inputs["x"])
-            out["mixup_lam"] = self.image_mixup.lam
+        inputs, batch = out[PretextKeys.INPUTS], out[PretextKeys.BATCH]
+        if out[PretextKeys.PRETEXT] == "mae":
+            inputs[PretextKeys.X] = self.image_mixup(inputs[PretextKeys.X])
+            out[PretextKeys.MIXUP_LAM] = self.image_mixup.lam
             return
-        mixed = self.text_mixup({k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch})
-        inputs["x"] = mixed["input_ids"]
-        inputs["attention_mask"] = mixed["attention_mask"]
-        if "labels" in mixed:
-            # the MLM loss scores inputs["labels"]: they must follow the mixed tokens
-            inputs["labels"] = batch["labels"] = mixed["labels"]
+        mixed = self.text_mixup({k: batch[k] for k in TEXT_KEYS if k in batch})
+        inputs[PretextKeys.X] = mixed[PretextKeys.INPUT_IDS]
+        inputs[PretextKeys.ATTENTION_MASK] = mixed[PretextKeys.ATTENTION_MASK]
+        if PretextKeys.LABELS in mixed:
+            # the MLM loss scores the labels of the inputs: they must follow the mixed tokens
+            inputs[PretextKeys.LABELS] = batch[PretextKeys.LABELS] = mixed[PretextKeys.LABELS]

@@ -13,11 +13,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 
+from medcoss_monai.engines.pretext_trainer import PretextKeys
 from medcoss_monai.networks.checkpoint import unwrap_network
 from medcoss_monai.utils import atomic_write_text, is_rank0
 
 __all__ = ["ReconstructionSnapshotHandler", "reconstruction_panels"]
-
 
 
 def _display(x: torch.Tensor) -> np.ndarray:
@@ -134,10 +134,10 @@ class ReconstructionSnapshotHandler:
         try:
             batch = list_data_collate(self._examples())
             device = next(model.parameters()).device
-            if "input_ids" in batch or "text" in batch:
+            if PretextKeys.INPUT_IDS in batch or "text" in batch:  # tokenised, or raw report items
                 self._write_text(model, batch, device)
             else:
-                self._write_images(model, batch["image"].to(device))
+                self._write_images(model, batch[PretextKeys.IMAGE].to(device))
         finally:
             model.train(was_training)
 
@@ -162,14 +162,14 @@ class ReconstructionSnapshotHandler:
         logging.getLogger(__name__).info(f"reconstructions written: {[p.name for p in self.written]}")
 
     def _write_text(self, model: torch.nn.Module, batch: dict, device: torch.device) -> None:
-        if "labels" not in batch:
+        if PretextKeys.LABELS not in batch:
             if self.mask_transform is None:
                 raise ValueError("ReconstructionSnapshotHandler needs mask_transform for unmasked report items")
             items = [self.mask_transform(dict(it)) for it in self._examples()]
             batch = list_data_collate(items)
-        ids = batch["input_ids"].to(device)
-        attn = batch["attention_mask"].to(device)
-        labels = batch["labels"].to(device)
+        ids = batch[PretextKeys.INPUT_IDS].to(device)
+        attn = batch[PretextKeys.ATTENTION_MASK].to(device)
+        labels = batch[PretextKeys.LABELS].to(device)
         with torch.no_grad():
             logits = model(ids, attention_mask=attn, pretext="mlm")["logits"]
         top1 = logits.argmax(-1)

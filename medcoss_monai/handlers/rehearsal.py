@@ -5,7 +5,7 @@ from __future__ import annotations
 from ignite.engine import Engine, Events
 
 from medcoss_monai.data.rehearsal import BUFFER_FLAG
-from medcoss_monai.engines.pretext_trainer import PretextEvents
+from medcoss_monai.engines.pretext_trainer import PretextEvents, PretextKeys
 
 __all__ = ["RehearsalHandler", "is_buffer_batch"]
 
@@ -19,7 +19,8 @@ def is_buffer_batch(engine: Engine) -> bool:
     Returns:
         True for buffer batches.
     """
-    batch = engine.state.output.get("batch", {}) if isinstance(engine.state.output, dict) else {}
+    output = engine.state.output
+    batch = output.get(PretextKeys.BATCH, {}) if isinstance(output, dict) else {}
     return bool(batch.get(BUFFER_FLAG, False))
 
 
@@ -55,4 +56,4 @@ class RehearsalHandler:
 
     def __call__(self, engine: Engine) -> None:
         if is_buffer_batch(engine):
-            engine.state.output["pretext_weight"] = self.buffer_pretext_weight
+            engine.state.output[PretextKeys.PRETEXT_WEIGHT] = self.buffer_pretext_weight

@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from medcoss_monai.networks.checkpoint import load_state, state_dict_mismatch, unwrap_network
+from medcoss_monai import layout
 from medcoss_monai.errors import CheckpointError, ResumeError
 from medcoss_monai.utils import atomic_torch_save, atomic_write_json, is_rank0
 
@@ -78,7 +79,7 @@ class StageModelSaver:
         self,
         stage_dir: str | os.PathLike,
         network: torch.nn.Module,
-        filename: str = "model.pt",
+        filename: str = layout.MODEL_FILE,
         stage_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.stage_dir = Path(stage_dir)
@@ -105,7 +106,7 @@ class StageModelSaver:
         if config is not None:  # the architecture, so export and fine-tuning can rebuild the network
             info["network"] = {"_target_": f"{type(model).__module__}.{type(model).__name__}", **dict(config)}
         info.update({"epochs": engine.state.epoch, "iterations": engine.state.iteration, "model": self.filename})
-        atomic_write_json(_jsonable(info), self.stage_dir / "stage.json")
+        atomic_write_json(_jsonable(info), self.stage_dir / layout.STAGE_RECORD_FILE)
         logging.getLogger(__name__).info(f"stage weights written to {path}")
 
 

@@ -1,6 +1,5 @@
-"""medcoss_monai.losses: masked reconstruction, masked-token CE, feature distillation, contrastive."""
+"""medcoss_monai.losses: masked reconstruction, masked-token CE, feature distillation."""
 
-from medcoss_monai.losses.contrastive import InfoNCELoss
 from medcoss_monai.losses.distillation import FeatureDistillationLoss
 from medcoss_monai.losses.reconstruction import MaskedReconstructionLoss
 from medcoss_monai.losses.token import MaskedTokenLoss, masked_token_accuracy
@@ -10,5 +9,4 @@ __all__ = [
     "MaskedTokenLoss",
     "masked_token_accuracy",
     "FeatureDistillationLoss",
-    "InfoNCELoss",
 ]

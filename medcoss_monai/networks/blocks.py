@@ -65,7 +65,7 @@ def key_padding_mask(attention_mask: torch.Tensor | None, flash: bool) -> torch.
     """
     if attention_mask is None:
         return None
-    keep = attention_mask.bool()
+    keep = attention_mask.to(torch.bool)  # (not .bool(): TorchScript lacks it)
     if bool(keep.all()):
         return None  # nothing padded: the unmasked path is faster
     keep = keep | ~keep.any(dim=1, keepdim=True)

@@ -18,7 +18,7 @@ plain module is needed.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,13 +181,17 @@ def load_strict(network: torch.nn.Module, path: str | os.PathLike, what: str = "
     return network
 
 
-def load_adapted(network: torch.nn.Module, path: str | os.PathLike, what: str = "checkpoint") -> StateDictReport:
+def load_adapted(
+    network: torch.nn.Module, path: str | os.PathLike, what: str = "checkpoint", prefixes: Sequence[str] | None = None
+) -> StateDictReport:
     """Load what fits of a checkpoint into ``network``, resizing position embeddings to its input size.
 
     Args:
         network: the network (wrappers are removed before loading).
         path: the checkpoint file.
         what: what the file should be, for messages.
+        prefixes: load only the keys starting with one of these (e.g. ``("encoder.",)``: the encoder
+            without the pretext heads); None loads every key that fits.
 
     Returns:
         What was loaded, resized, skipped and left at its initial values (``str()`` is one log line).
@@ -196,6 +200,9 @@ def load_adapted(network: torch.nn.Module, path: str | os.PathLike, what: str = 
         CheckpointError: the file cannot be read or holds no state dict.
     """
     target = unwrap_network(network)
-    state, report = adapt_state_dict(state_dict_of(load_state(path, what), path), target)
+    state = state_dict_of(load_state(path, what), path)
+    if prefixes is not None:
+        state = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    state, report = adapt_state_dict(state, target)
     target.load_state_dict(state, strict=False)
     return report

@@ -20,7 +20,7 @@ from torch import nn
 from medcoss_monai.networks.blocks import init_mae_weights, key_padding_mask, transformer_stack
 from medcoss_monai.networks.pos_embed import PositionEmbedding
 
-__all__ = ["UnifiedEncoder", "random_masking", "patchify", "unpatchify", "KINDS"]
+__all__ = ["UnifiedEncoder", "random_masking", "patchify", "unpatchify", "pool_tokens", "KINDS"]
 
 KINDS = ("text", "2d", "3d")
 
@@ -107,6 +107,22 @@ def random_masking(
     mask[:, :len_keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return kept, mask, ids_restore, ids_keep, noise
+
+
+def pool_tokens(tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of tokens, over real tokens only when ``attention_mask`` is given.
+
+    Args:
+        tokens: (B, L, hidden).
+        attention_mask: (B, L) 1 = token, 0 = padding, or None.
+
+    Returns:
+        (B, hidden) features.
+    """
+    if attention_mask is None:
+        return tokens.mean(dim=1)
+    weight = attention_mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
 
 
 class PatchEmbed(nn.Module):
@@ -367,16 +383,5 @@ class UnifiedEncoder(nn.Module):
 
     @staticmethod
     def pool(tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean of tokens, over real tokens only when ``attention_mask`` is given.
-
-        Args:
-            tokens: (B, L, hidden).
-            attention_mask: (B, L) 1 = token, 0 = padding, or None.
-
-        Returns:
-            (B, hidden) features.
-        """
-        if attention_mask is None:
-            return tokens.mean(dim=1)
-        weight = attention_mask.to(tokens.dtype).unsqueeze(-1)
-        return (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+        """Mean of tokens, over real tokens only when ``attention_mask`` is given (see :func:`pool_tokens`)."""
+        return pool_tokens(tokens, attention_mask)

@@ -43,8 +43,9 @@ class UNETRStyleSegmenter(nn.Module):
         out_channels: segmentation classes (logit channels).
         spatial_dims: 2 (2D tokenizer) or 3 (3D tokenizer).
         feature_size: channels of the finest decoder level (UNETR's ``feature_size``).
-        hidden_layers: indices of the three encoder blocks whose outputs feed the skips; default
-            evenly spaced (``k * num_layers // 4 - 1``, k = 1, 2, 3).
+        hidden_layers: indices (into the encoder's per-block outputs) of the three blocks whose outputs
+            feed the skips; default ``k * num_layers // 4`` for k = 1, 2, 3, which is MONAI UNETR's
+            3, 6, 9 for 12 blocks, at any depth.
         in_channels: image channels; default the encoder's for ``spatial_dims``.
         norm_name: normalisation of the conv blocks.
         res_block: residual conv blocks.
@@ -72,7 +73,7 @@ class UNETRStyleSegmenter(nn.Module):
         self.patch_size = self.encoder.patch_size(kind)
         n = self.encoder.num_layers
         if hidden_layers is None:
-            hidden_layers = tuple(max(0, k * n // 4 - 1) for k in (1, 2, 3))
+            hidden_layers = tuple(min(n - 1, k * n // 4) for k in (1, 2, 3))
         self.hidden_layers = tuple(int(i) for i in hidden_layers)
         if len(self.hidden_layers) != 3 or not all(0 <= i < n for i in self.hidden_layers):
             raise ValueError(f"hidden_layers must be 3 block indices in [0, {n}), got {hidden_layers}.")

@@ -9,7 +9,11 @@ A run folder (``output_dir``) holds one folder per stage and the run's evaluatio
             buffer.json        its rehearsal buffer
             loss_history.csv   one row per epoch
             checkpoint_epoch=N.pt, tokenizer/, recon_*.png, tensorboard/, rejected_inputs.json
+            .writer.lock       held by the one process writing the folder
         forgetting.csv / .png  the forgetting matrix of the run
+
+A fine-tuning run (a task bundle's ``output_dir``) holds ``model_best.pt``, ``metrics.json``,
+``tokenizer/`` (text tasks) and ``rejected_inputs_<split>.json``.
 
 Every module that reads or writes these names takes them from here.
 
@@ -41,6 +45,9 @@ __all__ = [
     "REJECTED_INPUTS_FILE",
     "FORGETTING_CSV",
     "FORGETTING_PNG",
+    "WRITER_LOCK_FILE",
+    "BEST_MODEL_FILE",
+    "METRICS_FILE",
     "MACRO_PREFIX",
     "bundles_dir",
     "stage_bundle",
@@ -62,6 +69,11 @@ TOKENIZER_DIR = "tokenizer"
 REJECTED_INPUTS_FILE = "rejected_inputs.json"
 FORGETTING_CSV = "forgetting.csv"
 FORGETTING_PNG = "forgetting.png"
+WRITER_LOCK_FILE = ".writer.lock"
+BEST_MODEL_FILE = "model_best.pt"
+"""A fine-tuning run's weights of its best validation epoch (MONAI ``CheckpointSaver``, under ``"model"``)."""
+METRICS_FILE = "metrics.json"
+"""A fine-tuning run's test metrics."""
 
 MACRO_PREFIX = "%bundles/"
 """How bundles name a file of the bundles folder in a macro (read from the repository root)."""
@@ -76,7 +88,7 @@ def bundles_dir() -> Path:
     env = os.environ.get("MEDCOSS_BUNDLES")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2] / "bundles"
+    repo = Path(__file__).resolve().parents[1] / "bundles"
     return repo if repo.is_dir() else Path.cwd() / "bundles"
 
 

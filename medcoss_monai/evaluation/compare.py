@@ -1,6 +1,6 @@
 """Side-by-side comparison of continual pre-training methods, in the shape of the MedCoSS paper's main table.
 
-``python -m medcoss_monai.bundle.compare --runs medcoss=runs/medcoss sequential=runs/seq er=runs/er --out D``
+``python -m medcoss_monai.evaluation.compare --runs medcoss=runs/medcoss sequential=runs/seq er=runs/er --out D``
 reads each run's ``forgetting.csv`` (evaluating the run first with ``--evaluate`` when it has none) and
 writes to ``D``:
 
@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.bundle.forgetting import forgetting_summary, read_matrix
-from medcoss_monai.handlers.probes import CSV_COLUMNS, PRETEXT_COLUMNS, PROBE_COLUMNS
+import numpy as np
+
+from medcoss_monai.layout import FORGETTING_CSV
+from medcoss_monai.evaluation.forgetting import evaluate_run
+from medcoss_monai.evaluation.matrix import CSV_COLUMNS, PRETEXT_COLUMNS, PROBE_COLUMNS, forgetting_summary, read_matrix
 from medcoss_monai.utils import atomic_write_text
 
 __all__ = ["parse_runs", "compare_runs", "mean_matrix", "matrix_markdown", "comparison_markdown", "plot_comparison", "main"]
@@ -80,8 +84,6 @@ def mean_matrix(matrices: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[st
 
 
 def _mean_sd(values: Sequence[Any]) -> tuple[float | None, float | None]:
-    import statistics
-
     if any(v is None for v in values) or not values:
         return None, None
     values = [float(v) for v in values]
@@ -117,7 +119,7 @@ def _method_row(name: str, run_dirs: Sequence[Path]) -> dict[str, Any]:
 
 
 def _run_row(name: str, run_dir: Path) -> dict[str, Any]:
-    rows = read_matrix(run_dir / "forgetting.csv")
+    rows = read_matrix(run_dir / FORGETTING_CSV)
     summary = forgetting_summary(rows)
     final = rows[-1]
     probes = {c: final.get(c) for c in PROBE_COLUMNS}
@@ -143,7 +145,7 @@ def compare_runs(
     Args:
         runs: method name -> run folder, or a list of run folders (seeds: their mean and deviation).
         out_dir: output folder.
-        evaluate: run :func:`medcoss_monai.bundle.forgetting.evaluate_run` on runs without ``forgetting.csv``.
+        evaluate: run :func:`medcoss_monai.evaluation.forgetting.evaluate_run` on runs without ``forgetting.csv``.
         **evaluate_kwargs: passed to ``evaluate_run``.
 
     Returns:
@@ -158,17 +160,15 @@ def compare_runs(
     for name, dirs in runs.items():
         dirs = [Path(dirs)] if isinstance(dirs, (str, os.PathLike)) else [Path(d) for d in dirs]
         for run_dir in dirs:
-            if not (run_dir / "forgetting.csv").is_file():
+            if not (run_dir / FORGETTING_CSV).is_file():
                 if not evaluate:
                     raise FileNotFoundError(
-                        f"Run '{name}' ({run_dir}) has no forgetting.csv: run "
-                        f"`python -m medcoss_monai.bundle.forgetting --run_dir {run_dir}` or pass --evaluate."
+                        f"Run '{name}' ({run_dir}) has no {FORGETTING_CSV}: run "
+                        f"`python -m medcoss_monai.evaluation.forgetting --run_dir {run_dir}` or pass --evaluate."
                     )
-                from medcoss_monai.bundle.forgetting import evaluate_run
-
                 evaluate_run(run_dir, **evaluate_kwargs)
         table.append(_method_row(name, dirs))
-        matrices[name] = mean_matrix([read_matrix(d / "forgetting.csv") for d in dirs])
+        matrices[name] = mean_matrix([read_matrix(d / FORGETTING_CSV) for d in dirs])
         atomic_write_text(matrix_markdown(matrices[name]), out / f"matrix_{name}.md")
     columns = _columns(table, with_sd=True)
     lines = [",".join(columns)] + [",".join(_csv(r.get(c)) for c in columns) for r in table]
@@ -218,9 +218,8 @@ def plot_comparison(table: Sequence[Mapping[str, Any]], path: str | os.PathLike)
     """Grouped bars: final probe scores per modality (left), average forgetting and pretext forgetting (right)."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: no display is needed or assumed
     import matplotlib.pyplot as plt
-    import numpy as np
 
     probe_cols = [c for c in list(PROBE_COLUMNS) + ["average"] if any(r.get(c) is not None for r in table)]
     forget_cols = [c for c in ["avg_forgetting"] + [f"forgetting_{c}" for c in PRETEXT_COLUMNS.values()]
@@ -244,7 +243,7 @@ def plot_comparison(table: Sequence[Mapping[str, Any]], path: str | os.PathLike)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m medcoss_monai.bundle.compare --runs name=DIR ... --out DIR [--evaluate]``."""
+    """Command line: ``python -m medcoss_monai.evaluation.compare --runs name=DIR ... --out DIR [--evaluate]``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True,
                         help="method=run_dir pairs (or run dirs); several seeds of a method: method=dir1,dir2,dir3")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from monai.utils import optional_import
 
+from .slides import SLIDE_SUFFIXES
+
 # openslide-python is the backend of WSIReader(backend="openslide"); openslide-bin ships the C library.
 _, has_openslide = optional_import("openslide")
 
@@ -71,8 +73,6 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
 
 
 def _is_slide(path: str | os.PathLike) -> bool:
-    from medcoss_monai.transforms import SLIDE_SUFFIXES
-
     return Path(path).suffix.lower() in SLIDE_SUFFIXES
 
 

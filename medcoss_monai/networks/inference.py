@@ -1,0 +1,281 @@
+"""Tensor-only inference networks: what an exported Model Zoo bundle's ``network_def`` builds.
+
+The training networks (:class:`~medcoss_monai.networks.MedCoSSModel`,
+:class:`~medcoss_monai.networks.EncoderClassifier`, :class:`~medcoss_monai.networks.UNETRStyleSegmenter`)
+read the input kind from the input, return dicts and take pretext switches; TorchScript compiles
+none of that. Each network here is built from a trained one for ONE input kind (``"text"``, ``"2d"``
+or ``"3d"``), shares its modules, and maps tensors to one tensor, so ``torch.jit.script`` (MONAI's
+``ckpt_export``) compiles it. Its state dict has the keys of the network it was built from (minus
+the pretext heads of a pre-training network), so a fine-tuned task's weights load into it strictly.
+Messages raised in ``forward`` are built with ``str.format``: TorchScript compiles no f-string.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcoss_monai.networks.blocks import key_padding_mask
+from medcoss_monai.networks.encoder import (
+    KINDS,
+    PatchEmbed,
+    UnifiedEncoder,
+    pool_tokens,
+)
+from medcoss_monai.networks.heads import EncoderClassifier, as_encoder
+from medcoss_monai.networks.pos_embed import PositionEmbedding
+from medcoss_monai.networks.segmentation import UNETRStyleSegmenter
+
+__all__ = [
+    "FeatureExtractor",
+    "InferenceClassifier",
+    "InferenceEncoder",
+    "InferenceSegmenter",
+    "PatchTokens",
+    "PositionTable",
+    "inference_network",
+]
+
+_MODES = {1: "linear", 2: "bicubic", 3: "trilinear"}
+
+
+class PositionTable(nn.Module):
+    """The table of a :class:`~medcoss_monai.networks.PositionEmbedding` (same ``weight`` and ``grid``
+    tensors), served for a token grid as the embedding serves it.
+
+    Args:
+        embedding: the trained position embedding.
+    """
+
+    def __init__(self, embedding: PositionEmbedding) -> None:
+        super().__init__()
+        self.weight = embedding.weight
+        self.register_buffer("grid", embedding.grid)
+        self.own = [int(g) for g in embedding.grid_size]
+        self.mode = _MODES[len(self.own)]
+
+    def forward(self, grid: list[int]) -> torch.Tensor:
+        """``(1, prod(grid), dim)`` table: the own one, its first positions (text), or interpolated (images)."""
+        if grid == self.own:
+            return self.weight
+        if len(self.own) == 1 and len(grid) == 1:
+            if grid[0] > self.own[0]:
+                raise ValueError("the sequence is longer than the positions of the model")
+            return self.weight[:, : grid[0]]
+        if len(grid) != len(self.own):
+            raise ValueError("the input has another number of spatial axes than the position table")
+        # as resize_pos_embed: interpolate the table laid out on its grid
+        channels = self.weight.shape[-1]
+        table = self.weight.float().transpose(1, 2).reshape([1, channels] + self.own)
+        table = F.interpolate(table, size=grid, mode=self.mode, align_corners=False)
+        return table.reshape(1, channels, -1).transpose(1, 2).to(self.weight.dtype)
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # a table made for another grid of the same length would load silently: refuse it, as PositionEmbedding does
+        g_key = prefix + "grid"
+        if g_key in state_dict and torch.as_tensor(state_dict[g_key]).tolist() != self.own:
+            error_msgs.append(f"{prefix}weight was made for grid {state_dict[g_key].tolist()}, the model's is {self.own}.")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+class PatchTokens(nn.Module):
+    """The projection of a :class:`~medcoss_monai.networks.encoder.PatchEmbed` (same ``proj``): images to tokens.
+
+    Args:
+        patch_embed: the trained patch embedding.
+    """
+
+    def __init__(self, patch_embed: PatchEmbed) -> None:
+        super().__init__()
+        self.proj = patch_embed.proj
+        self.in_channels = int(patch_embed.in_channels)
+        self.patch_size = [int(p) for p in patch_embed.patch_size]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(B, C, *spatial) images -> ((B, L, hidden) tokens, token grid)."""
+        if x.dim() != len(self.patch_size) + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                "expected a (B, {}, {} spatial axes) image batch, got shape {}".format(  # noqa: UP032 (TorchScript: no f-strings)
+                    self.in_channels, len(self.patch_size), x.shape
+                )
+            )
+        for size, patch in zip(x.shape[2:], self.patch_size):
+            if size % patch != 0 or size < patch:
+                raise ValueError(
+                    "each spatial size must be a positive multiple of the patch size {}, got {}".format(  # noqa: UP032
+                        self.patch_size, x.shape[2:]
+                    )
+                )
+        out = self.proj(x)
+        grid = list(out.shape[2:])
+        return out.flatten(2).transpose(1, 2), grid
+
+
+class InferenceEncoder(nn.Module):
+    """The :class:`~medcoss_monai.networks.UnifiedEncoder` run on one input kind, without masking.
+
+    Holds every tokenizer of the encoder (its state dict keys are the encoder's) but runs only the
+    one of ``kind``; the computation is the encoder's ``forward`` with ``mask_ratio=0``.
+
+    Args:
+        encoder: the trained encoder.
+        kind: ``"text"`` ((B, L) token ids), ``"2d"`` ((B, C, H, W)) or ``"3d"`` ((B, C, H, W, D)).
+    """
+
+    def __init__(self, encoder: UnifiedEncoder, kind: str) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+        self.kind = kind
+        self.kind_index = KINDS.index(kind)
+        self.vocab_size = int(encoder.vocab_size)
+        self.flash = bool(encoder.use_flash_attention)
+        self.text_embed = encoder.text_embed
+        self.text_embed_scale = float(encoder.text_embed_scale)
+        self.pos_embed_text = PositionTable(encoder.pos_embed_text)
+        self.patch_embed_2d = PatchTokens(encoder.patch_embed_2d)
+        self.pos_embed_2d = PositionTable(encoder.pos_embed_2d)
+        self.patch_embed_3d = PatchTokens(encoder.patch_embed_3d)
+        self.pos_embed_3d = PositionTable(encoder.pos_embed_3d)
+        self.kind_embed = encoder.kind_embed
+        self.embed_dropout = encoder.embed_dropout
+        self.blocks = encoder.blocks
+        self.norm = encoder.norm
+
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """Encode a batch of the encoder's kind.
+
+        Args:
+            x: (B, L) token ids, or (B, C, *spatial) float images.
+            attention_mask: (B, L) text padding mask, 1 = token.
+
+        Returns:
+            ``(final normed tokens (B, L, hidden), output of every block, token grid)``.
+        """
+        if self.kind == "text":
+            if x.is_floating_point() or x.dim() != 2:
+                raise ValueError("expected (B, L) integer token ids, got shape {}".format(x.shape))  # noqa: UP032
+            if int(x.max()) >= self.vocab_size or int(x.min()) < 0:
+                raise ValueError("token ids must be in [0, {})".format(self.vocab_size))  # noqa: UP032
+            grid = [x.shape[1]]
+            tokens = self.text_embed(x) * self.text_embed_scale + self.pos_embed_text(grid)
+        elif self.kind == "2d":
+            tokens, grid = self.patch_embed_2d(x)
+            tokens = tokens + self.pos_embed_2d(grid)
+        else:
+            tokens, grid = self.patch_embed_3d(x)
+            tokens = tokens + self.pos_embed_3d(grid)
+        if self.kind_embed is not None:
+            tokens = tokens + self.kind_embed.weight[self.kind_index]
+        tokens = self.embed_dropout(tokens)
+        attn = key_padding_mask(attention_mask, self.flash)
+        hidden_states: list[torch.Tensor] = []
+        for block in self.blocks:
+            tokens = block(tokens, attn_mask=attn)
+            hidden_states.append(tokens)
+        return self.norm(tokens), hidden_states, grid
+
+
+class FeatureExtractor(nn.Module):
+    """Pooled encoder features (mean of the final tokens, over real tokens for text): what a stage bundle exports.
+
+    Args:
+        network: a :class:`~medcoss_monai.networks.UnifiedEncoder` or a network holding one
+            (``MedCoSSModel``); its pretext heads are left out.
+        kind: the input kind, see :class:`InferenceEncoder`.
+    """
+
+    def __init__(self, network: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.encoder = InferenceEncoder(as_encoder(network), kind)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (with their mask) or images -> (B, hidden) features."""
+        tokens, _, _ = self.encoder(x, attention_mask)
+        return pool_tokens(tokens, attention_mask)
+
+
+class InferenceClassifier(nn.Module):
+    """A fine-tuned :class:`~medcoss_monai.networks.EncoderClassifier` on one input kind: inputs -> logits.
+
+    Args:
+        network: the trained classifier.
+        kind: the input kind, see :class:`InferenceEncoder`.
+    """
+
+    def __init__(self, network: EncoderClassifier, kind: str) -> None:
+        super().__init__()
+        self.encoder = InferenceEncoder(network.encoder, kind)
+        self.head = network.head
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (with their mask) or images -> (B, num_classes) logits."""
+        tokens, _, _ = self.encoder(x, attention_mask)
+        return self.head(pool_tokens(tokens, attention_mask))
+
+
+class InferenceSegmenter(nn.Module):
+    """A fine-tuned :class:`~medcoss_monai.networks.UNETRStyleSegmenter`: images -> logits on the input grid.
+
+    Args:
+        network: the trained segmenter.
+    """
+
+    def __init__(self, network: UNETRStyleSegmenter) -> None:
+        super().__init__()
+        self.spatial_dims = int(network.spatial_dims)
+        self.encoder = InferenceEncoder(network.encoder, f"{self.spatial_dims}d")
+        self.hidden_layers = [int(i) for i in network.hidden_layers]
+        self.native = bool(network.native)
+        self.mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        for name in ("encoder1", "encoder2", "encoder3", "encoder4", "decoder5", "decoder4", "decoder3", "decoder2", "out"):
+            setattr(self, name, getattr(network, name))
+
+    @staticmethod
+    def _to_grid(tokens: torch.Tensor, grid: list[int]) -> torch.Tensor:
+        """(B, L, C) tokens -> (B, C, *grid) feature map."""
+        return tokens.transpose(1, 2).reshape([tokens.shape[0], tokens.shape[2]] + grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, *spatial) images -> (B, out_channels, *spatial) logits."""
+        tokens, hs, grid = self.encoder(x)
+        image = x
+        if not self.native:  # the decoder reaches grid * 16, not the input size
+            image = F.interpolate(x, size=[g * 16 for g in grid], mode=self.mode)
+        enc1 = self.encoder1(image)
+        enc2 = self.encoder2(self._to_grid(hs[self.hidden_layers[0]], grid))
+        enc3 = self.encoder3(self._to_grid(hs[self.hidden_layers[1]], grid))
+        enc4 = self.encoder4(self._to_grid(hs[self.hidden_layers[2]], grid))
+        dec4 = self.decoder5(self._to_grid(tokens, grid), enc4)
+        dec3 = self.decoder4(dec4, enc3)
+        dec2 = self.decoder3(dec3, enc2)
+        dec1 = self.decoder2(dec2, enc1)
+        logits = self.out(dec1)
+        if not self.native:
+            logits = F.interpolate(logits, size=list(x.shape[2:]), mode=self.mode)
+        return logits
+
+
+def inference_network(network: nn.Module, kind: str | None = None) -> nn.Module:
+    """The inference network of a trained one: segmenter, classifier, or pooled features of an encoder.
+
+    Args:
+        network: a trained ``UNETRStyleSegmenter``, ``EncoderClassifier``, ``MedCoSSModel`` or ``UnifiedEncoder``.
+        kind: the input kind (not needed for a segmenter, whose dimensionality fixes it).
+
+    Returns:
+        The :class:`InferenceSegmenter`, :class:`InferenceClassifier` or :class:`FeatureExtractor`,
+        sharing the trained network's modules.
+    """
+    if isinstance(network, UNETRStyleSegmenter):
+        return InferenceSegmenter(network)
+    if kind is None:
+        raise ValueError(f"the input kind (one of {KINDS}) is needed for a {type(network).__name__}.")
+    if isinstance(network, EncoderClassifier):
+        return InferenceClassifier(network, kind)
+    return FeatureExtractor(network, kind)

@@ -1,0 +1,98 @@
+"""Model Zoo export of text networks: the report stage's encoder and the fine-tuned ``text_cls`` task.
+
+``verify_net_in_out`` feeds random float images, so it cannot check a network on token ids. This
+is the project's check instead (the bundle README points here): the bundle ships its tokenizer; the
+scripted ``models/model.ts``, the eager ``network_def`` and the trained network agree on real
+held-out reports tokenized with it; and ``configs/inference.json`` reads a ``.txt`` report and a
+datalist of texts and writes one row per report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medcoss_monai.bundle.export import PRETRAIN_WEIGHTS, main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stage_utils import run_stage
+from test_export_tasks import check_task_bundle, finetune_and_export
+from test_export_zoo import (
+    check_layout_and_metadata,
+    check_trained_network,
+    check_zoo_network,
+    read_predictions,
+    run_inference,
+)
+
+
+@pytest.fixture(scope="module")
+def report(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A one-epoch report stage on 48 reports (its tokenizer trained on them) and its bundle."""
+    tmp = tmp_path_factory.mktemp("report")
+    stage = run_stage("report", tmp / "run", rehearsal=False, select_buffer=False)
+    return stage, main(["--stage_dir", str(stage), "--out", str(tmp / "zoo" / "medcoss_report")])
+
+
+@pytest.fixture(scope="module")
+def reports(datalist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Held-out reports as the user gives them: one ``.txt`` file, and a datalist with a text and a file."""
+    folder = tmp_path_factory.mktemp("reports")
+    test = datalist("report")["test"]
+    (folder / "report_0.txt").write_text(test[0]["text"] + "\n")
+    (folder / "texts.json").write_text(json.dumps({"test": [{"text": test[1]["text"], "id": "second"},
+                                                            {"text_file": "report_0.txt"}]}))
+    return folder
+
+
+def test_report_bundle_ships_its_tokenizer(report: tuple[Path, Path], reports: Path) -> None:
+    from transformers import AutoTokenizer
+
+    stage, bundle = report
+    meta = check_layout_and_metadata(bundle)
+    inputs = meta["network_data_format"]["inputs"]
+    assert set(inputs) == {"input_ids", "attention_mask"} and inputs["input_ids"]["spatial_shape"] == [112]
+    text = (reports / "report_0.txt").read_text()
+    shipped = AutoTokenizer.from_pretrained(str(bundle / "models/tokenizer"))
+    trained = AutoTokenizer.from_pretrained(str(stage / "tokenizer"))
+    assert shipped(text)["input_ids"] == trained(text)["input_ids"]
+    assert "verify_net_in_out" in (bundle / "docs/README.md").read_text()  # the README says how it is checked
+
+
+def test_report_bundle_scripted_network_and_inference(report: tuple[Path, Path], reports: Path, tmp_path: Path) -> None:
+    _, bundle = report
+    args, kwargs, expected = check_zoo_network(bundle, tmp_path, reports / "report_0.txt")
+    assert kwargs["attention_mask"].sum() < kwargs["attention_mask"].numel()  # a real, padded report
+    check_trained_network(bundle, bundle / PRETRAIN_WEIGHTS, args, kwargs, expected)
+    run_inference(bundle, reports / "report_0.txt", tmp_path / "one")
+    one = np.load(tmp_path / "one/features.npy")
+    assert one.shape == (1, 192)
+    np.testing.assert_allclose(one[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
+    run_inference(bundle, reports / "texts.json", tmp_path / "list")
+    rows = np.load(tmp_path / "list/features.npy")
+    assert rows.shape == (2, 192) and np.isfinite(rows).all()
+    np.testing.assert_allclose(rows[1], one[0], rtol=1e-5, atol=1e-6)  # the same report, read from its file
+    assert not np.allclose(rows[0], rows[1])
+
+
+@pytest.mark.slow
+def test_text_cls_bundle_writes_label_probabilities(report: tuple[Path, Path], reports: Path, tmp_path: Path) -> None:
+    """text_cls fine-tuned from the report stage (whose tokenizer it uses) exports with that tokenizer."""
+    stage, _ = report
+    ft, bundle = finetune_and_export("text_cls", tmp_path, pretrained_ckpt=str(stage / "model.pt"),
+                                     max_train_items=64, max_eval_items=64)
+    assert (bundle / "models/tokenizer/tokenizer.json").read_bytes() == (stage / "tokenizer/tokenizer.json").read_bytes()
+    meta, expected = check_task_bundle(ft, bundle, tmp_path, reports / "report_0.txt")
+    classes = list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())
+    assert len(classes) == 8 and classes[0] == "normal"
+    run_inference(bundle, reports / "texts.json", tmp_path / "eval")
+    rows = read_predictions(tmp_path / "eval/predictions.csv")
+    assert [r["item"] for r in rows] == ["second", str(reports / "report_0.txt")]
+    probs = np.array([[float(r[c]) for c in classes] for r in rows])
+    # multi-label: independent sigmoid probabilities, that of the file equal to the network's on it
+    np.testing.assert_allclose(probs[1], torch.sigmoid(expected[0]).numpy(), atol=1e-5)
