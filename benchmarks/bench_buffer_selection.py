@@ -7,13 +7,19 @@
    peak resident memory, each size in its own process so the peaks do not mix. "Selection working
    memory" is the peak minus the resident size once the data exist (imports + input).
 
+3. ``--paper``: the paper's sizes, N = 200,000 (k = 2,000) and N = 1,000,000 (k = 10,000) at width 768,
+   ``kmeans_sample`` beside scikit-learn ``KMeans(init="k-means++", n_init=1)`` at N = 200,000: time,
+   peak resident memory and known clusters kept by the 5% buffer, every run in its own process.
+
 The data are synthetic, on purpose: a mixture of isotropic Gaussians (as many components as
-clusters, unit-variance noise around centres drawn with spread 1) so that real clusters exist and
-the selections can be checked for covering them. Figures depend on the machine (cores, BLAS).
+clusters, equally likely; centres drawn from N(0, I), noise N(0, 0.25 I) around them) so that real
+clusters exist and the selections can be checked for covering them. Figures depend on the machine
+(cores, BLAS, whether the CPU multiplies bfloat16 natively).
 
 Usage::
 
     python benchmarks/bench_buffer_selection.py [--max_n 1000000] [--skip_sklearn] [--skip_scaling]
+    python benchmarks/bench_buffer_selection.py --paper [--paper_sizes 200000:2000,1000000:10000]
 """
 
 from __future__ import annotations
@@ -132,6 +138,78 @@ def scale_worker(n: int, dim: int, buffer_ratio: float) -> dict:
     }
 
 
+def paper_worker(n: int, k: int, method: str, dim: int, buffer_ratio: float) -> dict:
+    """One paper-size run in a fresh process: generate, cluster and select with ``method``, report time and memory."""
+    from medcoss_monai.buffer import buffer_size, kmeans_sample, select_nearest
+
+    rss_base = rss_mib()
+    x, comp = mixture(n, dim, k, seed=1)
+    m = buffer_size(n, buffer_ratio)
+    if method == "sklearn":
+        from sklearn.cluster import KMeans
+
+        KMeans(n_clusters=2, n_init=1, random_state=0).fit(x[:1000])  # warm-up: thread pools, lazy imports
+        rss_data = rss_mib()
+        t0 = time.perf_counter()
+        km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=0).fit(x)
+        dist = np.empty(n, dtype=np.float32)
+        for s in range(0, n, 65536):  # chunked: no second N x D array
+            dist[s : s + 65536] = np.linalg.norm(x[s : s + 65536] - km.cluster_centers_[km.labels_[s : s + 65536]], axis=1)
+        idx = select_nearest(km.labels_, dist, m, k)
+        t_sel = time.perf_counter() - t0
+        extra = {"iterations": int(km.n_iter_)}
+    else:
+        kmeans_sample(x[:1000], cluster_ratio=0.01)  # warm-up
+        rss_data = rss_mib()
+        t0 = time.perf_counter()
+        idx, det = kmeans_sample(x, cluster_ratio=k / n, buffer_ratio=buffer_ratio, seed=0, return_details=True)
+        t_sel = time.perf_counter() - t0
+        extra = {"backend": det["backend"]}
+    return {
+        "n": n,
+        "k": k,
+        "method": method,
+        "buffer": int(len(idx)),
+        "kept": int(np.unique(comp[idx]).size),
+        "t_select": t_sel,
+        "input_mib": x.nbytes / 2**20,
+        "rss_base_mib": rss_base,
+        "rss_after_data_mib": rss_data,
+        "peak_rss_mib": peak_rss_mib(),
+        **extra,
+    }
+
+
+def run_paper(sizes: list[tuple[int, int]], sklearn_n: int, dim: int, buffer_ratio: float) -> None:
+    """The paper-size table: ``kmeans_sample`` at every size, scikit-learn at ``sklearn_n``; one process per run."""
+    print(f"## paper sizes, width {dim}, buffer = round({buffer_ratio} N); each run in its own process\n")
+    print("| N | k | method | time (s) | input (MiB) | peak RSS (MiB) | selection working memory (MiB) | known clusters kept |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    results = {}
+    runs = [(n, k, "ours") for n, k in sizes] + [(n, k, "sklearn") for n, k in sizes if n == sklearn_n]
+    for n, k, method in runs:
+        cmd = [sys.executable, __file__, "--_paper_worker", f"{n}:{k}:{method}", "--dim", str(dim), "--buffer_ratio", str(buffer_ratio)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        r = results[(n, method)] = json.loads(out.strip().splitlines()[-1])
+        name = f"`kmeans_sample` ({r['backend']})" if method == "ours" else f"scikit-learn `KMeans` (k-means++, n_init=1, {r['iterations']} iterations)"
+        print(
+            f"| {n:,} | {k:,} | {name} | {r['t_select']:.1f} | {r['input_mib']:,.0f} | {r['peak_rss_mib']:,.0f} | "
+            f"{r['peak_rss_mib'] - r['rss_after_data_mib']:,.0f} | {r['kept']:,} / {k:,} ({100 * r['kept'] / k:.1f}%) |",
+            flush=True,
+        )
+    print()
+    for n, k in sizes:
+        ours, theirs = results[(n, "ours")], results.get((n, "sklearn"))
+        if theirs is not None:
+            print(
+                f"N = {n:,}: {theirs['t_select'] / ours['t_select']:.1f}x faster than scikit-learn (aim >= 10x); "
+                f"known clusters kept {ours['kept']:,} against {theirs['kept']:,} "
+                f"({100 * (ours['kept'] - theirs['kept']) / k:+.1f} points of k; aim: no more than 1 point below)"
+            )
+        else:
+            print(f"N = {n:,}: {ours['t_select']:.0f} s (aim < 300 s), {100 * ours['kept'] / k:.1f}% of known clusters kept (aim >= 95%)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20000, help="items of the side-by-side comparison")
@@ -142,26 +220,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_n", type=int, default=1_000_000, help="skip scaling points above this N")
     p.add_argument("--skip_sklearn", action="store_true")
     p.add_argument("--skip_scaling", action="store_true")
+    p.add_argument("--paper", action="store_true", help="only the paper-size table (N = 200k and 1M, scikit-learn at 200k)")
+    p.add_argument("--paper_sizes", default="200000:2000,1000000:10000", help="comma-separated N:k of --paper")
+    p.add_argument("--paper_sklearn_n", type=int, default=200000, help="the N of --paper at which scikit-learn runs too")
     p.add_argument("--_worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--_paper_worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args._worker:
         print(json.dumps(scale_worker(args._worker, args.dim, args.buffer_ratio)))
         return 0
+    if args._paper_worker:
+        n, k, method = args._paper_worker.split(":")
+        print(json.dumps(paper_worker(int(n), int(k), method, args.dim, args.buffer_ratio)))
+        return 0
 
     import faiss
     import sklearn
+    import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    from medcoss_monai.buffer.sampling import _bf16_is_native
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, native bfloat16 products: "
+          f"{_bf16_is_native()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), scikit-learn {sklearn.__version__}")
-    print("data: mixture of isotropic Gaussians (as many components as clusters), float32\n")
+    print("data: mixture of isotropic Gaussians (as many components as clusters, equally likely; "
+          "centres ~ N(0, I), noise ~ N(0, 0.25 I)), float32\n")
+
+    if args.paper:
+        sizes = [tuple(int(v) for v in s.split(":")) for s in args.paper_sizes.split(",") if s]
+        run_paper(sizes, args.paper_sklearn_n, args.dim, args.buffer_ratio)
+        return 0
 
     if not args.skip_sklearn:
         r = compare(args.n, args.dim, args.clusters, args.buffer_ratio)
         print(f"## selection, N={r['n']:,}, width {r['dim']}, {r['clusters']} clusters, buffer {r['buffer']}\n")
         print("| method | time (s) | mixture components in buffer |")
         print("| --- | ---: | ---: |")
-        print(f"| `kmeans_sample` ({r['backend']}, 20 iterations) | {r['t_ours']:.2f} | {r['components_ours']} / {r['clusters']} |")
+        print(f"| `kmeans_sample` ({r['backend']}, at most 20 Lloyd updates) | {r['t_ours']:.2f} | {r['components_ours']} / {r['clusters']} |")
         print(f"| scikit-learn `KMeans()` defaults ({r['sklearn_iters']} iterations) + same selection | {r['t_sklearn']:.2f} | {r['components_sklearn']} / {r['clusters']} |")
         print(f"\nspeed-up: {r['speedup']:.1f}x (goal >= 5x)\n", flush=True)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medcoss_monai.buffer import SAMPLERS, buffer_size, kmeans_sample, n_clusters_for, random_sample, select_nearest
-from medcoss_monai.buffer.sampling import has_faiss
+from medcoss_monai.buffer.sampling import _nearest, has_faiss
 
 
 def blobs(n_per: list[int], dim: int = 16, spread: float = 20.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +87,38 @@ def test_deterministic_with_a_seed():
     a = kmeans_sample(x, cluster_ratio=0.02, seed=7)
     b = kmeans_sample(x, cluster_ratio=0.02, seed=7)
     np.testing.assert_array_equal(a, b)
+
+
+def test_more_than_1024_clusters_are_all_found():
+    # 1,500 well separated blobs of 40, k = 1,500, buffer 3,000: random seeds (the old behaviour above
+    # 1,024 centres) leave a fifth of the blobs without an item; k-means++ seeds find (nearly) all
+    x, truth = blobs([40] * 1500, dim=64, seed=5)
+    idx = kmeans_sample(x, cluster_ratio=1500 / len(x), seed=0)
+    assert len(idx) == 3000 and len(np.unique(idx)) == 3000
+    assert np.unique(truth[idx]).size >= 0.99 * 1500
+
+
+def test_pooled_seeding_is_deterministic_and_copes_with_duplicates():
+    x, _ = blobs([30] * 100, dim=32, spread=2.0, seed=6)  # k = 100: seeding over candidate pools
+    a = kmeans_sample(x, cluster_ratio=100 / len(x), seed=3)
+    np.testing.assert_array_equal(a, kmeans_sample(x, cluster_ratio=100 / len(x), seed=3))
+    # 60 distinct rows, 80 clusters: the seeds run out of distinct rows and the buffer is still right
+    rows = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    dup = np.repeat(rows, 50, axis=0)
+    idx = kmeans_sample(dup, cluster_ratio=80 / len(dup), buffer_ratio=0.05)
+    assert len(idx) == 150 and len(np.unique(idx)) == 150
+    assert len(np.unique(dup[idx], axis=0)) == 60  # every distinct row is represented
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"] if has_faiss else ["torch"])
+def test_assignment_is_exact_far_from_the_origin(backend):
+    # tight blobs far from the mean: a bfloat16 product alone misranks the two centres of a blob
+    x, _ = blobs([200] * 10, spread=20.0, seed=7)
+    centres = x[np.random.default_rng(1).choice(len(x), 20, replace=False)]
+    d2 = ((x[:, None, :].astype(np.float64) - centres[None]) ** 2).sum(-1)
+    ids, dist = _nearest(x, centres, backend, n_nearest=2)
+    np.testing.assert_array_equal(ids, np.argsort(d2, axis=1, kind="stable")[:, :2])
+    np.testing.assert_allclose(dist, np.sort(d2, axis=1)[:, :2], rtol=1e-4, atol=1e-2)
 
 
 @pytest.mark.skipif(not has_faiss, reason="faiss-cpu is not installed")
