@@ -93,3 +93,22 @@ def test_buffers_follow_the_recorded_chain_not_the_folder(datalist, tmp_path):
     assert list(loaders) == ["report"]
     batch = next(iter(loaders["report"]))
     assert batch["input_ids"].shape[0] == 2
+
+
+def test_buffer_follows_the_dataset_cache_switch(datalist, tmp_path):
+    """dataset_cache 'disk': a CT buffer rehearsed by the MRI stage is cached on disk under the CT settings' folder."""
+    from medcoss_monai.bundle import buffer_loaders
+
+    run = tmp_path / "run"
+    folder = run / "stage_ct"
+    folder.mkdir(parents=True)
+    (folder / "stage.json").write_text(json.dumps({"modality": "ct", "previous_stage": ""}))
+    items = datalist("ct")["training"][:1]
+    write_buffer_manifest(folder / "buffer.json", "ct", items, [0], 1, 1, 1.0, 1.0, "kmeans")
+    cache = tmp_path / "cache"
+    loaders = buffer_loaders(run, "mri", {"img_size_3d": [64, 64, 16]}, batch_size=8, previous_stage="ct",
+                             dataset_cache="disk", cache_dir=cache)
+    assert not list(cache.glob("ct_*/*.pt"))  # written when first read, not before
+    batch = next(iter(loaders["ct"]))
+    assert tuple(batch["image"].shape) == (8, 1, 64, 64, 16)  # one volume, 8 crops
+    assert len(list(cache.glob("ct_*/*.pt"))) == 1

@@ -7,6 +7,7 @@ import torch
 
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
 from medcoss_monai.networks import MedCoSSModel, UnifiedEncoder, patchify, unpatchify
+from medcoss_monai.networks.encoder import PatchEmbed
 
 B = 2
 
@@ -242,3 +243,16 @@ def test_options_learnable_pos_and_kind_embedding() -> None:
     assert m(torch.rand(1, 3, 96, 96), pretext="mae")["pred"].shape == (1, 36, 768)
     with pytest.raises(ValueError, match="pos_embed_type"):
         MedCoSSModel(pos_embed_type="rope")
+
+
+@pytest.mark.parametrize("spatial_dims, channels, size, patch", [(3, 1, (64, 48, 16), (16, 16, 8)), (2, 3, (96, 64), (16, 16))])
+def test_patch_embedding_is_its_strided_convolution(spatial_dims, channels, size, patch):
+    # the embedding runs as one matrix product over the cut patches; it must equal the convolution it stands for,
+    # token for token in the convolution's order (mechanics: random weights and images)
+    torch.manual_seed(0)
+    embed = PatchEmbed(spatial_dims, channels, patch, 24)
+    x = torch.rand(2, channels, *size)
+    tokens, grid = embed(x)
+    expected = embed.proj(x).flatten(2).transpose(1, 2)
+    assert grid == tuple(s // p for s, p in zip(size, patch))
+    torch.testing.assert_close(tokens, expected, rtol=1e-5, atol=1e-5)

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
-from monai.data import CacheDataset, DataLoader
+from monai.data import DataLoader
 
 from medcoss_monai import layout
 from medcoss_monai.bundle.stage import previous_stage_dir
+from medcoss_monai.data.caching import stage_dataset
 from medcoss_monai.handlers.distillation import freeze_teacher
 from medcoss_monai.networks.checkpoint import load_strict, unwrap_network
 
@@ -84,7 +85,8 @@ def buffer_loaders(
     enabled: bool = True,
     bundles: str | os.PathLike | None = None,
     num_workers: int = 0,
-    cache_rate: float = 1.0,
+    dataset_cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
     distributed: bool | None = None,
     joint_modalities: Sequence[str] = (),
     stage_dir: str | os.PathLike | None = None,
@@ -106,7 +108,10 @@ def buffer_loaders(
         enabled: False returns no loader (methods without rehearsal).
         bundles: folder of the stage bundles (default: the repository's ``bundles/``).
         num_workers: loader workers.
-        cache_rate: fraction of each buffer cached after its deterministic transforms.
+        dataset_cache: where each buffer's deterministic preprocessing is kept, as the stages'
+            ``dataset_cache``: ``"memory"``, ``"disk"`` (under ``cache_dir``, beside that modality's own
+            stage cache when its settings are the same) or ``"none"``.
+        cache_dir: root of the disk cache.
         distributed: shard each buffer over ranks with a ``DistributedSampler`` (default: when a
             process group is initialised).
         joint_modalities: joint training: the modalities trained together with this one; their full
@@ -141,7 +146,8 @@ def buffer_loaders(
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         parser = _parse_stage_bundle(mod, output_dir, shared or {}, tokenizer, bundles=folder)
         transform, crops = parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
-        dataset = CacheDataset(items, transform=transform, cache_rate=cache_rate, num_workers=0, progress=False)
+        settings = dict(parser.get_parsed_content("settings"), modality=mod)
+        dataset = stage_dataset(items, transform, dataset_cache, cache_dir, settings)
         per_batch = max(1, int(batch_size) // max(1, int(crops)))
         if len(dataset) < per_batch:  # a buffer of a few items (one film): repeat it to fill one batch
             dataset = torch.utils.data.ConcatDataset([dataset] * math.ceil(per_batch / len(dataset)))

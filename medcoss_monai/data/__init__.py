@@ -36,6 +36,7 @@ _LAZY = {
     **dict.fromkeys(("tissue_mask", "tissue_tile_locations", "otsu_threshold"), "slides"),
     **dict.fromkeys(("RehearsalLoader", "BUFFER_FLAG", "SOURCE_KEY"), "rehearsal"),
     **dict.fromkeys(("BadInputError", "check_datalist", "EXPECTED_SPATIAL_DIMS"), "checks"),
+    **dict.fromkeys(("DATASET_CACHES", "cache_folder", "stage_dataset", "settings_digest"), "caching"),
 }
 
 __all__ = list(_LAZY)

@@ -21,6 +21,7 @@ from medcoss_monai.networks.encoder import (
     KINDS,
     PatchEmbed,
     UnifiedEncoder,
+    patch_rows,
     pool_tokens,
 )
 from medcoss_monai.networks.heads import EncoderClassifier, as_encoder
@@ -109,9 +110,12 @@ class PatchTokens(nn.Module):
                         self.patch_size, x.shape[2:]
                     )
                 )
-        out = self.proj(x)
-        grid = list(out.shape[2:])
-        return out.flatten(2).transpose(1, 2), grid
+        grid: list[int] = []
+        for size, patch in zip(x.shape[2:], self.patch_size):
+            grid.append(size // patch)
+        # the projection as PatchEmbed runs it (one matrix product over the cut patches)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        return F.linear(patch_rows(x, self.patch_size), weight, self.proj.bias), grid
 
 
 class InferenceEncoder(nn.Module):
