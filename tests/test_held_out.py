@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medcoss_monai import MODALITIES
+from medcoss_monai.data.muscle_tasks import MUSCLE_TASKS, load_mdmoco_items
 from medcoss_monai.data.reports import text_group
 from medcoss_monai.data.samples import HELD_OUT
 from medcoss_monai.data.tasks import TASKS, load_task_datalist, prepare_tasks
@@ -68,10 +69,15 @@ def test_no_evaluation_report_or_its_text_is_trained_on(stages):
 
 
 def test_task_items_come_from_held_out_files_only(stages, tasks, sample_data):
-    """Every item of every task (its training items too) is cut from a file no stage trains on."""
+    """Every item of every MedCoSS task (its training items too) is cut from a file no stage trains on.
+
+    MUSCLE's tasks are held out of MUSCLE's own pre-training (checked below), not of MedCoSS's stages.
+    """
     trained = _trained_files(stages)
     ids, texts = _trained_reports(stages)
     for name, data in tasks.items():
+        if name in MUSCLE_TASKS:
+            continue
         for split in ("training", *EVALUATION_SPLITS):
             assert data[split], f"{name}: empty '{split}'"
             for item in data[split]:
@@ -91,3 +97,17 @@ def test_task_splits_share_no_item_or_report_text(tasks):
             for item in data[split]:
                 ident = text_group(item["text"]) if name == "text_cls" else item[key]
                 assert seen.setdefault(ident, split) == split, f"{name}: {ident[:60]} in {seen[ident]} and {split}"
+
+
+def test_muscle_evaluation_files_are_in_no_muscle_pre_training_list(tasks, sample_data):
+    """MUSCLE pre-trains on step 1's list and on the tasks' training splits (step 2): no validation or
+    test item of a MUSCLE task, nor the file it is cut from, is in either."""
+    pretrain_files = {it["source"] for it in load_mdmoco_items()}
+    pretrain_files |= {it["source"] for name in MUSCLE_TASKS for it in tasks[name]["training"]}
+    pretrain_images = {it["image"] for name in MUSCLE_TASKS for it in tasks[name]["training"]}
+    for name in MUSCLE_TASKS:
+        for split in EVALUATION_SPLITS:
+            assert tasks[name][split], f"{name}: empty '{split}'"
+            for item in tasks[name][split]:
+                assert item["source"] not in pretrain_files, f"{name} {split}: cut from pre-trained-on {item['source']}"
+                assert item["image"] not in pretrain_images

@@ -4,7 +4,8 @@
 derived files and a decathlon-style ``datalist.json`` (fixed splits ``training`` / ``validation`` /
 ``test``) under ``sample_dir()/tasks/<task>/``; :func:`load_task_datalist` reads it, preparing it
 first when missing. The tasks are cut from the held-out sample files by
-:mod:`medcoss_monai.data.sample_tasks` (what each task holds is described there); datalists of
+:mod:`medcoss_monai.data.sample_tasks` (what each task holds is described there); MUSCLE's tasks
+(:mod:`medcoss_monai.data.muscle_tasks`) are held out of MUSCLE's own pre-training lists instead; datalists of
 users' dataset layouts are built by :mod:`medcoss_monai.data.layouts`.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.data import sample_tasks
+from medcoss_monai.data import muscle_tasks, sample_tasks
 from medcoss_monai.data.layouts import SPLIT_SEED
 from medcoss_monai.utils import atomic_write_json
 
@@ -59,6 +60,12 @@ TASKS: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
                       "Tiles of the held-out H&E image: many (1) / few (0) nuclei."),
     "pathology_seg": (sample_tasks.derive_pathology_seg,
                       "Tiles of the held-out H&E image and nuclei masks, 0/255 PNG."),
+    # MUSCLE's tasks are held out of MUSCLE's own pre-training lists, by file (see muscle_tasks)
+    "muscle_bodypart_cls": (muscle_tasks.derive_bodypart_cls,
+                            "Tiles of real films and of DRRs: chest (1) / other body part (0); MUSCLE."),
+    "muscle_lung_seg": (muscle_tasks.derive_lung_seg, "DRRs of the chest CTs and projected lung fields, 0/255 PNG; MUSCLE."),
+    "muscle_chest_det": (muscle_tasks.derive_chest_det,
+                         "DRRs of the chest CTs with boxes of the right lung, left lung and lesion; MUSCLE."),
 }
 """Task name -> (function deriving its files and splits into a folder, one-line description)."""
 

@@ -1,0 +1,75 @@
+"""MUSCLE's three steps end to end at tiny size: one command, each step's outputs, resume of step 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import pytest
+import torch
+
+from medcoss_monai.bundle.muscle_pipeline import FINETUNE_BUNDLES, bundle_command, main
+from medcoss_monai.networks.checkpoint import load_state
+
+STEP1 = "--train#trainer#max_epochs 1 --samples_per_epoch 16 --batch_size 8 --queue_size 64 --progress_bar false"
+STEP2 = "--rounds 2 --steps_per_visit 2 --batch_size 4 --max_train_items 8 --max_eval_items 4 --replay_size 4"
+STEP3 = "--train#trainer#max_epochs 1 --batch_size 4 --max_train_items 8 --max_eval_items 4"
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_one_command_runs_the_three_steps(tmp_path, sample_data):
+    out = tmp_path / "run"
+    assert main(["--output_dir", str(out), "--step1", STEP1, "--step2", STEP2, "--step3", STEP3]) == 0
+    step1 = load_state(out / "muscle_mdmoco" / "model.pt")
+    step2_dir = out / "muscle_multitask"
+    step2 = load_state(step2_dir / "model.pt")
+    # step 2 started from step 1's backbone and trained it further, with a head per task
+    key = "backbone.layer1.0.conv1.weight"
+    assert not torch.equal(step1[key], step2[key])
+    assert {k.split(".")[1] for k in step2 if k.startswith("heads.")} == set(FINETUNE_BUNDLES)
+    record = json.loads((step2_dir / "stage.json").read_text())
+    assert record["pretrained_ckpt"].endswith("muscle_mdmoco/model.pt")
+    schedule = record["schedule"]
+    assert len(schedule) == 6 and sorted(schedule[:3]) == sorted(schedule[3:]) == sorted(FINETUNE_BUNDLES)
+    visits = _rows(step2_dir / "visit_metrics.csv")
+    assert [r["task"] for r in visits] == schedule and (step2_dir / "visit_metrics.png").stat().st_size > 0
+    history = _rows(step2_dir / "loss_history.csv")
+    assert len(history) == 6
+    # replay and L2-SP act from the second visit on
+    assert float(history[0]["replay_loss"]) == 0 and all(float(r["replay_loss"]) > 0 for r in history[1:])
+    assert all(float(r["l2sp_loss"]) >= 0 for r in history) and float(history[-1]["l2sp_loss"]) > 0
+    for task in FINETUNE_BUNDLES:
+        metrics = json.loads((out / "finetune" / "muscle" / task / "metrics.json").read_text())
+        assert metrics["pretrained_ckpt"].endswith("muscle_multitask/model.pt") and metrics["split"] == "test"
+        assert {"score"} < set(metrics["metrics"][task])
+        assert (out / "finetune" / "muscle" / task / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_step2_resumes_where_it_stopped(tmp_path, sample_data):
+    out = tmp_path / "run"
+    base = ["--output_dir", str(out), *STEP2.split(), "--steps_per_visit", "1", "--max_eval_items", "2", "--rounds", "1"]
+    cmd = bundle_command(["bundles/muscle_multitask.json"], base)
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    first = _rows(out / "muscle_multitask" / "visit_metrics.csv")
+    # two rounds, resumed: the first round's three visits are not trained again
+    resumed = subprocess.run(bundle_command(["bundles/muscle_multitask.json"], base[:-2] + ["--rounds", "2", "--resume", "true"]),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout
+    rows = _rows(out / "muscle_multitask" / "visit_metrics.csv")
+    assert len(rows) == 6 and rows[:3] == first
+    assert len(_rows(out / "muscle_multitask" / "loss_history.csv")) == 6
+
+
+def test_pipeline_refuses_to_run_outside_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="repository root"):
+        main(["--output_dir", str(tmp_path / "x")])
+    assert bundle_command(["a.json", "b.json"])[5] == "['a.json','b.json']"
