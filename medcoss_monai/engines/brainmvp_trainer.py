@@ -17,6 +17,7 @@ from monai.engines.utils import IterationEvents
 from torch.optim import Optimizer
 
 from medcoss_monai.engines.pretext_trainer import PretextKeys
+from medcoss_monai.engines.steps import autocast_of
 from medcoss_monai.losses.contrastive import ModalityAwareInfoNCE
 
 __all__ = ["BrainMVPTrainer", "BRAINMVP_BATCH_KEYS"]
@@ -88,7 +89,7 @@ class BrainMVPTrainer(SupervisedTrainer):
         engine.network.train()
         if engine._micro_batches == 0:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        autocast = torch.autocast("cuda", **engine.amp_kwargs) if engine.amp and engine.scaler is not None else torch.autocast("cpu", enabled=False)
+        autocast = autocast_of(engine)
         with autocast:
             pred = engine.network(
                 image, batch["mask"].bool(), batch["contrast"], batch["other"].float(), batch["has_other"], batch["affine"],

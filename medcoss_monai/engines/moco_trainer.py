@@ -12,6 +12,8 @@ from monai.utils import CommonKeys
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from medcoss_monai.engines.steps import autocast_of, backward_and_step
+
 __all__ = ["MoCoTrainer", "MoCoKeys"]
 
 
@@ -93,26 +95,14 @@ class MoCoTrainer(SupervisedTrainer):
         engine.state.output = out = {MoCoKeys.QUERY: query, MoCoKeys.KEY: key, MoCoKeys.LOSS_TERMS: {}}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        autocast = (
-            torch.autocast("cuda", **engine.amp_kwargs)
-            if engine.amp and engine.scaler is not None
-            else torch.autocast("cpu", enabled=False)
-        )
+        autocast = autocast_of(engine)
         with autocast:
             logits, targets = engine.network(query, key)
             out[MoCoKeys.PRED] = logits
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             out[MoCoKeys.LOSS] = engine.loss_function(logits.float(), targets)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.amp and engine.scaler is not None:
-            engine.scaler.scale(out[MoCoKeys.LOSS]).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            out[MoCoKeys.LOSS].backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        backward_and_step(engine, out[MoCoKeys.LOSS])
         out[MoCoKeys.LOSS] = out[MoCoKeys.LOSS].detach()
         out[MoCoKeys.LOSS_TERMS] = {MoCoKeys.MOCO_LOSS: float(out[MoCoKeys.LOSS])}
         out[MoCoKeys.PRED] = logits.detach()

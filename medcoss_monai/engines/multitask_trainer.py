@@ -22,6 +22,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 from torch.optim import Optimizer
 
+from medcoss_monai.engines.steps import autocast_of, backward_and_step
 from medcoss_monai.networks.checkpoint import unwrap_network
 from medcoss_monai.networks.muscle_heads import DETECTION
 
@@ -147,26 +148,14 @@ class MultiTaskTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         engine.state.output = {k.TASK: task, k.BATCH: batchdata, k.LOSS_TERMS: {}}
         out = engine.state.output
-        autocast = (
-            torch.autocast("cuda", **engine.amp_kwargs)
-            if engine.amp and engine.scaler is not None
-            else torch.autocast("cpu", enabled=False)
-        )
+        autocast = autocast_of(engine)
         with autocast:
             loss = engine.task_loss(task, batchdata)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             out[k.LOSS_TERMS][k.TASK_LOSS] = loss
             out[k.LOSS] = loss
             engine.fire_event(IterationEvents.LOSS_COMPLETED)  # handlers add L2-SP and replay terms here
-        if engine.amp and engine.scaler is not None:
-            engine.scaler.scale(out[k.LOSS]).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            out[k.LOSS].backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        backward_and_step(engine, out[k.LOSS])
         out[k.LOSS] = out[k.LOSS].detach()
         out[k.LOSS_TERMS] = {name: float(torch.as_tensor(v).detach()) for name, v in out[k.LOSS_TERMS].items()}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
