@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medcoss_monai import layout
+from medcoss_monai.bundle.pipeline import bundle_command
 from medcoss_monai.utils import atomic_write_text
 
 __all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
@@ -44,25 +45,6 @@ FINETUNE_BUNDLES = {
 BACKBONES = ("scratch", "mdmoco", "muscle--", "muscle")
 """The backbones ``--compare`` fine-tunes from."""
 MDMOCO_DIR, MULTITASK_DIR = "muscle_mdmoco", "muscle_multitask"
-
-
-def bundle_command(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> list[str]:
-    """The ``monai.bundle run`` command line of one step.
-
-    Args:
-        configs: the bundle, then overlays merged after it.
-        overrides: ``--id value`` arguments, as strings.
-
-    Returns:
-        The argument list for ``subprocess``.
-    """
-    files = [str(c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else "[" + ",".join(repr(f) for f in files) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
-    logging_conf = layout.bundles_dir() / "logging.conf"
-    if logging_conf.is_file():
-        cmd += ["--logging_file", str(logging_conf)]
-    return cmd + list(overrides)
 
 
 def _run(name: str, cmd: list[str]) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 from medcoss_monai import layout
 from medcoss_monai.errors import BadInputError
 
-__all__ = ["stage_command", "forgetting_command", "run_pipeline", "main"]
+__all__ = ["bundle_command", "stage_command", "forgetting_command", "run_pipeline", "main"]
 
 
 def _check_working_dir(folder: Path) -> None:
@@ -65,14 +65,29 @@ def stage_command(
         The argument list for ``subprocess``.
     """
     folder = Path(bundle_dir) if bundle_dir else layout.bundles_dir()
-    stage = layout.stage_bundle(modality, folder)
-    configs = [str(stage)] + [str(o) for o in overlays]
-    config_arg = configs[0] if len(configs) == 1 else "[" + ",".join(repr(c) for c in configs) + "]"
+    configs = [layout.stage_bundle(modality, folder), *overlays]
+    return bundle_command(configs, ["--output_dir", str(output_dir), "--previous_stage", previous_stage, *overrides], folder)
+
+
+def bundle_command(
+    configs: Sequence[str | os.PathLike], overrides: Sequence[str] = (), bundle_dir: str | os.PathLike | None = None
+) -> list[str]:
+    """The ``monai.bundle run`` command line of a bundle merged with overlays, with the bundles' logging config.
+
+    Args:
+        configs: the bundle, then the overlays merged after it.
+        overrides: ``--id value`` arguments, as strings.
+        bundle_dir: where ``logging.conf`` is (default :func:`~medcoss_monai.layout.bundles_dir`).
+
+    Returns:
+        The argument list for ``subprocess``.
+    """
+    files = [str(c) for c in configs]
+    config_arg = files[0] if len(files) == 1 else "[" + ",".join(repr(f) for f in files) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg]
-    logging_conf = folder / "logging.conf"
+    logging_conf = (Path(bundle_dir) if bundle_dir else layout.bundles_dir()) / "logging.conf"
     if logging_conf.is_file():
         cmd += ["--logging_file", str(logging_conf)]
-    cmd += ["--output_dir", str(output_dir), "--previous_stage", previous_stage]
     return cmd + list(overrides)
 
 
