@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from medcoss_monai.networks.moco import MoCo, resnet_backbone
 
+
 REPO = Path(__file__).resolve().parents[1]
 KILL_HOOKS = Path(__file__).parent / "kill_hooks"
 TINY_MOCO = {"image_size": 64, "load_size": 96, "batch_size": 8, "samples_per_epoch": 16, "queue_size": 64}
@@ -30,7 +31,7 @@ def test_resnet_backbone_has_torchvision_layout_without_fc():
     assert state["layer4.1.bn2.running_var"].shape == (512,) and not any(k.startswith("fc.") for k in state)
     x = torch.zeros(2, 3, 64, 64)
     assert net(x).shape == (2, 512) and net.num_features == 512
-    stem = net.maxpool(net.act(net.bn1(net.conv1(x))))
+    stem = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     assert net.layer4(net.layer3(net.layer2(net.layer1(stem)))).shape == (2, 512, 2, 2), "output stride 32"
     r50 = resnet_backbone("resnet50")
     assert r50.num_features == 2048 and sum(p.numel() for p in r50.parameters()) == 25_557_032 - 2_049_000

@@ -1,17 +1,19 @@
-"""MUSCLE's task heads and multi-task network on real sample batches, read through the step-2 bundle."""
+"""MUSCLE's task heads (torchvision's DeepLab-v3 head and Faster R-CNN) and multi-task network on real sample batches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import resnet18
+import torchvision
 
 from medcoss_monai import layout
-from medcoss_monai.bundle.muscle import box_problems, items_by_task
+from medcoss_monai.bundle.muscle import box_problems, items_by_task, task_loaders
 from medcoss_monai.errors import BadInputError
+from medcoss_monai.networks.moco import resnet_backbone
 from medcoss_monai.networks.muscle import BACKBONE_PREFIX, MultiTaskResNet, backbone_state, load_backbone
-from medcoss_monai.networks.muscle_heads import PooledClassificationHead, RetinaNetDetectionHead, swap_box_axes
+from medcoss_monai.networks.muscle_heads import FasterRCNNDetectionHead, PooledClassificationHead
 from medcoss_monai.utils import atomic_torch_save
+
 
 TASKS = ("muscle_bodypart_cls", "muscle_lung_seg", "muscle_chest_det")
 
@@ -63,6 +65,19 @@ def test_each_heads_loss_on_a_real_batch_trains_the_shared_backbone(step2, task)
     assert losses[-1] < losses[0], f"{task}: {losses}"
 
 
+def test_heads_are_torchvisions_on_the_shared_backbone(step2):
+    _, trainer, _ = step2
+    net = trainer.network
+    assert isinstance(net.backbone, torchvision.models.ResNet)
+    assert isinstance(net.heads["muscle_lung_seg"].head, torchvision.models.segmentation.deeplabv3.DeepLabHead)
+    detector = net.heads["muscle_chest_det"].detector
+    assert isinstance(detector, torchvision.models.detection.FasterRCNN)
+    assert detector.backbone.backbone is net.backbone, "the detector runs on the shared backbone"
+    keys = list(net.state_dict())
+    assert not [k for k in keys if k.startswith("heads.") and ".layer4." in k], "the detector does not copy the backbone"
+    assert {k.split(".")[1] for k in keys if k.startswith("heads.")} == set(TASKS)
+
+
 def test_detection_head_predicts_boxes_in_image_pixels(step2):
     _, trainer, batches = step2
     net = trainer.network.eval()
@@ -71,37 +86,59 @@ def test_detection_head_predicts_boxes_in_image_pixels(step2):
     net.train()
     assert len(out) == len(batches["muscle_chest_det"])
     for pred, item in zip(out, batches["muscle_chest_det"]):
-        assert set(pred) >= {"boxes", "labels", "labels_scores"}
+        assert set(pred) >= {"boxes", "labels", "scores"}
         if len(pred["boxes"]):
             height, width = item["image"].shape[1:]
             assert (pred["boxes"][:, 2:] <= torch.tensor([width, height]) + 1e-3).all()
+            assert ((pred["labels"] >= 0) & (pred["labels"] < 3)).all()
 
 
-def test_detection_boxes_are_x_along_columns_on_a_wide_image():
-    """Mechanics: MONAI orders box coordinates by tensor axis; the head keeps x = column in and out."""
+def test_detection_head_keeps_datalist_labels_and_x_along_columns():
+    """Mechanics: torchvision's class 0 is the background; the head's labels are the datalist's 0..n-1."""
     torch.manual_seed(0)
-    backbone = resnet18(spatial_dims=2, n_input_channels=3, conv1_t_stride=2, feed_forward=False)
-    head = RetinaNetDetectionHead(backbone, 2, score_thresh=0.0, detections_per_img=200)
+    head = FasterRCNNDetectionHead(resnet_backbone("resnet18"), 1, anchor_sizes=(16.0,), pyramid_channels=32,
+                                   min_size=64, max_size=192, score_thresh=0.0, detections_per_img=300)
     image = torch.rand(3, 64, 192)  # height 64, width 192
+    seen = []  # the targets the RoI heads get: (features, proposals, image_shapes, targets)
+    head.detector.roi_heads.register_forward_pre_hook(lambda module, args: seen.append(args[3]))
     head.train()
-    losses = head([image], [{"boxes": torch.tensor([[100.0, 10.0, 180.0, 50.0]]), "labels": torch.tensor([1])}])
-    assert set(losses) == {"classification", "box_regression"} and all(torch.isfinite(v) for v in losses.values())
+    losses = head([image], [{"boxes": torch.tensor([[100.0, 10.0, 180.0, 50.0]]), "labels": torch.tensor([0])}])
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert seen[0][0]["labels"].tolist() == [1], "datalist class 0 is torchvision's class 1, not the background"
     head.eval()
     with torch.no_grad():
-        boxes = head([image])[0]["boxes"]
-    assert len(boxes) > 0
-    assert boxes[:, 2].max() > 64 + 1, "x reaches past the image's height: x runs along the width"
-    assert boxes[:, 3].max() <= 64 + 1e-3 and boxes[:, 2].max() <= 192 + 1e-3
-    assert torch.equal(swap_box_axes(swap_box_axes(boxes)), boxes)
+        pred = head([image])[0]
+    assert len(pred["boxes"]) > 0 and set(pred["labels"].tolist()) == {0}, "the one class is 0 again (torchvision's 1)"
+    assert pred["boxes"][:, 2].max() > 64 + 1, "x reaches past the image's height: x runs along the width"
+    assert pred["boxes"][:, 3].max() <= 64 + 1e-3 and pred["boxes"][:, 2].max() <= 192 + 1e-3
 
 
-def test_heads_state_is_separate_from_the_shared_backbone(step2):
-    _, trainer, _ = step2
-    keys = list(trainer.network.state_dict())
-    assert not [k for k in keys if k.startswith("heads.") and ".layer4." in k], "the detector does not copy the backbone"
-    assert {k.split(".")[1] for k in keys if k.startswith("heads.")} == set(TASKS)
-    pyramid = trainer.network.heads["muscle_chest_det"].detector.network.feature_extractor
-    assert pyramid.backbone is trainer.network.backbone, "the detector runs on the shared backbone"
+def test_a_checkpoint_of_the_earlier_monai_built_backbone_loads_into_torchvisions(tmp_path):
+    """model.pt files of MUSCLE runs made before the switch (MONAI's ResNet laid out as torchvision's) still load."""
+    from monai.networks.nets import resnet18
+
+    torch.manual_seed(0)
+    old = resnet18(spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
+                   bias_downsample=False, feed_forward=False)
+    path = atomic_torch_save({BACKBONE_PREFIX + k: v for k, v in old.state_dict().items()}, tmp_path / "model.pt")
+    net = load_backbone(MultiTaskResNet(resnet_backbone("resnet18"), {"c": PooledClassificationHead(512, 2)}), path)
+    assert all(torch.equal(v, net.backbone.state_dict()[k]) for k, v in old.state_dict().items())
+    old.eval(), net.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(old(x), net.backbone(x), atol=1e-5), "same network, same features"
+
+
+def test_training_loaders_never_end_with_a_batch_of_one(step2):
+    """DeepLab-v3's image-pooling branch normalises 1x1 maps over the batch: a batch of one cannot train."""
+    parser, _, _ = step2
+    tasks = parser.get_parsed_content("tasks")
+    items = {"muscle_lung_seg": items_by_task(tasks, "training")["muscle_lung_seg"][:5]}
+    loader = task_loaders(items, tasks, parser.get_parsed_content("train_transforms"), 2, shuffle=True)["muscle_lung_seg"]
+    assert [len(b["image"]) for b in loader] == [2, 2]
+    evaluation = task_loaders(items, tasks, parser.get_parsed_content("eval_transforms"), 2, shuffle=False)["muscle_lung_seg"]
+    assert [len(b["image"]) for b in evaluation] == [2, 2, 1], "evaluation keeps every item"
 
 
 def test_load_backbone_takes_the_backbone_only_and_refuses_another_resnet(step2, tmp_path):

@@ -141,7 +141,7 @@ def test_replay_switch_replays_only_tasks_visited_before():
 def _det(boxes, labels, scores=None):
     out = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels)}
     if scores is not None:
-        out["labels_scores"] = torch.tensor(scores, dtype=torch.float32)
+        out["scores"] = torch.tensor(scores, dtype=torch.float32)
     return out
 
 

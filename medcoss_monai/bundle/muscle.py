@@ -185,7 +185,8 @@ def task_loaders(
         tasks: task -> spec with its ``kind``.
         transforms: kind -> MONAI dict transforms.
         batch_size: items per batch.
-        shuffle: reshuffle every pass.
+        shuffle: reshuffle every pass (training); such a loader also drops a last incomplete batch when
+            the items fill more than one batch.
         num_workers: loader workers.
         memory_size: when given, each loader holds only the task's replay memory
             (:func:`~medcoss_monai.handlers.replay.memory_items` of this size, drawn with ``seed``).
@@ -203,8 +204,11 @@ def task_loaders(
         collate = {"collate_fn": no_collation} if kind == "detection" else {}
         dataset = Dataset(chosen, Compose(list(transforms[kind])))
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+        # a training batch of one image breaks BatchNorm on 1x1 maps (DeepLab-v3's image pooling): drop
+        # a last incomplete batch when the data fill at least one whole batch
+        drop_last = shuffle and len(sampler if sampler is not None else dataset) > int(batch_size)
         loaders[name] = DataLoader(
             dataset, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=int(num_workers), **collate,
+            num_workers=int(num_workers), drop_last=drop_last, **collate,
         )
     return loaders

@@ -85,7 +85,7 @@ def detection_metrics(
     """mAP at one IoU threshold and the AP of each class (classes without ground truth are left out).
 
     Args:
-        predictions: per image ``{"boxes" (D, 4), "labels" (D,), "labels_scores" (D,)}`` (MONAI detector output).
+        predictions: per image ``{"boxes" (D, 4), "labels" (D,), "scores" (D,)}`` (torchvision detector output).
         targets: per image ``{"boxes" (G, 4), "labels" (G,)}``.
         classes: the class names (index = label).
         iou: the IoU threshold.
@@ -104,7 +104,7 @@ def detection_metrics(
         iou_thresholds=metric.iou_thresholds,
         pred_boxes=[arr(p["boxes"]).reshape(-1, 4) for p in predictions],
         pred_classes=[arr(p["labels"], np.int64).reshape(-1) for p in predictions],
-        pred_scores=[arr(p["labels_scores"]).reshape(-1) for p in predictions],
+        pred_scores=[arr(p["scores"]).reshape(-1) for p in predictions],
         gt_boxes=[arr(t["boxes"]).reshape(-1, 4) for t in targets],
         gt_classes=[arr(t["labels"], np.int64).reshape(-1) for t in targets],
         max_detections=100,

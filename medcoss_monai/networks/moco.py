@@ -19,8 +19,10 @@ import copy
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from monai.networks.nets import resnet as monai_resnet
+from monai.utils import optional_import
 from torch import nn
+
+tv_models, _ = optional_import("torchvision.models")
 
 __all__ = ["BACKBONES", "resnet_backbone", "projection_head", "MoCo", "gather_from_all_ranks"]
 
@@ -29,13 +31,12 @@ BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 20
 
 
 def resnet_backbone(name: str = "resnet18") -> nn.Module:
-    """A randomly initialised 2D ResNet without its classifier, laid out as torchvision's.
+    """A randomly initialised torchvision ResNet whose classifier is an identity.
 
-    Built with MONAI's ``ResNet`` (torchvision is not a dependency: its PyPI wheels do not load beside
-    a CPU build of torch) in torchvision's configuration: 7x7 stride-2 stem, max pool, projection
-    shortcuts without bias. Its ``state_dict`` keys and shapes are torchvision's ``resnet18`` /
-    ``resnet50`` ones minus ``fc.*`` (``conv1``, ``bn1``, ``layer1.0.conv1``...,
-    ``layer2.0.downsample.0``), so weights move between the two.
+    ``torchvision.models.<name>(weights=None)`` with ``fc`` replaced by ``nn.Identity``: its
+    ``state_dict`` keys are torchvision's without ``fc.*`` (``conv1``, ``bn1``, ``layer1.0.conv1``...,
+    ``layer2.0.downsample.0``). MUSCLE checkpoints written with the earlier MONAI-built backbone
+    (MONAI's ``ResNet`` in torchvision's configuration) have the same keys and shapes and load as they are.
 
     Args:
         name: one of :data:`BACKBONES` (``resnet18`` or ``resnet50`` in MUSCLE).
@@ -46,13 +47,12 @@ def resnet_backbone(name: str = "resnet18") -> nn.Module:
 
     Raises:
         ValueError: for a name that is not a supported ResNet.
+        OptionalImportError: torchvision cannot be imported.
     """
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone '{name}'; expected one of {sorted(BACKBONES)}.")
-    net = getattr(monai_resnet, name)(
-        spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
-        bias_downsample=False, feed_forward=False,
-    )
+    net = getattr(tv_models, name)(weights=None)
+    net.fc = nn.Identity()  # MoCo adds its projection, the task heads their own classifiers
     net.num_features = BACKBONES[name]
     return net
 

@@ -32,11 +32,11 @@ class MultiTaskResNet(nn.Module):
 
     ``forward(x, task)`` runs the backbone and the head of ``task``; with one head, ``task`` may be
     left out, so MONAI trainers and inferers call the single-task network as ``network(x)``. A
-    detection head (:class:`~medcoss_monai.networks.muscle_heads.RetinaNetDetectionHead`) runs the
+    detection head (:class:`~medcoss_monai.networks.muscle_heads.FasterRCNNDetectionHead`) runs the
     shared backbone itself and takes the targets (training) or returns detections (eval).
 
     Args:
-        backbone: a ResNet (``layer1`` .. ``layer4``); its ``fc`` is not used.
+        backbone: a torchvision ResNet (:func:`~medcoss_monai.networks.moco.resnet_backbone`); its ``fc`` is not used.
         heads: task name -> head (heads of :mod:`~medcoss_monai.networks.muscle_heads`).
     """
 
