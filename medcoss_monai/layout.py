@@ -93,10 +93,16 @@ def bundles_dir() -> Path:
 
 
 def stage_bundle(modality: str, bundles: str | os.PathLike | None = None) -> Path:
-    """The stage bundle of a modality, ``bundles/stage_<modality>.json``.
+    """The bundle of a curriculum stage: ``bundles/curriculum_<name>.json`` when there is one, else
+    ``bundles/stage_<name>.json``.
+
+    A ``curriculum_<name>.json`` is the form of a method that runs on the unified encoder inside the
+    MedCoSS curriculum where its ``stage_<name>.json`` trains the method's own network alone
+    (``brainmvp``: the paper's UniFormer). The pipeline runs it, and later stages rehearse its buffer
+    through it.
 
     Args:
-        modality: the stage's modality.
+        modality: the stage's modality (or name).
         bundles: the bundles folder (default :func:`bundles_dir`).
 
     Returns:
@@ -105,7 +111,11 @@ def stage_bundle(modality: str, bundles: str | os.PathLike | None = None) -> Pat
     Raises:
         FileNotFoundError: there is no such bundle.
     """
-    path = Path(bundles or bundles_dir()) / f"stage_{modality}.json"
+    folder = Path(bundles or bundles_dir())
+    curriculum = folder / f"curriculum_{modality}.json"
+    if curriculum.is_file():
+        return curriculum
+    path = folder / f"stage_{modality}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no stage bundle for modality '{modality}' (write bundles/stage_{modality}.json)")
     return path

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from monai.bundle import run
 from monai.transforms import Compose
 
 from medcoss_monai.errors import CheckpointError
@@ -68,17 +67,3 @@ def test_missing_contrast_is_filled_at_its_physical_position(stage_model, fill, 
         centre = image[0, image.shape[1] // 2, image.shape[2] // 2].numpy()
         np.testing.assert_allclose(centre, ramp, atol=1e-4)
     assert torch.count_nonzero(image[1]) > 0  # the T2 is the study's own
-
-
-@pytest.mark.slow
-def test_finetune_bundle_from_a_stage_and_with_a_contrast_missing(stage_model, tmp_path, sample_data):
-    path, _ = stage_model
-    small = {"repeats": 1, "crops_per_study": 2, "batch_size": 2, "train#trainer#max_epochs": 1}
-    run(config_file=str(FINETUNE), output_dir=str(tmp_path / "ft"), pretrained_ckpt=str(path), **small)
-    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert 0.0 <= metrics["mean_dice"] <= 1.0 and len(metrics["class_dice"]) == 4
-    assert metrics["test_studies"] and all("slab" in s for s in metrics["test_studies"])
-    run(config_file=str(FINETUNE), output_dir=str(tmp_path / "missing"), templates_ckpt=str(path),
-        finetuned_ckpt=str(tmp_path / "ft" / "model.pt"), missing="t2", fill="template", **small)
-    missing = json.loads((tmp_path / "missing" / "metrics.json").read_text())
-    assert missing["missing"] == "t2" and missing["mean_dice"] != metrics["mean_dice"]

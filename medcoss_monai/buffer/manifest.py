@@ -125,6 +125,8 @@ def missing_files(items: Sequence[Mapping[str, Any]]) -> list[str]:
             value = item.get(key)
             if value is None:
                 continue
+            if isinstance(value, dict):  # a multi-contrast study: {contrast: path}
+                value = list(value.values())
             for p in value if isinstance(value, (list, tuple)) else [value]:
                 p = os.fspath(p)
                 if not os.path.exists(p) and p not in missing:

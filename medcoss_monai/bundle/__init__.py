@@ -2,6 +2,7 @@
 
 from .rehearsal import buffer_loaders, find_buffers, load_teacher
 from .stage import (
+    checkpoint_objects,
     claim_stage_dir,
     flag,
     init_from_previous_stage,
@@ -13,6 +14,7 @@ from .stage import (
 
 __all__ = [
     "buffer_loaders",
+    "checkpoint_objects",
     "claim_stage_dir",
     "find_buffers",
     "flag",

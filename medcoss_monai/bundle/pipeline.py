@@ -5,9 +5,10 @@ Example::
     python -m medcoss_monai.bundle.pipeline --stages report,xray,ct,mri,pathology \\
         --method medcoss --output_dir runs/demo --max_epochs 3
 
-Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` merged with the
-method's overlay ``bundles/method_<method>.json``, exactly as a user would run it alone, with
-``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written by
+Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.json`` (or
+``bundles/curriculum_<name>.json`` where one exists: ``brainmvp``, BrainMVP's pretext on the unified
+encoder) merged with the method's overlay ``bundles/method_<method>.json``, exactly as a user would
+run it alone, with ``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written by
 ``python -m medcoss_monai.evaluation.forgetting`` (``--forgetting false`` skips it). Run it from the
 repository root, as the stage bundles are (MONAI reads their ``%bundles/common/...`` macros from the
 working directory). Methods are switches of the same bundles, one ``bundles/method_<name>.json``

@@ -25,6 +25,7 @@ __all__ = [
     "previous_stage_dir",
     "claim_stage_dir",
     "volumes_per_batch",
+    "checkpoint_objects",
 ]
 
 logger = logging.getLogger(__name__)
@@ -264,3 +265,24 @@ def volumes_per_batch(batch_size: int, crops_per_volume: int) -> int:
             f"(e.g. --batch_size {max(1, crops) * max(1, batch_size // max(1, crops))})."
         )
     return batch_size // crops
+
+
+def checkpoint_objects(
+    network: torch.nn.Module, optimizer: Any, lr_scheduler: Any, pretext_heads: Any = None
+) -> dict[str, Any]:
+    """What a stage checkpoint holds and a resume restores: the network, optimizer and LR scheduler, and
+    the pretext heads (a BrainMVP stage's templates) when the stage has any.
+
+    Args:
+        network: the stage's network.
+        optimizer: its optimizer.
+        lr_scheduler: its LR scheduler.
+        pretext_heads: ``{name: module}`` (bundle id ``pretext_heads``; empty for MAE/MLM stages).
+
+    Returns:
+        The saver's ``save_dict`` / the resume handler's ``load_dict``.
+    """
+    objects = {"network": network, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
+    if pretext_heads:
+        objects["pretext_heads"] = pretext_heads if isinstance(pretext_heads, torch.nn.Module) else torch.nn.ModuleDict(dict(pretext_heads))
+    return objects

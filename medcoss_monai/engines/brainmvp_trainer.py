@@ -19,10 +19,11 @@ from torch.optim import Optimizer
 from medcoss_monai.engines.pretext_trainer import PretextKeys
 from medcoss_monai.engines.steps import autocast_of
 from medcoss_monai.losses.contrastive import ModalityAwareInfoNCE
+from medcoss_monai.networks.brainmvp_unified import BRAINMVP_INPUT_KEYS
 
 __all__ = ["BrainMVPTrainer", "BRAINMVP_BATCH_KEYS"]
 
-BRAINMVP_BATCH_KEYS = ("image", "mask", "contrast", "other", "has_other", "affine")
+BRAINMVP_BATCH_KEYS = ("image",) + BRAINMVP_INPUT_KEYS
 """Batch keys the model takes, in the order of :meth:`BrainMVPModel.forward`."""
 
 

@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
+from medcoss_monai.networks.brainmvp_unified import BRAINMVP_INPUT_KEYS, BRAINMVP_PRETEXT, is_brainmvp_batch
 
 __all__ = ["PretextTrainer", "PretextEvents", "PretextKeys", "TEXT_KEYS", "pretext_of_batch"]
 
@@ -66,20 +67,25 @@ class PretextEvents(EventEnum):
     INPUTS_PREPARED = "inputs_prepared"
 
 
-def pretext_of_batch(batch: Mapping[str, Any]) -> str:
+def pretext_of_batch(batch: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
     """Which pretext a collated batch gets: masked-language modelling for text, MAE for images.
 
     Args:
         batch: a collated batch dictionary.
+        extra: the trainer's extra pretexts by name (``{"brainmvp": head}``); a BrainMVP batch (two-view
+            keys) gets ``"brainmvp"`` when the trainer has it, else MAE on its image (a later stage
+            rehearsing a BrainMVP stage's buffer).
 
     Returns:
-        ``"mlm"`` when the batch holds ``input_ids``, ``"mae"`` when it holds ``image``.
+        ``"mlm"`` when the batch holds ``input_ids``, ``"brainmvp"`` (see ``extra``), ``"mae"`` when it holds ``image``.
 
     Raises:
         KeyError: when the batch holds neither.
     """
     if PretextKeys.INPUT_IDS in batch:
         return "mlm"
+    if extra and BRAINMVP_PRETEXT in extra and is_brainmvp_batch(batch):
+        return BRAINMVP_PRETEXT
     if PretextKeys.IMAGE in batch:
         return "mae"
     raise KeyError(f"a pre-training batch needs 'image' or 'input_ids', got keys {sorted(batch)}")
@@ -126,6 +132,10 @@ class PretextTrainer(SupervisedTrainer):
         accumulation_steps: micro-batches whose gradients are summed before one optimizer step (each
             loss is divided by it, so a step sees the mean over ``accumulation_steps * batch`` samples);
             the last, shorter window of an epoch is stepped at the epoch's end.
+        pretext_heads: modules of further pretexts by name, e.g. ``{"brainmvp": UnifiedBrainMVPHead}``: the
+            batches they recognise are run by ``head(network, inputs, epoch)`` and scored by
+            ``head.loss(pred, epoch)``; their parameters train with the network (put them in the optimizer)
+            and their gradients are averaged over processes under DDP (they are not inside the DDP wrapper).
         kwargs: other ``SupervisedTrainer`` arguments (``event_names``, ``compile``...).
     """
 
@@ -146,6 +156,7 @@ class PretextTrainer(SupervisedTrainer):
         amp_kwargs: dict | None = None,
         grad_clip_norm: float | None = None,
         accumulation_steps: int = 1,
+        pretext_heads: Mapping[str, torch.nn.Module] | None = None,
         **kwargs: Any,
     ) -> None:
         losses = {"mae": MaskedReconstructionLoss(), "mlm": MaskedTokenLoss()}
@@ -177,6 +188,10 @@ class PretextTrainer(SupervisedTrainer):
             raise ValueError(f"accumulation_steps must be at least 1, got {accumulation_steps}.")
         self.accumulation_steps = int(accumulation_steps)
         self._micro_batches = 0  # micro-batches whose gradients wait for the next optimizer step
+        self.pretext_heads = dict(pretext_heads or {})
+        unknown = set(self.pretext_heads) - {BRAINMVP_PRETEXT}
+        if unknown:
+            raise ValueError(f"unknown pretext head(s) {sorted(unknown)}; known: {[BRAINMVP_PRETEXT]}")
 
     def forward_pretext(self, inputs: Mapping[str, Any], pretext: str, pretext_weight: float) -> dict:
         """Run the network for one pretext.
@@ -192,6 +207,8 @@ class PretextTrainer(SupervisedTrainer):
         Returns:
             The network's output dictionary.
         """
+        if pretext in self.pretext_heads:
+            return self.pretext_heads[pretext](self.network, inputs, self.state.epoch)
         mode = pretext if pretext_weight != 0 else "encode"
         kwargs: dict[str, Any] = {"pretext": mode}
         if inputs.get(PretextKeys.ATTENTION_MASK) is not None:
@@ -215,6 +232,10 @@ class PretextTrainer(SupervisedTrainer):
         Returns:
             A scalar loss tensor.
         """
+        if pretext in self.pretext_heads:
+            loss, components = self.pretext_heads[pretext].loss(pred, self.state.epoch)
+            pred["loss_components"] = components  # unweighted terms, reported in the loss history
+            return loss
         if pretext == "mae":
             return self.pretext_losses["mae"](pred["pred"], pred["target"], pred["mask"])
         return self.pretext_losses["mlm"](pred["logits"], pred.get("labels", batch[PretextKeys.LABELS]))
@@ -223,13 +244,15 @@ class PretextTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = _to_device(batchdata, engine.state.device, engine.non_blocking)
-        pretext = pretext_of_batch(batch)
+        pretext = pretext_of_batch(batch, engine.pretext_heads)
         x = batch[PretextKeys.INPUT_IDS] if pretext == "mlm" else batch[PretextKeys.IMAGE]
         inputs = {
             PretextKeys.X: x,
             PretextKeys.ATTENTION_MASK: batch.get(PretextKeys.ATTENTION_MASK),
             PretextKeys.LABELS: batch.get(PretextKeys.LABELS),
         }
+        if pretext == BRAINMVP_PRETEXT:
+            inputs.update({k: batch[k] for k in BRAINMVP_INPUT_KEYS})
         engine.state.output = {
             PretextKeys.IMAGE: x,
             PretextKeys.BATCH: batch,
@@ -275,6 +298,7 @@ class PretextTrainer(SupervisedTrainer):
         step = engine._micro_batches == engine.accumulation_steps or engine.state.iteration % engine.state.epoch_length == 0
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
+            engine._average_head_gradients()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if step:
                 if engine.grad_clip_norm:
@@ -284,6 +308,7 @@ class PretextTrainer(SupervisedTrainer):
                 engine.scaler.update()
         else:
             loss.backward()
+            engine._average_head_gradients()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if step:
                 if engine.grad_clip_norm:
@@ -293,9 +318,23 @@ class PretextTrainer(SupervisedTrainer):
             engine._micro_batches = 0
         return engine._finish(out)
 
+    def _average_head_gradients(self) -> None:
+        """Average the pretext heads' gradients over processes (the DDP wrapper only covers the network)."""
+        if not self.pretext_heads or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        for head in self.pretext_heads.values():
+            for p in head.parameters():
+                if p.requires_grad:
+                    if p.grad is None:  # a process whose batch skipped this head still joins the reduction
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(world)
+
     def _finish(self, out: dict) -> dict:
         # keep floats, not graphs, in the engine state once the step is done
         out[PretextKeys.LOSS_TERMS] = {k: float(v.detach()) for k, v in out[PretextKeys.LOSS_TERMS].items()}
+        out[PretextKeys.LOSS_TERMS].update((out.get(PretextKeys.PRED) or {}).get("loss_components", {}))
         out[PretextKeys.LOSS] = out[PretextKeys.LOSS].detach()
         self.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

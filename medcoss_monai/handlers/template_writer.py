@@ -68,7 +68,8 @@ class BrainMVPOutputWriter:
 
     Args:
         output_dir: the stage folder.
-        network: the :class:`~medcoss_monai.networks.brainmvp.BrainMVPModel` (wrappers removed).
+        network: what holds the templates (``.templates``): a :class:`~medcoss_monai.networks.brainmvp.BrainMVPModel`
+            or, in a curriculum stage, a :class:`~medcoss_monai.networks.brainmvp_unified.UnifiedBrainMVPHead`.
         num_examples: pictures per write.
         interval: epochs between writes.
     """
@@ -79,14 +80,26 @@ class BrainMVPOutputWriter:
         self.num_examples = int(num_examples)
         self.interval = max(1, int(interval))
         self.written: list[Path] = []
+        self._last: dict | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``EPOCH_COMPLETED``.
+        """Register on ``ITERATION_COMPLETED`` (keep the last two-view step) and ``EPOCH_COMPLETED`` (write).
 
         Args:
             engine: the trainer.
         """
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.remember)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def remember(self, engine: Engine) -> None:
+        """Keep the pictures' inputs of the last step that made both views (in a curriculum stage, the
+        last step of an epoch may be a rehearsal batch of another modality)."""
+        output = engine.state.output
+        pred = output.get(PretextKeys.PRED) if isinstance(output, dict) else None
+        if isinstance(pred, dict) and all(k in pred for k in PANELS[1:]):
+            n = self.num_examples
+            self._last = {PretextKeys.IMAGE: output[PretextKeys.IMAGE][:n].detach(),
+                          PretextKeys.PRED: {k: pred[k][:n].detach() for k in PANELS[1:]}}
 
     def __call__(self, engine: Engine) -> None:
         if (engine.state.epoch % self.interval and engine.state.epoch != engine.state.max_epochs) or not is_rank0():
@@ -95,7 +108,9 @@ class BrainMVPOutputWriter:
 
         model = unwrap_network(self.network)
         self.written = write_templates(model.templates, self.output_dir / TEMPLATES_DIR)
-        output = engine.state.output
+        output = self._last
+        if output is None:
+            return
         for i in range(min(self.num_examples, output[PretextKeys.IMAGE].shape[0])):
             path = self.output_dir / f"recon_{i}.png"
             tmp = path.with_name(f".{path.name}.tmp.png")
