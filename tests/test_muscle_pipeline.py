@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 
 import pytest
@@ -73,3 +75,23 @@ def test_pipeline_refuses_to_run_outside_the_repository_root(tmp_path, monkeypat
     with pytest.raises(SystemExit, match="repository root"):
         main(["--output_dir", str(tmp_path / "x")])
     assert bundle_command(["a.json", "b.json"])[5] == "['a.json','b.json']"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_step2_under_torchrun_with_the_multi_gpu_overlay(tmp_path, sample_data):
+    """Two CPU processes (gloo) run the multi-task step with ``bundles/multi_gpu_muscle.json``: one schedule, files written once."""
+    out = tmp_path / "run"
+    configs = "['bundles/muscle_multitask.json','bundles/multi_gpu_muscle.json']"
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29541", "-m", "monai.bundle", "run", "--config_file", configs,
+           "--output_dir", str(out), *STEP2.split(), "--rounds", "1", "--steps_per_visit", "2", "--max_eval_items", "2"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stage = out / "muscle_multitask"
+    assert (stage / "model.pt").is_file()
+    record = json.loads((stage / "stage.json").read_text())
+    visits = _rows(stage / "visit_metrics.csv")
+    assert [r["task"] for r in visits] == record["schedule"] and sorted(record["schedule"]) == sorted(FINETUNE_BUNDLES)
+    assert len(_rows(stage / "loss_history.csv")) == 3  # one row per visit, written by rank 0 only
+    state = load_state(stage / "model.pt")
+    assert not any(k.startswith("module.") for k in state) and any(k.startswith("heads.") for k in state)
