@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medcoss_monai.networks.checkpoint import load_state
 from medcoss_monai.networks.moco import MoCo, resnet_backbone
 
 
@@ -176,3 +178,21 @@ def test_keys_of_all_processes_enter_every_queue(tmp_path):
     assert torch.equal(r0["known"], r1["known"])
     assert int(r0["ptr"]) == int(r1["ptr"]) == 0, "4 + 2 ranks x 2 keys wrap a queue of 8"
     assert torch.equal(r0["queue"], r1["queue"]) and not torch.equal(r0["queue"][4:], r0["known"][4:])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_mdmoco_bundle_under_torchrun_with_the_multi_gpu_overlay(sample_data, tmp_path):
+    """Two CPU processes (gloo) run step 1 with ``bundles/multi_gpu.json``: DDP encoder, keys gathered, files written once."""
+    configs = "['bundles/muscle_mdmoco.json','bundles/multi_gpu.json']"
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29542", "-m", "monai.bundle", "run", "--config_file", configs,
+           "--output_dir", str(tmp_path), "--train#trainer#max_epochs", "1", "--samples_per_epoch", "16", "--batch_size", "8",
+           "--queue_size", "64", "--progress_bar", "false"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stage = tmp_path / "muscle_mdmoco"
+    with open(stage / "loss_history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["loss"]) > 0  # one row: rank 0 writes
+    state = load_state(stage / "model.pt")
+    assert any(k.startswith("backbone.") for k in state) and not any(".module." in k or k.startswith("module.") for k in state)
