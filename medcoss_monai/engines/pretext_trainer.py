@@ -17,6 +17,7 @@ from ignite.engine import EventEnum
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from medcoss_monai.engines.steps import average_gradients
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
 from medcoss_monai.networks.brainmvp_unified import BRAINMVP_INPUT_KEYS, BRAINMVP_PRETEXT, is_brainmvp_batch
 
@@ -320,16 +321,8 @@ class PretextTrainer(SupervisedTrainer):
 
     def _average_head_gradients(self) -> None:
         """Average the pretext heads' gradients over processes (the DDP wrapper only covers the network)."""
-        if not self.pretext_heads or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        world = torch.distributed.get_world_size()
         for head in self.pretext_heads.values():
-            for p in head.parameters():
-                if p.requires_grad:
-                    if p.grad is None:  # a process whose batch skipped this head still joins the reduction
-                        p.grad = torch.zeros_like(p)
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad.div_(world)
+            average_gradients(head.parameters(), fill_missing=True)
 
     def _finish(self, out: dict) -> dict:
         # keep floats, not graphs, in the engine state once the step is done

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from monai.engines.utils import IterationEvents
 
-__all__ = ["autocast_of", "backward_and_step"]
+__all__ = ["autocast_of", "backward_and_step", "average_gradients"]
 
 
 def autocast_of(engine) -> torch.autocast:
@@ -40,3 +40,23 @@ def backward_and_step(engine, loss: torch.Tensor) -> None:
         loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.optimizer.step()
+
+
+def average_gradients(parameters, fill_missing: bool = False) -> None:
+    """Average gradients over the processes of the default group (nothing in a single process).
+
+    Args:
+        parameters: the parameters whose ``.grad`` is averaged.
+        fill_missing: give a trainable parameter without a gradient a zero one, so every process joins
+            the same reductions even when its batch did not use that parameter.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    world = dist.get_world_size()
+    for p in parameters:
+        if p.grad is None and fill_missing and p.requires_grad:
+            p.grad = torch.zeros_like(p)
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)

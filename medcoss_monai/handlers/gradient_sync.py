@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DistributedSampler
 
+from medcoss_monai.engines.steps import average_gradients
 from medcoss_monai.networks.checkpoint import unwrap_network
 
 __all__ = ["GradientAllReduce"]
@@ -58,10 +59,4 @@ class GradientAllReduce:
                     dist.broadcast(tensor, src=0)
 
     def __call__(self, engine: Engine) -> None:
-        if not _distributed():
-            return
-        world = dist.get_world_size()
-        for p in unwrap_network(engine.network).parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(world)
+        average_gradients(unwrap_network(engine.network).parameters())
