@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/install.sh
-"$PY" -m medcoss_monai.data.samples fetch
+"$PY" -m medcoss_monai.samples.sample_data fetch
 "$PY" -m pytest -q "$@"

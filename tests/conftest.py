@@ -1,7 +1,7 @@
 """Shared fixtures: the real sample data, fetched once per test session.
 
-- ``sample_data``: the sample folder (:func:`medcoss_monai.data.samples.sample_dir`) after
-  :func:`~medcoss_monai.data.samples.fetch` (a no-op, offline, once the cache is complete).
+- ``sample_data``: the sample folder (:func:`medcoss_monai.samples.sample_data.sample_dir`) after
+  :func:`~medcoss_monai.samples.sample_data.fetch` (a no-op, offline, once the cache is complete).
 - ``datalist``: a function ``modality -> dict``, the parsed datalist JSON
   (``{"training": [...], "validation": [...], ...}``, paths absolute).
 """
@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     """Fetch the sample data once (idempotent; offline after the first fetch) and return its folder."""
-    from medcoss_monai.data.samples import fetch
+    from medcoss_monai.samples.sample_data import fetch
 
     return fetch(verbose=False)
 

@@ -59,7 +59,7 @@ def test_empty_datalist_and_unfetched_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCOSS_DATA", str(tmp_path / "empty"))
     with pytest.raises(Exception) as info:
         run_stage("mri", tmp_path / "run")
-    assert "python -m medcoss_monai.data.samples fetch" in _chain(info.value)
+    assert "python -m medcoss_monai.samples.sample_data fetch" in _chain(info.value)
 
 
 def test_volume_smaller_than_crop_is_padded(sample_data, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcoss_monai.data.brain_studies import (
+from medcoss_monai.apps.brainmvp.studies import (
     brats_studies,
     folder_studies,
     icbm_slab_task,
@@ -110,7 +110,7 @@ def test_two_contrast_sample_study_is_trained_only_never_evaluated(datalist):
     files = {str(Path(f).resolve()) for f in study["image"].values()}
     assert all(Path(f).is_file() for f in files)
     from medcoss_monai import MODALITIES
-    from medcoss_monai.data.tasks import TASKS, load_task_datalist
+    from medcoss_monai.samples.tasks import TASKS, load_task_datalist
 
     def paths(item):
         for v in item.values():
@@ -162,9 +162,9 @@ def test_views_of_the_sample_study_take_the_other_contrast(datalist):
     import torch
     from monai.transforms import Compose
 
-    from medcoss_monai.networks.brainmvp import masked_views
-    from medcoss_monai.networks.templates import ModalityTemplates
-    from medcoss_monai.transforms.multicontrast import RandBlockMaskd, RandContrastPaird
+    from medcoss_monai.apps.brainmvp.model import masked_views
+    from medcoss_monai.apps.brainmvp.templates import ModalityTemplates
+    from medcoss_monai.apps.brainmvp.multicontrast import RandBlockMaskd, RandContrastPaird
     from tests.stage_utils import bundle_section
 
     d = Compose(bundle_section("brainmvp", "train#deterministic_transforms"))(_dmri_study(datalist))

@@ -11,8 +11,8 @@ from monai.transforms import Compose
 
 from medcoss_monai.errors import CheckpointError
 from medcoss_monai.layout import read_bundle
-from medcoss_monai.networks.brainmvp import BrainMVPModel, load_pretrained_backbone
-from medcoss_monai.networks.uniformer import UniFormerUNETR
+from medcoss_monai.apps.brainmvp.model import BrainMVPModel, load_pretrained_backbone
+from medcoss_monai.apps.brainmvp.uniformer import UniFormerUNETR
 from medcoss_monai.utils import atomic_torch_save
 from tests.stage_utils import BUNDLES
 

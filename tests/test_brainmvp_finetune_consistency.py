@@ -14,10 +14,10 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
-from medcoss_monai.engines.paired_copies import PairedCopiesBatch
+from medcoss_monai.apps.brainmvp.paired_copies import PairedCopiesBatch
 from medcoss_monai.layout import read_bundle
-from medcoss_monai.losses.consistency import SubstitutionConsistencyLoss
-from medcoss_monai.transforms.template_fill import TemplateBank
+from medcoss_monai.apps.brainmvp.consistency import SubstitutionConsistencyLoss
+from medcoss_monai.apps.brainmvp.template_fill import TemplateBank
 from tests.stage_utils import BUNDLES
 from tests.test_brainmvp_finetune import stage_model  # noqa: F401  (fixture)
 

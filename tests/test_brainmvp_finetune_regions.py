@@ -19,8 +19,8 @@ from monai.bundle import run
 from monai.losses import DiceLoss
 from monai.transforms import Compose
 
-from medcoss_monai.data.brain_studies import sample_task_datalist
-from medcoss_monai.data.brain_tasks import SPLITS
+from medcoss_monai.apps.brainmvp.studies import sample_task_datalist
+from medcoss_monai.apps.brainmvp.brain_tasks import SPLITS
 from medcoss_monai.layout import read_bundle
 from tests.stage_utils import BUNDLES
 

@@ -13,8 +13,8 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, run
 
-from medcoss_monai.data.brain_studies import sample_task_datalist, study_datalist
-from medcoss_monai.data.brain_tasks import SPLITS, checked_task, main, task_datalist
+from medcoss_monai.apps.brainmvp.studies import sample_task_datalist, study_datalist
+from medcoss_monai.apps.brainmvp.brain_tasks import SPLITS, checked_task, main, task_datalist
 from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import load_state
 from tests.stage_utils import BUNDLES

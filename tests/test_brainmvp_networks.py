@@ -10,7 +10,7 @@ import torch
 from monai.networks.nets import SwinUNETR, UNet
 
 from medcoss_monai.layout import read_bundle
-from medcoss_monai.networks.brainmvp import BrainMVPModel, load_pretrained_backbone
+from medcoss_monai.apps.brainmvp.model import BrainMVPModel, load_pretrained_backbone
 from medcoss_monai.networks.checkpoint import load_state
 from tests.stage_utils import BUNDLES
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from medcoss_monai.losses.contrastive import ModalityAwareInfoNCE
-from medcoss_monai.networks.brainmvp import BrainMVPModel
-from medcoss_monai.networks.templates import ModalityTemplates, template_space_affine
-from medcoss_monai.transforms.multicontrast import RandBlockMaskd, RandContrastPaird, block_mask
+from medcoss_monai.apps.brainmvp.contrastive import ModalityAwareInfoNCE
+from medcoss_monai.apps.brainmvp.model import BrainMVPModel
+from medcoss_monai.apps.brainmvp.templates import ModalityTemplates, template_space_affine
+from medcoss_monai.apps.brainmvp.multicontrast import RandBlockMaskd, RandContrastPaird, block_mask
 
 TINY_BACKBONE = {"widths": [8, 16, 32, 32], "depths": [1, 1, 1, 1], "strides": [2, 2, 2, 2], "head_dim": 16, "feature_size": 8}
 
@@ -144,7 +144,7 @@ def test_info_nce_on_known_values():
 
 
 def test_templates_get_their_own_learning_rate_and_no_decay():
-    from medcoss_monai.networks.brainmvp import brainmvp_param_groups
+    from medcoss_monai.apps.brainmvp.model import brainmvp_param_groups
 
     model = BrainMVPModel(["t1", "t2"], template_shape=(8, 8, 8), backbone=TINY_BACKBONE)
     groups = brainmvp_param_groups(model, 0.05, template_lr=0.02)

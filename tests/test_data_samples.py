@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcoss_monai.data import samples
-from medcoss_monai.data.samples import (
+from medcoss_monai.samples import sample_data as samples
+from medcoss_monai.samples.sample_data import (
     ATLAS_1MM,
     MADE_FILES,
     SHA256,
@@ -181,7 +181,7 @@ def test_missing_sample_data_message(tmp_path: Path, monkeypatch: pytest.MonkeyP
         require_datalist("ct")
     assert isinstance(err.value, FileNotFoundError)
     assert str(err.value) == (
-        "Sample data for 'ct' is not fetched yet: run `python -m medcoss_monai.data.samples fetch` "
+        "Sample data for 'ct' is not fetched yet: run `python -m medcoss_monai.samples.sample_data fetch` "
         "(or pass --dataset_dir <your datalist>)"
     )
     with pytest.raises(ValueError, match="Unknown modality 'ultrasound'"):
@@ -246,7 +246,7 @@ def test_tissue_tiles_lie_on_tissue(sample_data: Path, datalist) -> None:
 def test_debian_sources_skipped_without_apt(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture) -> None:
     """A machine without apt-get (or root) gets everything from the Python index, says so once, and checks clean."""
-    from medcoss_monai.data import archives
+    from medcoss_monai.samples import archives
 
     debian = {rel for d in samples.DISTRIBUTIONS if d.registry == "debian" for rel in d.files.values()}
     for rel in set(SHA256) - debian:
@@ -274,7 +274,7 @@ def test_deb_members_read_from_the_ar_archive(tmp_path: Path) -> None:
     import io
     import tarfile
 
-    from medcoss_monai.data.archives import Distribution, read_members
+    from medcoss_monai.samples.archives import Distribution, read_members
 
     payload = b"real bytes"
     tar_bytes = io.BytesIO()

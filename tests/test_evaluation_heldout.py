@@ -46,7 +46,7 @@ def test_a_short_stage_lowers_the_held_out_mse(sample_data, tmp_path):
 
 
 def test_cranium_project_becomes_a_head_ct_in_hu(sample_data, tmp_path):
-    from medcoss_monai.data.converters import inv3_to_nifti
+    from medcoss_monai.samples.converters import inv3_to_nifti
 
     inv3 = sample_data / "ct" / "Cranium.inv3"
     if not inv3.is_file():
@@ -69,7 +69,7 @@ def test_cranium_project_becomes_a_head_ct_in_hu(sample_data, tmp_path):
 
 
 def test_first_volume_of_a_functional_run(sample_data, tmp_path):
-    from medcoss_monai.data.converters import first_volume
+    from medcoss_monai.samples.converters import first_volume
 
     source = nib.load(sample_data / "mri" / "example4d.nii.gz")
     out = nib.load(first_volume(sample_data / "mri" / "example4d.nii.gz", tmp_path / "vol0.nii.gz"))

@@ -84,7 +84,7 @@ def small_ct_seg(tasks_ready: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def tasks_ready(sample_data: Path) -> Path:
-    from medcoss_monai.data.tasks import prepare_tasks
+    from medcoss_monai.samples.tasks import prepare_tasks
 
     prepare_tasks(verbose=False)
     return sample_data

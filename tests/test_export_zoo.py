@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from medcoss_monai.bundle.export import main, schema_path
-from medcoss_monai.bundle.export_configs import unlabelled_transforms
-from medcoss_monai.bundle.inference_inputs import TextInferenceBatch, inference_items
+from medcoss_monai.bundle.export.zoo_configs import unlabelled_transforms
+from medcoss_monai.bundle.export.inference_inputs import TextInferenceBatch, inference_items
 from medcoss_monai.networks.checkpoint import load_state
 
 BUNDLE_FILES = ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",

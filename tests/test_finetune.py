@@ -41,7 +41,7 @@ def run_finetune(bundle: str, output_dir: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def tasks_ready(sample_data):
-    from medcoss_monai.data.tasks import prepare_tasks
+    from medcoss_monai.samples.tasks import prepare_tasks
 
     prepare_tasks(verbose=False)
     return sample_data

@@ -15,7 +15,7 @@ from medcoss_monai.evaluation.forgetting import evaluate_run, load_stage_network
 from medcoss_monai.evaluation.heldout import held_out_mae_mse
 from medcoss_monai.evaluation.matrix import CSV_COLUMNS, forgetting_summary, read_matrix
 from medcoss_monai.evaluation.probes import image_probe
-from medcoss_monai.evaluation.text import probe_tokenizer, text_probe
+from medcoss_monai.evaluation.text_probe import probe_tokenizer, text_probe
 from medcoss_monai.networks import MedCoSSModel
 from medcoss_monai.networks.checkpoint import load_state
 

@@ -84,11 +84,11 @@ def test_imports_inside_functions_and_relative_imports_count(tmp_path):
     source = tmp_path / "probes.py"
     source.write_text(
         "import os\nfrom ..bundle import layout\nfrom . import text\n\n"
-        "def probe():\n    from medcoss_monai.data.tasks import load_task_datalist\n"
+        "def probe():\n    from medcoss_monai.samples.tasks import load_task_datalist\n"
     )
     names = set(_imported("medcoss_monai.evaluation.probes", source))
-    assert {"medcoss_monai.bundle.layout", "medcoss_monai.evaluation.text", "medcoss_monai.data.tasks"} <= names
-    assert {_layer(n) for n in names} == {None, "bundle", "evaluation", "data"}
+    assert {"medcoss_monai.bundle.layout", "medcoss_monai.evaluation.text_probe", "medcoss_monai.samples.tasks"} <= names
+    assert {_layer(n) for n in names} == {None, "bundle", "evaluation", "samples"}
 
 
 def test_the_graph_of_this_tree():

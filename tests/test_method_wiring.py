@@ -18,7 +18,7 @@ from monai.engines.utils import IterationEvents
 from stage_utils import BUNDLES, run_stage
 
 from medcoss_monai.layout import read_bundle
-from medcoss_monai.data.rehearsal import BUFFER_FLAG, SOURCE_KEY
+from medcoss_monai.buffer.rehearsal_loader import BUFFER_FLAG, SOURCE_KEY
 from medcoss_monai.engines.pretext_trainer import PretextEvents
 from medcoss_monai.handlers import IntraModalMixupHandler
 

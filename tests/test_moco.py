@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medcoss_monai.networks.checkpoint import load_state
-from medcoss_monai.networks.moco import MoCo, resnet_backbone
+from medcoss_monai.apps.muscle.moco import MoCo, resnet_backbone
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,8 @@ def test_logits_are_cosines_over_temperature_positive_first():
 
 
 def test_two_views_differ_and_repeat_with_the_seed(sample_data):
-    from medcoss_monai.transforms import LoadXRay, RandResizedCrop, TwoViewsd
+    from medcoss_monai.apps.muscle.two_views import TwoViewsd
+    from medcoss_monai.transforms import LoadXRay, RandResizedCrop
     from monai.transforms import RandFlip, RandScaleIntensity
 
     film = LoadXRay()(str(sample_data / "xray" / "RG1_J2KI.dcm"))
@@ -151,7 +152,7 @@ def test_mdmoco_bundle_killed_then_resumed_equals_uninterrupted_run(sample_data,
 def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from medcoss_monai.networks.moco import gather_from_all_ranks
+    from medcoss_monai.apps.muscle.moco import gather_from_all_ranks
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)

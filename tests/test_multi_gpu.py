@@ -110,7 +110,7 @@ def test_torchrun_two_cpu_processes_write_one_stage(sample_data: Path, tmp_path:
 def test_torchrun_two_cpu_processes_fine_tune(sample_data: Path, tmp_path: Path) -> None:
     """``torchrun --nproc_per_node 2`` of finetune_pathology_cls + its overlay on CPU: a best model and one metrics.json
     computed on the whole test split."""
-    from medcoss_monai.data.tasks import prepare_tasks
+    from medcoss_monai.samples.tasks import prepare_tasks
 
     prepare_tasks(verbose=False)
     configs = f"['{bundles_dir() / 'finetune_pathology_cls.json'}','{bundles_dir() / 'multi_gpu_finetune.json'}']"

@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from medcoss_monai.data import radiographs as drr
-from medcoss_monai.data import xray_layouts as xl
-from medcoss_monai.data.balance import dataset_balance_weights
-from medcoss_monai.data.muscle_tasks import (
+from medcoss_monai.samples import radiographs as drr
+from medcoss_monai.apps.muscle import xray_layouts as xl
+from medcoss_monai.apps.muscle.balance import dataset_balance_weights
+from medcoss_monai.samples.muscle_sample_tasks import (
     DET_CLASSES,
     IMAGE_SIZE,
     MUSCLE_SOURCES,
     MUSCLE_TASKS,
     load_mdmoco_items,
 )
-from medcoss_monai.data.tasks import load_task_datalist, prepare_tasks
+from medcoss_monai.samples.tasks import load_task_datalist, prepare_tasks
 from medcoss_monai.errors import BadInputError
 
 

@@ -7,11 +7,11 @@ import torch
 import torchvision
 
 from medcoss_monai import layout
-from medcoss_monai.bundle.muscle import box_problems, items_by_task, task_loaders
+from medcoss_monai.apps.muscle.task_data import box_problems, items_by_task, task_loaders
 from medcoss_monai.errors import BadInputError
-from medcoss_monai.networks.moco import resnet_backbone
-from medcoss_monai.networks.muscle import BACKBONE_PREFIX, MultiTaskResNet, backbone_state, load_backbone
-from medcoss_monai.networks.muscle_heads import FasterRCNNDetectionHead, PooledClassificationHead
+from medcoss_monai.apps.muscle.moco import resnet_backbone
+from medcoss_monai.apps.muscle.multitask_network import BACKBONE_PREFIX, MultiTaskResNet, backbone_state, load_backbone
+from medcoss_monai.apps.muscle.task_heads import FasterRCNNDetectionHead, PooledClassificationHead
 from medcoss_monai.utils import atomic_torch_save
 
 

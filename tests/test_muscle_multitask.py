@@ -7,11 +7,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
-from medcoss_monai.engines.multitask_trainer import MultiTaskKeys
-from medcoss_monai.engines.task_evaluation import classification_metrics, detection_metrics, segmentation_metrics
-from medcoss_monai.handlers.l2sp import L2SPPenalty, l2sp_term
-from medcoss_monai.handlers.replay import TaskReplay, memory_items
-from medcoss_monai.handlers.task_schedule import CyclicTaskSchedule, visit_order
+from medcoss_monai.apps.muscle.multitask_trainer import MultiTaskKeys
+from medcoss_monai.apps.muscle.task_evaluation import classification_metrics, detection_metrics, segmentation_metrics
+from medcoss_monai.apps.muscle.l2sp import L2SPPenalty, l2sp_term
+from medcoss_monai.apps.muscle.replay import TaskReplay, memory_items
+from medcoss_monai.apps.muscle.task_schedule import CyclicTaskSchedule, visit_order
 
 TASKS = ["cls", "seg", "det", "bone"]
 

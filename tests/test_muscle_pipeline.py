@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from medcoss_monai.bundle.muscle_pipeline import FINETUNE_BUNDLES, bundle_command, main
+from medcoss_monai.apps.muscle.muscle_pipeline import FINETUNE_BUNDLES, bundle_command, main
 from medcoss_monai.networks.checkpoint import load_state
 
 STEP1 = "--train#trainer#max_epochs 1 --samples_per_epoch 16 --batch_size 8 --queue_size 64 --progress_bar false"

@@ -15,7 +15,7 @@ from stage_utils import BUNDLES, REPO, run_stage
 
 from medcoss_monai import MODALITIES
 from medcoss_monai import layout
-from medcoss_monai.bundle.rehearsal import _parse_stage_bundle
+from medcoss_monai.bundle.previous_stages import _parse_stage_bundle
 from medcoss_monai.errors import BadInputError
 
 TASK_BUNDLES = sorted(BUNDLES.glob("finetune_*.json"))

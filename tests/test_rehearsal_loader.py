@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from medcoss_monai.data.rehearsal import BUFFER_FLAG, SOURCE_KEY, RehearsalLoader
+from medcoss_monai.buffer.rehearsal_loader import BUFFER_FLAG, SOURCE_KEY, RehearsalLoader
 
 
 def _loader(name, n):

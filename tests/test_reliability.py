@@ -120,7 +120,7 @@ def test_foreign_garbage_and_malicious_checkpoints_are_refused(tmp_path):
 def test_foreign_checkpoint_on_the_command_line_ends_with_the_file(sample_data, tmp_path):
     foreign = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, foreign)
-    from medcoss_monai.data.tasks import prepare_tasks
+    from medcoss_monai.samples.tasks import prepare_tasks
 
     prepare_tasks(verbose=False)
     result = _bundle_process("finetune_pathology_cls.json", output_dir=tmp_path / "ft", pretrained_ckpt=foreign)

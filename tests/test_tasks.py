@@ -12,14 +12,14 @@ from PIL import Image
 
 from medcoss_monai.layout import read_stage_bundle
 from medcoss_monai.data.checks import BadInputError
-from medcoss_monai.data.layouts import (
+from medcoss_monai.data.folder_datalists import (
     check_task_labels,
     datalist_from_class_folders,
     datalist_from_image_mask_folders,
     datalist_from_labelled_sentences,
 )
-from medcoss_monai.data.sample_tasks import GRID_3D, MRI_PERCENTILES, SPACING_3D
-from medcoss_monai.data.tasks import TASKS, load_task_datalist, prepare_task, prepare_tasks, task_datalist_path
+from medcoss_monai.samples.sample_tasks import GRID_3D, MRI_PERCENTILES, SPACING_3D
+from medcoss_monai.samples.tasks import TASKS, load_task_datalist, prepare_task, prepare_tasks, task_datalist_path
 
 
 @pytest.fixture(scope="module")

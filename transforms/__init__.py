@@ -1,7 +1,7 @@
 """MONAI transforms of medcoss-monai, installed as ``medcoss_monai.transforms``.
 
 One module per concern: report text (:mod:`.text`), X-ray loading (:mod:`.xray`), slide tiles
-(:mod:`.slides`, with tissue detection in :mod:`.tissue`), crops (:mod:`.patches`), two views for MoCo (:mod:`.xray_augment`) and batch-level mixup for rehearsal (:mod:`.mixup`).
+(:mod:`.slides`, with tissue detection in :mod:`.tissue`), crops (:mod:`.patches`) and batch-level mixup for rehearsal (:mod:`.mixup`).
 Intensity scaling is MONAI's own (``ScaleIntensityRanged`` and friends), set in the stage bundles.
 """
 
@@ -22,7 +22,6 @@ from .text import (
     train_bpe_tokenizer,
 )
 from .xray import DICOM_SUFFIXES, LoadXRay, LoadXRayd
-from .xray_augment import TwoViews, TwoViewsd
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -50,6 +49,4 @@ __all__ = [
     "load_or_train_tokenizer",
     "load_tokenizer",
     "train_bpe_tokenizer",
-    "TwoViews",
-    "TwoViewsd",
 ]

@@ -1,6 +1,6 @@
 """Bundle-side helpers: stage data and chaining, rehearsal and teacher, the pipeline, Model Zoo export."""
 
-from .rehearsal import buffer_loaders, find_buffers, load_teacher
+from .previous_stages import buffer_loaders, find_buffers, load_teacher
 from .stage import (
     checkpoint_objects,
     claim_stage_dir,

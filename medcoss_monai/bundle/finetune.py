@@ -24,8 +24,8 @@ from medcoss_monai.data.checks import (
     check_datalist,
     item_problems,
 )
-from medcoss_monai.data.layouts import label_problems
-from medcoss_monai.data.tasks import load_task_datalist
+from medcoss_monai.data.folder_datalists import label_problems
+from medcoss_monai.samples.tasks import load_task_datalist
 from medcoss_monai.networks.checkpoint import load_state, state_dict_of
 from medcoss_monai.networks.pos_embed import StateDictReport, adapt_state_dict
 
@@ -113,7 +113,7 @@ def checked_items(
 
     Each item's image (or text) is checked as a stage checks its data
     (:func:`~medcoss_monai.data.checks.item_problems`: readable, finite, not constant, the task's
-    dimensionality) and its label by :func:`~medcoss_monai.data.layouts.label_problems` (class in range,
+    dimensionality) and its label by :func:`~medcoss_monai.data.folder_datalists.label_problems` (class in range,
     mask on the image's grid with allowed values). All problems are reported together.
 
     Args:

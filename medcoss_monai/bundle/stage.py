@@ -46,7 +46,7 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None, modality: str) -> Pa
         FileNotFoundError: with one sentence saying what to do (fetch the sample data, or fix the path).
     """
     if not dataset_dir:
-        from medcoss_monai.data.samples import require_datalist
+        from medcoss_monai.samples.sample_data import require_datalist
 
         return Path(require_datalist(modality))
     path = Path(dataset_dir).expanduser()

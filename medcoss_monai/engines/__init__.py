@@ -1,6 +1,5 @@
 """Training engines of medcoss-monai."""
 
-from .moco_trainer import MoCoKeys, MoCoTrainer
 from .pretext_trainer import TEXT_KEYS, PretextEvents, PretextKeys, PretextTrainer, pretext_of_batch
 
-__all__ = ["PretextTrainer", "PretextEvents", "PretextKeys", "TEXT_KEYS", "pretext_of_batch", "MoCoTrainer", "MoCoKeys"]
+__all__ = ["PretextTrainer", "PretextEvents", "PretextKeys", "TEXT_KEYS", "pretext_of_batch"]

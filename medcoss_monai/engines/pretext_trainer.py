@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from medcoss_monai.engines.steps import average_gradients
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
-from medcoss_monai.networks.brainmvp_unified import BRAINMVP_INPUT_KEYS, BRAINMVP_PRETEXT, is_brainmvp_batch
+from medcoss_monai.apps.brainmvp.curriculum_head import BRAINMVP_INPUT_KEYS, BRAINMVP_PRETEXT, is_brainmvp_batch
 
 __all__ = ["PretextTrainer", "PretextEvents", "PretextKeys", "TEXT_KEYS", "pretext_of_batch"]
 

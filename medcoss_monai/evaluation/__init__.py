@@ -22,7 +22,7 @@ from .matrix import (
 )
 from .preprocessing import image_probe_transforms, network_sizes, stage_settings
 from .probes import PROBE_TASKS, evaluate_stage, image_probe, network_with_stage_heads
-from .text import probe_tokenizer, text_mlm_accuracy, text_probe
+from .text_probe import probe_tokenizer, text_mlm_accuracy, text_probe
 
 __all__ = [
     "COLUMN_MODALITY",

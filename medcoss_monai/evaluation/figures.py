@@ -14,7 +14,7 @@ whatever an earlier call already finished (so it can be stopped and started agai
 4. the text-probe table ``<out>/text_probe.md``: the ``text`` column of the random encoders and of
    the report stages.
 
-Every score is on held-out data (see :mod:`medcoss_monai.data.samples`). The whole run takes about
+Every score is on held-out data (see :mod:`medcoss_monai.samples.sample_data`). The whole run takes about
 three hours on two CPU cores; measure alone (other processes on the machine change the timings,
 not the scores).
 """

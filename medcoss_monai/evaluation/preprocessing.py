@@ -7,7 +7,7 @@ in its ``stage.json`` (:func:`stage_settings`): an override given to a stage (``
 run gets the bundle's defaults. The sizes of the network being scored are imposed on top
 (:func:`network_sizes`), since they are what the network takes.
 
-Probe items (:mod:`medcoss_monai.data.tasks`) are regions of held-out images that the task
+Probe items (:mod:`medcoss_monai.samples.tasks`) are regions of held-out images that the task
 derivation has already loaded, and for MRI normalised, as whole images: the probe applies the
 bundle's ``eval#transforms`` without the steps that act on a whole source image
 (:data:`TASK_APPLIED_STEPS`), which would otherwise run a second time on each region.

@@ -44,18 +44,18 @@ from monai.data import DataLoader, Dataset
 from torch import nn
 
 from medcoss_monai.layout import MODEL_FILE, read_stage_bundle, stage_model
-from medcoss_monai.data.tasks import load_task_datalist
+from medcoss_monai.samples.tasks import load_task_datalist
 from medcoss_monai.evaluation.features import linear_probe, pooled_features
 from medcoss_monai.evaluation.heldout import held_out_mae_mse
 from medcoss_monai.evaluation.matrix import CSV_COLUMNS, PRETEXT_COLUMNS, PROBE_COLUMNS
 from medcoss_monai.evaluation.preprocessing import image_probe_transforms, network_sizes, stage_settings
-from medcoss_monai.evaluation.text import TEXT_TASK, probe_tokenizer, text_mlm_accuracy, text_probe
+from medcoss_monai.evaluation.text_probe import TEXT_TASK, probe_tokenizer, text_mlm_accuracy, text_probe
 from medcoss_monai.networks.checkpoint import load_state, state_dict_of, unwrap_network
 
 __all__ = ["PROBE_TASKS", "HEAD_PREFIXES", "image_probe", "network_with_stage_heads", "evaluate_stage"]
 
 PROBE_TASKS = {"text": TEXT_TASK, "xray": "xray_cls", "ct": "ct_cls", "mri": "mri_cls", "pathology": "pathology_cls"}
-"""Probe column -> the derived task (:mod:`medcoss_monai.data.tasks`) it reads."""
+"""Probe column -> the derived task (:mod:`medcoss_monai.samples.tasks`) it reads."""
 
 HEAD_PREFIXES = ("mae_decoder", "mlm_head")
 """State-dict key prefixes of the pretext heads, loaded from a modality's own stage for its pretext score."""
@@ -180,7 +180,7 @@ def evaluate_stage(
         img_size_2d: the 2D input size; None: the network's.
         img_size_3d: the 3D input size; None: the network's.
         probes: probe columns to compute (others stay empty).
-        tokenizer: the report tokenizer; None finds it with :func:`~medcoss_monai.evaluation.text.probe_tokenizer`.
+        tokenizer: the report tokenizer; None finds it with :func:`~medcoss_monai.evaluation.text_probe.probe_tokenizer`.
         text_n_train: training reports of the text probe.
         text_n_test: test reports of the text probe.
         mlm_n_items: validation reports for ``text_mlm_acc`` (None: all).

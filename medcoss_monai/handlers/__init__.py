@@ -2,14 +2,14 @@
 
 from .buffer_selection import BufferSelectionHandler, embed_dataset
 from .determinism import EpochSeedHandler, epoch_seed
-from .distillation import FeatureDistillationHandler, freeze_teacher
+from .feature_distillation import FeatureDistillationHandler, freeze_teacher
 from .failures import StopOnNonFiniteLoss, describe_batch
 from .feature_writer import FeatureWriter
 from .loss_history import LossHistoryHandler
 from .metrics_writer import MetricsWriter, classification_metrics
-from .mixup import IntraModalMixupHandler
+from .intra_modal_mixup import IntraModalMixupHandler
 from .probability_writer import ClassProbabilityWriter
-from .reconstruction import ReconstructionSnapshotHandler, reconstruction_panels
+from .reconstruction_pictures import ReconstructionSnapshotHandler, reconstruction_panels
 from .rehearsal import RehearsalHandler, is_buffer_batch
 from .stage_outputs import AtomicCheckpointSaver, StageModelSaver, StageResumeHandler, latest_checkpoint
 

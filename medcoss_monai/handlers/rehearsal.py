@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ignite.engine import Engine, Events
 
-from medcoss_monai.data.rehearsal import BUFFER_FLAG
+from medcoss_monai.buffer.rehearsal_loader import BUFFER_FLAG
 from medcoss_monai.engines.pretext_trainer import PretextEvents, PretextKeys
 
 __all__ = ["RehearsalHandler", "is_buffer_batch"]
@@ -30,7 +30,7 @@ class RehearsalHandler:
     MedCoSS gives buffer batches only the distillation loss (``buffer_pretext_weight=0``: the trainer
     then runs the encoder alone on them); experience replay gives them the pretext loss
     (``buffer_pretext_weight=1``). At every epoch start the trainer's
-    :class:`~medcoss_monai.data.RehearsalLoader` is told the epoch, so a resumed run repeats the
+    :class:`~medcoss_monai.buffer.rehearsal_loader.RehearsalLoader` is told the epoch, so a resumed run repeats the
     same order.
 
     Args:
