@@ -1,14 +1,17 @@
-"""Small shared helpers: atomic file writes and distributed-rank queries."""
+"""Small shared helpers: atomic file writes, JSON-safe values and distributed-rank queries."""
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -20,6 +23,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "remove_stale_temp_files",
+    "to_jsonable",
     "is_rank0",
     "get_rank",
     "get_world_size",
@@ -28,6 +32,33 @@ __all__ = [
 
 TEMP_SUFFIX = ".tmp"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as plain JSON: mappings and sequences recursively, numpy values as Python ones, paths as
+    strings, non-finite floats as ``None`` (JSON has no NaN) and anything else as its ``str``.
+
+    Args:
+        value: what is to be written as JSON.
+
+    Returns:
+        A structure of dicts, lists, strings, numbers, booleans and ``None``.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _atomic_replace(path: str | os.PathLike, write_fn) -> Path:
