@@ -1,20 +1,21 @@
 """Benchmark of the rehearsal-buffer selection (k-means, then the items nearest each centre).
 
-1. Side by side on the same data in one run: :func:`medcoss_monai.buffer.kmeans_sample` (faiss) against
-   scikit-learn's ``KMeans`` with default settings doing the same selection (fit, distance of every
+1. Side by side on the same data in one run: :func:`medcoss_monai.buffer.kmeans_sample` against
+   scikit-learn's ``KMeans`` with default settings and faiss's ``Kmeans`` doing the same selection (fit, distance of every
    item to its centre, the same equal-share nearest-item choice); N = 20,000, width 768, 200 clusters.
 2. Scaling of ``kmeans_sample`` to N = 10k, 100k, 1M at width 768 with ``k = round(0.01 N)``: time and
    peak resident memory, each size in its own process so the peaks do not mix. "Selection working
    memory" is the peak minus the resident size once the data exist (imports + input).
 
 3. ``--paper``: the paper's sizes, N = 200,000 (k = 2,000) and N = 1,000,000 (k = 10,000) at width 768,
-   ``kmeans_sample`` beside scikit-learn ``KMeans(init="k-means++", n_init=1)`` at N = 200,000: time,
+   ``kmeans_sample`` beside scikit-learn ``KMeans(init="k-means++", n_init=1)`` and faiss ``Kmeans``
+   (20 iterations, 256 points per centre, as ``kmeans_sample``) at N = 200,000: time,
    peak resident memory and known clusters kept by the 5% buffer, every run in its own process.
 
 The data are synthetic, on purpose: a mixture of isotropic Gaussians (as many components as
 clusters, equally likely; centres drawn from N(0, I), noise N(0, 0.25 I) around them) so that real
 clusters exist and the selections can be checked for covering them. Figures depend on the machine
-(cores, BLAS, whether the CPU multiplies bfloat16 natively).
+(cores, BLAS).
 
 Usage::
 
@@ -71,8 +72,20 @@ def rss_mib() -> float:
     return peak_rss_mib()
 
 
+def faiss_select(x: np.ndarray, k: int, m: int) -> np.ndarray:
+    """faiss ``Kmeans`` (20 iterations, 256 points per centre, as ``kmeans_sample``), then the same selection."""
+    import faiss
+
+    from medcoss_monai.buffer import select_nearest
+
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=0, max_points_per_centroid=256)
+    km.train(x)
+    d2, labels = km.index.search(x, 1)
+    return select_nearest(labels[:, 0], np.sqrt(np.maximum(d2[:, 0], 0.0)), m, k)
+
+
 def compare(n: int, dim: int, clusters: int, buffer_ratio: float) -> dict:
-    """kmeans_sample against scikit-learn KMeans (defaults) doing the same selection on the same data."""
+    """kmeans_sample against scikit-learn KMeans (defaults) and faiss Kmeans doing the same selection on the same data."""
     from sklearn.cluster import KMeans
 
     from medcoss_monai.buffer import buffer_size, kmeans_sample, select_nearest
@@ -81,11 +94,12 @@ def compare(n: int, dim: int, clusters: int, buffer_ratio: float) -> dict:
     # warm-up on a little data: thread pools and lazy imports are not what is measured
     kmeans_sample(x[:1000], cluster_ratio=0.01)
     KMeans(n_clusters=2, random_state=0).fit(x[:1000])
+    faiss_select(x[:1000], 2, 10)
     cluster_ratio = clusters / n
     m = buffer_size(n, buffer_ratio)
 
     t0 = time.perf_counter()
-    ours, det = kmeans_sample(x, cluster_ratio=cluster_ratio, buffer_ratio=buffer_ratio, seed=0, return_details=True)
+    ours = kmeans_sample(x, cluster_ratio=cluster_ratio, buffer_ratio=buffer_ratio, seed=0)
     t_ours = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -94,17 +108,22 @@ def compare(n: int, dim: int, clusters: int, buffer_ratio: float) -> dict:
     theirs = select_nearest(km.labels_, dist, m, clusters)
     t_sk = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    faiss_idx = faiss_select(x, clusters, m)
+    t_faiss = time.perf_counter() - t0
+
     return {
         "n": n,
         "dim": dim,
         "clusters": clusters,
         "buffer": m,
-        "backend": det["backend"],
         "t_ours": t_ours,
         "t_sklearn": t_sk,
+        "t_faiss": t_faiss,
         "speedup": t_sk / t_ours,
         "components_ours": int(np.unique(comp[ours]).size),
         "components_sklearn": int(np.unique(comp[theirs]).size),
+        "components_faiss": int(np.unique(comp[faiss_idx]).size),
         "sklearn_iters": int(km.n_iter_),
     }
 
@@ -158,13 +177,20 @@ def paper_worker(n: int, k: int, method: str, dim: int, buffer_ratio: float) -> 
         idx = select_nearest(km.labels_, dist, m, k)
         t_sel = time.perf_counter() - t0
         extra = {"iterations": int(km.n_iter_)}
+    elif method == "faiss":
+        faiss_select(x[:1000], 2, 10)  # warm-up
+        rss_data = rss_mib()
+        t0 = time.perf_counter()
+        idx = faiss_select(x, k, m)
+        t_sel = time.perf_counter() - t0
+        extra = {}
     else:
         kmeans_sample(x[:1000], cluster_ratio=0.01)  # warm-up
         rss_data = rss_mib()
         t0 = time.perf_counter()
-        idx, det = kmeans_sample(x, cluster_ratio=k / n, buffer_ratio=buffer_ratio, seed=0, return_details=True)
+        idx = kmeans_sample(x, cluster_ratio=k / n, buffer_ratio=buffer_ratio, seed=0)
         t_sel = time.perf_counter() - t0
-        extra = {"backend": det["backend"]}
+        extra = {}
     return {
         "n": n,
         "k": k,
@@ -181,17 +207,21 @@ def paper_worker(n: int, k: int, method: str, dim: int, buffer_ratio: float) -> 
 
 
 def run_paper(sizes: list[tuple[int, int]], sklearn_n: int, dim: int, buffer_ratio: float) -> None:
-    """The paper-size table: ``kmeans_sample`` at every size, scikit-learn at ``sklearn_n``; one process per run."""
+    """The paper-size table: ``kmeans_sample`` at every size, scikit-learn and faiss at ``sklearn_n``; one process per run."""
     print(f"## paper sizes, width {dim}, buffer = round({buffer_ratio} N); each run in its own process\n")
     print("| N | k | method | time (s) | input (MiB) | peak RSS (MiB) | selection working memory (MiB) | known clusters kept |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |", flush=True)
     results = {}
-    runs = [(n, k, "ours") for n, k in sizes] + [(n, k, "sklearn") for n, k in sizes if n == sklearn_n]
+    runs = [(n, k, "ours") for n, k in sizes] + [(n, k, m) for n, k in sizes if n == sklearn_n for m in ("faiss", "sklearn")]
     for n, k, method in runs:
         cmd = [sys.executable, __file__, "--_paper_worker", f"{n}:{k}:{method}", "--dim", str(dim), "--buffer_ratio", str(buffer_ratio)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = results[(n, method)] = json.loads(out.strip().splitlines()[-1])
-        name = f"`kmeans_sample` ({r['backend']})" if method == "ours" else f"scikit-learn `KMeans` (k-means++, n_init=1, {r['iterations']} iterations)"
+        name = {
+            "ours": "`kmeans_sample`",
+            "faiss": "faiss `Kmeans` (20 iterations)",
+            "sklearn": f"scikit-learn `KMeans` (k-means++, n_init=1, {r.get('iterations')} iterations)",
+        }[method]
         print(
             f"| {n:,} | {k:,} | {name} | {r['t_select']:.1f} | {r['input_mib']:,.0f} | {r['peak_rss_mib']:,.0f} | "
             f"{r['peak_rss_mib'] - r['rss_after_data_mib']:,.0f} | {r['kept']:,} / {k:,} ({100 * r['kept'] / k:.1f}%) |",
@@ -199,7 +229,9 @@ def run_paper(sizes: list[tuple[int, int]], sklearn_n: int, dim: int, buffer_rat
         )
     print()
     for n, k in sizes:
-        ours, theirs = results[(n, "ours")], results.get((n, "sklearn"))
+        ours, theirs, fa = results[(n, "ours")], results.get((n, "sklearn")), results.get((n, "faiss"))
+        if fa is not None:
+            print(f"N = {n:,}: faiss {fa['t_select']:.1f} s, known clusters kept {fa['kept']:,} against {ours['kept']:,}")
         if theirs is not None:
             print(
                 f"N = {n:,}: {theirs['t_select'] / ours['t_select']:.1f}x faster than scikit-learn (aim >= 10x); "
@@ -239,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     import sklearn
     import torch
 
-    from medcoss_monai.buffer.sampling import _bf16_is_native
-
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, native bfloat16 products: "
-          f"{_bf16_is_native()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), scikit-learn {sklearn.__version__}")
     print("data: mixture of isotropic Gaussians (as many components as clusters, equally likely; "
           "centres ~ N(0, I), noise ~ N(0, 0.25 I)), float32\n")
@@ -257,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## selection, N={r['n']:,}, width {r['dim']}, {r['clusters']} clusters, buffer {r['buffer']}\n")
         print("| method | time (s) | mixture components in buffer |")
         print("| --- | ---: | ---: |")
-        print(f"| `kmeans_sample` ({r['backend']}, at most 20 Lloyd updates) | {r['t_ours']:.2f} | {r['components_ours']} / {r['clusters']} |")
+        print(f"| `kmeans_sample` (at most 20 Lloyd updates) | {r['t_ours']:.2f} | {r['components_ours']} / {r['clusters']} |")
         print(f"| scikit-learn `KMeans()` defaults ({r['sklearn_iters']} iterations) + same selection | {r['t_sklearn']:.2f} | {r['components_sklearn']} / {r['clusters']} |")
+        print(f"| faiss `Kmeans` (20 iterations) + same selection | {r['t_faiss']:.2f} | {r['components_faiss']} / {r['clusters']} |")
         print(f"\nspeed-up: {r['speedup']:.1f}x (goal >= 5x)\n", flush=True)
 
     if not args.skip_scaling:

@@ -1,29 +1,15 @@
-"""medcoss-monai: continual self-supervised pre-training on multi-modal medical data with MONAI."""
+"""medcoss-monai: continual self-supervised pre-training on multi-modal medical data with MONAI.
 
-import logging as _logging
-
-from medcoss_monai.errors import install_excepthook as _install_excepthook
+Importing the package changes nothing outside it: the command lines and the bundles' ``initialize``
+call :func:`medcoss_monai.errors.install_run_hooks` (user errors as their message, library probes at
+DEBUG).
+"""
 
 __version__ = "0.1.0"
 
 MODALITIES = ("report", "xray", "ct", "mri", "pathology")
-"""The five pre-training modalities, in the default curriculum order."""
+"""The default curriculum, in order: the modalities of the sample data and of the paper.
 
-
-class _DemoteToDebug(_logging.Filter):
-    """Re-label a logger's records as DEBUG, and drop them unless DEBUG is enabled for it."""
-
-    def filter(self, record: _logging.LogRecord) -> bool:
-        record.levelno, record.levelname = _logging.DEBUG, "DEBUG"
-        return _logging.getLogger(record.name).isEnabledFor(_logging.DEBUG)
-
-
-# Probes that read like failures: faiss tries to import its AVX-512 builds and logs each failed
-# import ("ModuleNotFoundError ... swigfaiss_avx512") at INFO; MONAI warns on every DICOM read that
-# the optional GPU decoder nvImageCodec is absent. Both are expected on a CPU machine.
-for _name in ("faiss.loader", "monai.data.nvimgcodec_pydicom_plugin"):
-    _probe_logger = _logging.getLogger(_name)
-    if not any(isinstance(f, _DemoteToDebug) for f in _probe_logger.filters):
-        _probe_logger.addFilter(_DemoteToDebug())
-
-_install_excepthook()
+Any modality whose stage bundle declares it can be trained (:func:`medcoss_monai.layout.stage_modalities`);
+this tuple is only the default order, not the list of what is allowed.
+"""

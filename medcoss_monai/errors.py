@@ -5,6 +5,9 @@ the user wrapped in ``RuntimeError: Failed to evaluate ConfigExpression ...`` at
 traceback. Errors of the classes below are the user's to fix (a file, an item, a checkpoint, a run
 folder); :func:`install_excepthook` makes an uncaught one print only its message, last, and exit 1.
 Set ``MEDCOSS_TRACEBACK=1`` to see the full traceback (it is also logged at DEBUG).
+
+Nothing is installed at import: the command lines and the bundles' ``initialize`` call
+:func:`install_run_hooks`, as a program sets up its own output, so a library user keeps theirs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ __all__ = [
     "OutputWriteError",
     "find_user_error",
     "install_excepthook",
+    "demote_probe_logs",
+    "install_run_hooks",
 ]
 
 TRACEBACK_ENV = "MEDCOSS_TRACEBACK"
@@ -83,8 +88,8 @@ def _show_traceback() -> bool:
 def install_excepthook() -> None:
     """Print uncaught user errors as their message only; leave every other error to the previous hook.
 
-    Installed once when ``medcoss_monai`` is imported, and only over Python's default hook (IPython
-    and other tools that set their own are left alone). The process still exits with status 1.
+    Installed once, and only over Python's default hook (IPython and other tools that set their own
+    are left alone). The process still exits with status 1.
     """
     previous = sys.excepthook
     if getattr(previous, "_medcoss", False) or previous is not sys.__excepthook__:
@@ -105,3 +110,32 @@ def install_excepthook() -> None:
 
     hook._medcoss = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+PROBE_LOGGERS = ("faiss.loader", "monai.data.nvimgcodec_pydicom_plugin")
+"""Loggers of probes that read like failures on a CPU machine: faiss logs each failed import of its
+AVX-512 builds ("ModuleNotFoundError ... swigfaiss_avx512") at INFO; MONAI warns on every DICOM read
+that the optional GPU decoder nvImageCodec is absent."""
+
+
+class _DemoteToDebug(logging.Filter):
+    """Re-label a logger's records as DEBUG, and drop them unless DEBUG is enabled for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def demote_probe_logs() -> None:
+    """Show the expected probes of :data:`PROBE_LOGGERS` at DEBUG only (once per logger)."""
+    for name in PROBE_LOGGERS:
+        probe_logger = logging.getLogger(name)
+        if not any(isinstance(f, _DemoteToDebug) for f in probe_logger.filters):
+            probe_logger.addFilter(_DemoteToDebug())
+
+
+def install_run_hooks() -> None:
+    """What a command line or a bundle's ``initialize`` calls first: :func:`install_excepthook` and
+    :func:`demote_probe_logs`."""
+    install_excepthook()
+    demote_probe_logs()

@@ -35,6 +35,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 
 from medcoss_monai.errors import BadInputError
+from medcoss_monai.networks.encoder import KINDS
 
 __all__ = [
     "MODEL_FILE",
@@ -51,6 +52,8 @@ __all__ = [
     "MACRO_PREFIX",
     "bundles_dir",
     "stage_bundle",
+    "stage_modalities",
+    "modality_card",
     "method_bundle",
     "methods",
     "stage_dir",
@@ -119,6 +122,66 @@ def stage_bundle(modality: str, bundles: str | os.PathLike | None = None) -> Pat
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no stage bundle for modality '{modality}' (write bundles/stage_{modality}.json)")
     return path
+
+
+def stage_modalities(bundles: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The registered modalities: every stage bundle that declares its ``modality`` and ``input_kind``.
+
+    A modality is registered by its bundle alone: ``bundles/stage_<name>.json`` (or
+    ``curriculum_<name>.json``, which wins, as in :func:`stage_bundle`) with ``"modality"``,
+    ``"input_kind"`` (``text``, ``2d`` or ``3d``: the encoder's tokenizer, the checked dimensionality,
+    the exported network's input) and optionally ``"modality_card"``, the words an exported Model
+    Zoo bundle uses to describe its inputs.
+
+    Args:
+        bundles: the bundles folder (default :func:`bundles_dir`).
+
+    Returns:
+        ``{modality: card}``, each card being the bundle's ``modality_card`` with ``modality``,
+        ``input_kind`` and ``bundle`` (its path) set.
+
+    Raises:
+        BadInputError: a bundle declares an input kind the encoder has no tokenizer for.
+    """
+    folder = Path(bundles or bundles_dir())
+    cards: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("stage_*.json")) + sorted(folder.glob("curriculum_*.json")):
+        config = ConfigParser.load_config_file(str(path))
+        kind = config.get("input_kind")
+        if kind is None:  # a method's standalone recipe (stage_brainmvp.json), not a curriculum modality
+            continue
+        if kind not in KINDS:
+            raise BadInputError(f"{path}: input_kind '{kind}' is not one of {list(KINDS)}.")
+        modality = str(config.get("modality", path.stem.split("_", 1)[1]))
+        cards[modality] = {**config.get("modality_card", {}), "modality": modality, "input_kind": kind, "bundle": str(path)}
+    return cards
+
+
+def modality_card(name: str, bundles: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The card of a registered modality (see :func:`stage_modalities`), or of a fine-tuning task's prefix.
+
+    Fine-tuning tasks are named ``<prefix>_<task>``; a stage whose tasks use another prefix than its
+    modality says so with ``"task_prefix"`` in its card (the report stage's tasks are ``text_*``).
+
+    Args:
+        name: a modality, or a task prefix.
+        bundles: the bundles folder (default :func:`bundles_dir`).
+
+    Returns:
+        The card (``modality``, ``input_kind``, ``bundle`` and the bundle's descriptions).
+
+    Raises:
+        BadInputError: no stage bundle declares it, naming the registered modalities.
+    """
+    cards = stage_modalities(bundles)
+    card = cards.get(name) or next((c for c in cards.values() if c.get("task_prefix") == name), None)
+    if card is None:
+        raise BadInputError(
+            f"Unknown modality '{name}': no stage bundle in {Path(bundles or bundles_dir())} declares it "
+            f"(registered: {sorted(cards)}). A modality is added by writing bundles/stage_{name}.json with "
+            f'"modality": "{name}" and its "input_kind" (text, 2d or 3d).'
+        )
+    return card
 
 
 def method_bundle(method: str, bundles: str | os.PathLike | None = None) -> Path:

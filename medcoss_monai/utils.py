@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, JSON-safe values and distributed-rank queries."""
+"""Small shared helpers: atomic file writes, JSON-safe values and the writing rank."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from medcoss_monai.errors import OutputWriteError
 
@@ -25,8 +25,6 @@ __all__ = [
     "remove_stale_temp_files",
     "to_jsonable",
     "is_rank0",
-    "get_rank",
-    "get_world_size",
 ]
 
 
@@ -158,16 +156,6 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Pat
     return atomic_write_text(json.dumps(obj, indent=indent) + "\n", path)
 
 
-def get_rank() -> int:
-    """Rank of this process in the default process group, 0 when not distributed."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of processes in the default process group, 1 when not distributed."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def is_rank0() -> bool:
-    """Whether this process should write files (rank 0, or not distributed)."""
-    return get_rank() == 0
+    """Whether this process should write files (rank 0 of ``ignite.distributed``, or not distributed)."""
+    return idist.get_rank() == 0

@@ -2,6 +2,8 @@
 
 - ``sample_data``: the sample folder (:func:`medcoss_monai.samples.sample_data.sample_dir`) after
   :func:`~medcoss_monai.samples.sample_data.fetch` (a no-op, offline, once the cache is complete).
+- ``tasks_ready``: the sample folder after every built-in downstream task is prepared (its
+  ``tasks/<task>/datalist.json``), for tests that read task datalists without preparing them.
 - ``datalist``: a function ``modality -> dict``, the parsed datalist JSON
   (``{"training": [...], "validation": [...], ...}``, paths absolute).
 """
@@ -36,6 +38,15 @@ def sample_data() -> Path:
     from medcoss_monai.samples.sample_data import fetch
 
     return fetch(verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tasks_ready(sample_data: Path) -> Path:
+    """Prepare every built-in downstream task once (a no-op when the cache holds them) and return the sample folder."""
+    from medcoss_monai.samples.tasks import prepare_tasks
+
+    prepare_tasks(verbose=False)
+    return sample_data
 
 
 @pytest.fixture(scope="session")

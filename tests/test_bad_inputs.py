@@ -1,7 +1,10 @@
 """A stage checks its datalist before training: bad files are reported together, or dropped on request."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -71,3 +74,31 @@ def test_volume_smaller_than_crop_is_padded(sample_data, tmp_path):
     path.write_text(json.dumps({"training": [item], "validation": [item]}))
     folder = run_stage("mri", tmp_path / "run", dataset_dir=str(path), previous_stage="")
     assert (folder / "model.pt").is_file()
+
+
+_HOOK_STATE = (
+    "import logging, sys\n"
+    "before = sys.excepthook\n"
+    "loggers = [logging.getLogger(n) for n in ('faiss.loader', 'monai.data.nvimgcodec_pydicom_plugin')]\n"
+    "import medcoss_monai, medcoss_monai.bundle, medcoss_monai.bundle.export\n"
+    "print(sys.excepthook is before, [len(l.filters) for l in loggers])\n"
+    "medcoss_monai.errors.install_run_hooks()\n"
+    "print(sys.excepthook is before, [len(l.filters) for l in loggers])\n"
+)
+
+
+def test_import_changes_nothing_outside_the_package_and_the_entry_points_install_the_hooks():
+    result = subprocess.run([sys.executable, "-c", _HOOK_STATE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    imported, installed = result.stdout.strip().splitlines()[-2:]
+    assert imported == "True [0, 0]"  # importing installs no excepthook and touches no other library's logger
+    assert installed == "False [1, 1]"
+
+
+def test_the_export_command_line_ends_a_user_error_with_its_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "medcoss_monai.bundle.export", "--stage_dir", str(tmp_path), "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "MEDCOSS_TRACEBACK": ""},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{tmp_path} has no JSON file with a 'network' config")

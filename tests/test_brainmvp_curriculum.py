@@ -14,6 +14,7 @@ from ignite.engine import Events
 
 from medcoss_monai import layout
 from medcoss_monai.buffer.manifest import missing_files
+from medcoss_monai.apps.brainmvp.pretext import BrainMVPPretext
 from medcoss_monai.engines.pretext_trainer import pretext_of_batch
 from medcoss_monai.layout import read_bundle
 from medcoss_monai.networks.checkpoint import load_state
@@ -33,10 +34,12 @@ def test_batches_are_routed_to_brainmvp_only_where_the_trainer_has_its_head():
     image = torch.zeros(2, 1, 8, 8, 8)
     two_view = {"image": image, "mask": image.bool(), "contrast": torch.zeros(2), "other": image,
                 "has_other": torch.zeros(2, dtype=torch.bool), "affine": torch.eye(4).expand(2, 4, 4)}
-    assert pretext_of_batch(two_view, {"brainmvp": object()}) == "brainmvp"
+    heads = {"brainmvp": BrainMVPPretext(["t1"], (8, 8, 8), feature_channels=8)}
+    assert pretext_of_batch(two_view, heads) == "brainmvp"
     assert pretext_of_batch(two_view) == "mae"  # a later stage rehearsing the BrainMVP stage's buffer
-    assert pretext_of_batch({"image": image}, {"brainmvp": object()}) == "mae"  # a rehearsed MRI buffer batch
-    assert pretext_of_batch({"input_ids": torch.zeros(2, 4, dtype=torch.long)}, {"brainmvp": object()}) == "mlm"
+    assert pretext_of_batch({"image": image}, heads) == "mae"  # a rehearsed MRI buffer batch
+    assert pretext_of_batch({k: v for k, v in two_view.items() if k != "affine"}, heads) == "mae"  # every key is needed
+    assert pretext_of_batch({"input_ids": torch.zeros(2, 4, dtype=torch.long)}, heads) == "mlm"
 
 
 def test_missing_files_of_a_study_buffer_item(tmp_path, sample_data):

@@ -103,7 +103,7 @@ def _dmri_study(datalist) -> dict:
     return studies[0]
 
 
-def test_two_contrast_sample_study_is_trained_only_never_evaluated(datalist):
+def test_two_contrast_sample_study_is_trained_only_never_evaluated(datalist, tasks_ready):
     """The b=0 / b=1500 study: in BrainMVP's training studies, in no evaluation split, task or MedCoSS stage."""
     study = _dmri_study(datalist)
     assert sorted(study["image"]) == ["dwi", "t2"]
@@ -162,7 +162,7 @@ def test_views_of_the_sample_study_take_the_other_contrast(datalist):
     import torch
     from monai.transforms import Compose
 
-    from medcoss_monai.apps.brainmvp.model import masked_views
+    from medcoss_monai.apps.brainmvp.pretext import masked_views
     from medcoss_monai.apps.brainmvp.templates import ModalityTemplates
     from medcoss_monai.apps.brainmvp.multicontrast import RandBlockMaskd, RandContrastPaird
     from tests.stage_utils import bundle_section

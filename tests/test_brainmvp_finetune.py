@@ -12,6 +12,7 @@ from monai.transforms import Compose
 from medcoss_monai.errors import CheckpointError
 from medcoss_monai.layout import read_bundle
 from medcoss_monai.apps.brainmvp.model import BrainMVPModel, load_pretrained_backbone
+from medcoss_monai.apps.brainmvp.pretext import BrainMVPPretext
 from medcoss_monai.apps.brainmvp.uniformer import UniFormerUNETR
 from medcoss_monai.utils import atomic_torch_save
 from tests.stage_utils import BUNDLES
@@ -24,11 +25,12 @@ TINY = {"widths": [8, 16, 32, 32], "depths": [1, 1, 1, 1], "strides": [2, 2, 2, 
 def stage_model(tmp_path):
     """A BrainMVP model.pt with the demo's template space and a T1 template of known values (a ramp along z)."""
     common = json.loads((BUNDLES / "common" / "brainmvp.json").read_text())
-    model = BrainMVPModel(common["contrasts"], common["template_shape"], common["template_spacing"], common["template_origin"],
-                          backbone=common["backbone"])
+    pretext = BrainMVPPretext(common["contrasts"], common["template_shape"], common["backbone"]["widths"][-1],
+                              common["template_spacing"], common["template_origin"])
+    model = BrainMVPModel(pretext, backbone=common["backbone"])
     with torch.no_grad():
         ramp = torch.linspace(0.1, 0.9, common["template_shape"][2])
-        model.templates.templates["t1"].copy_(ramp.expand(*common["template_shape"]))
+        model.pretext.templates.templates["t1"].copy_(ramp.expand(*common["template_shape"]))
     path = tmp_path / "model.pt"
     atomic_torch_save(model.state_dict(), path)
     return path, model
@@ -60,7 +62,7 @@ def test_missing_contrast_is_filled_at_its_physical_position(stage_model, fill, 
     else:
         # the template is a ramp along z: each axial plane of the filled channel reads the template at its world z
         affine = np.asarray(image.affine)
-        templates = model.templates
+        templates = model.pretext.templates
         z_world = affine[2, 3] + affine[2, 2] * np.arange(image.shape[3])
         z_vox = (z_world - templates.affine[2, 3].item()) / templates.affine[2, 2].item()
         ramp = np.interp(z_vox, np.arange(templates.shape[2]), np.linspace(0.1, 0.9, templates.shape[2]))

@@ -11,6 +11,7 @@ from monai.networks.nets import SwinUNETR, UNet
 
 from medcoss_monai.layout import read_bundle
 from medcoss_monai.apps.brainmvp.model import BrainMVPModel, load_pretrained_backbone
+from medcoss_monai.apps.brainmvp.pretext import BrainMVPPretext
 from medcoss_monai.networks.checkpoint import load_state
 from tests.stage_utils import BUNDLES
 
@@ -30,7 +31,7 @@ def test_stage_trains_a_monai_network_and_fine_tuning_loads_it(tmp_path, sample_
     net_def, feature_module, channels, finetune_net, side = NETWORKS[name]  # SwinUNETR's instance norms need 64^3 (2^3 at the bottom)
     overrides = {"output_dir": str(tmp_path), "roi_size": [side] * 3, "crops_per_study": 2, "batch_size": 4, "repeats": 1,
                  "progress_bar": False, "train#trainer#max_epochs": 1, "network_def#network": net_def,
-                 "network_def#feature_module": feature_module, "network_def#feature_channels": channels}
+                 "network_def#feature_module": feature_module, "pretext_def#feature_channels": channels}
     parser = read_bundle(STAGE, overrides)
     parser.parse()
     parser.get_parsed_content("initialize")
@@ -42,7 +43,7 @@ def test_stage_trains_a_monai_network_and_fine_tuning_loads_it(tmp_path, sample_
         row = next(csv.DictReader(f))
     assert math.isfinite(float(row["loss"])) and float(row["recon_a_loss"]) > 0 and float(row["contrastive_loss"]) > 0
     state = load_state(stage / "model.pt")
-    assert any(k.startswith("backbone.") for k in state) and any(k.startswith("templates.templates.") for k in state)
+    assert any(k.startswith("backbone.") for k in state) and any(k.startswith("pretext.templates.templates.") for k in state)
     # fine-tuning: the same network with two input contrasts and five classes takes the pre-trained weights
     target = finetune_net(2, 5)
     before = {k: v.clone() for k, v in target.state_dict().items()}
@@ -53,6 +54,6 @@ def test_stage_trains_a_monai_network_and_fine_tuning_loads_it(tmp_path, sample_
 
 def test_a_monai_network_needs_its_feature_module():
     with pytest.raises(ValueError, match="feature_module"):
-        BrainMVPModel(["t1"], (8, 8, 8), network=UNet(3, 1, 1, (8, 16), (2,)))
+        BrainMVPModel(BrainMVPPretext(["t1"], (8, 8, 8), 16), network=UNet(3, 1, 1, (8, 16), (2,)))
     with pytest.raises(ValueError, match="no submodule 'bottleneck'"):
-        BrainMVPModel(["t1"], (8, 8, 8), network=UNet(3, 1, 1, (8, 16), (2,)), feature_module="bottleneck", feature_channels=16)
+        BrainMVPModel(BrainMVPPretext(["t1"], (8, 8, 8), 16), network=UNet(3, 1, 1, (8, 16), (2,)), feature_module="bottleneck")

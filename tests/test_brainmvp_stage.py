@@ -32,18 +32,18 @@ def test_resume_keeps_templates_and_optimizer_state(tmp_path, sample_data):
     trainer.run()
     stage = tmp_path / "stage_brainmvp"
     saved = load_state(stage / "checkpoint_epoch=1.pt")
-    t1 = saved["network"]["templates.templates.t1"]
+    t1 = saved["network"]["pretext.templates.templates.t1"]
     assert t1.abs().sum() > 0  # trained away from its zero initialisation
     # the two-contrast sample study (b=0 as t2, b=1500 as dwi) trains its templates; no sample study has FLAIR
-    assert any(saved["network"][f"templates.templates.{c}"].abs().sum() > 0 for c in ("t2", "dwi"))
-    assert torch.equal(saved["network"]["templates.templates.flair"], torch.zeros_like(t1))
+    assert any(saved["network"][f"pretext.templates.templates.{c}"].abs().sum() > 0 for c in ("t2", "dwi"))
+    assert torch.equal(saved["network"]["pretext.templates.templates.flair"], torch.zeros_like(t1))
 
     trainer, network, optimizer = _trainer(tmp_path, resume=True, **{"train#trainer#max_epochs": 2})
     seen = {}
 
     @trainer.on(Events.STARTED)
     def capture(engine):  # runs after the checkpoint loader, which registered first
-        seen["t1"] = network.templates.templates["t1"].detach().clone()
+        seen["t1"] = network.pretext.templates.templates["t1"].detach().clone()
         seen["epoch"] = engine.state.epoch
         seen["opt"] = copy.deepcopy(optimizer.state_dict())  # the live state advances in place
 
@@ -55,11 +55,11 @@ def test_resume_keeps_templates_and_optimizer_state(tmp_path, sample_data):
         assert torch.equal(seen["opt"]["state"][k]["exp_avg"], state["exp_avg"])
     # the model written at the end carries the templates; the NIfTI copy has the template space's affine
     model = load_state(stage / "model.pt")
-    assert "templates.templates.t1" in model and not torch.equal(model["templates.templates.t1"], t1)
+    assert "pretext.templates.templates.t1" in model and not torch.equal(model["pretext.templates.templates.t1"], t1)
     img = nib.load(stage / "templates" / "t1.nii.gz")
-    assert img.shape == tuple(network.templates.shape)
-    np.testing.assert_allclose(img.affine, network.templates.affine.numpy())
-    np.testing.assert_allclose(np.asarray(img.dataobj), model["templates.templates.t1"].numpy(), rtol=1e-6)
+    assert img.shape == tuple(network.pretext.templates.shape)
+    np.testing.assert_allclose(img.affine, network.pretext.templates.affine.numpy())
+    np.testing.assert_allclose(np.asarray(img.dataobj), model["pretext.templates.templates.t1"].numpy(), rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import torch
 
 from medcoss_monai.apps.brainmvp.contrastive import ModalityAwareInfoNCE
 from medcoss_monai.apps.brainmvp.model import BrainMVPModel
+from medcoss_monai.apps.brainmvp.pretext import BrainMVPPretext, masked_views
 from medcoss_monai.apps.brainmvp.templates import ModalityTemplates, template_space_affine
 from medcoss_monai.apps.brainmvp.multicontrast import RandBlockMaskd, RandContrastPaird, block_mask
 
@@ -100,14 +101,15 @@ def test_views_on_a_real_two_contrast_study(datalist):
     torch.testing.assert_close(torch.as_tensor(d["other"]), torch.as_tensor(crop["image"][1 - source : 2 - source]))
     assert bool(d["has_other"])
 
-    model = BrainMVPModel(contrasts, template_shape=(96, 116, 96), template_spacing=(2, 2, 2), backbone=TINY_BACKBONE)
+    pretext = BrainMVPPretext(contrasts, (96, 116, 96), TINY_BACKBONE["widths"][-1], template_spacing=(2, 2, 2))
+    model = BrainMVPModel(pretext, backbone=TINY_BACKBONE)
     with torch.no_grad():
         for name in contrasts:
-            model.templates.templates[name].fill_(0.25 + contrasts.index(name))  # distinct from every image value
+            pretext.templates.templates[name].fill_(0.25 + contrasts.index(name))  # distinct from every image value
     batch = {k: torch.as_tensor(d[k])[None] for k in ("image", "mask", "contrast", "other", "has_other", "affine")}
     image, mask = batch["image"].float(), batch["mask"].bool()
-    view_a, view_b = model.views(image, mask, batch["contrast"], batch["other"].float(), batch["has_other"], batch["affine"])
-    template = model.templates.crop(batch["contrast"], batch["affine"], image.shape[2:])
+    view_a, view_b = masked_views(pretext.templates, image, mask, batch["contrast"], batch["other"].float(), batch["has_other"], batch["affine"])
+    template = pretext.templates.crop(batch["contrast"], batch["affine"], image.shape[2:])
     assert mask.float().mean().item() == pytest.approx(0.8, abs=0.02)
     # outside the masked blocks both views are the input; inside, A is the template and B the other contrast
     assert torch.equal(view_a[~mask], image[~mask]) and torch.equal(view_b[~mask], image[~mask])
@@ -115,10 +117,11 @@ def test_views_on_a_real_two_contrast_study(datalist):
     assert torch.equal(view_b[mask], batch["other"].float()[mask])
     assert not torch.equal(view_a, image) and not torch.equal(view_b, image)
     # during the warm-up (or for a single-contrast study) view B takes the template too
-    _, warm_b = model.views(image, mask, batch["contrast"], batch["other"].float(), batch["has_other"], batch["affine"], use_other=False)
+    _, warm_b = masked_views(pretext.templates, image, mask, batch["contrast"], batch["other"].float(), batch["has_other"], batch["affine"], use_other=False)
     assert torch.equal(warm_b, view_a)
-    out = model(image, mask, batch["contrast"], batch["other"].float(), batch["has_other"], batch["affine"])
-    assert out["recon_a"].shape == image.shape and out["z_a"].shape == out["z_b"].shape == (1, model.config["projection_dim"])
+    out = pretext(model, {**batch, "x": image}, epoch=1)
+    assert torch.equal(out["view_a"], view_a) and torch.equal(out["view_b"], view_b)
+    assert out["recon_a"].shape == image.shape and out["z_a"].shape == out["z_b"].shape == (1, 128)
 
 
 def test_single_contrast_study_pairs_with_nothing():
@@ -146,9 +149,9 @@ def test_info_nce_on_known_values():
 def test_templates_get_their_own_learning_rate_and_no_decay():
     from medcoss_monai.apps.brainmvp.model import brainmvp_param_groups
 
-    model = BrainMVPModel(["t1", "t2"], template_shape=(8, 8, 8), backbone=TINY_BACKBONE)
+    model = BrainMVPModel(BrainMVPPretext(["t1", "t2"], (8, 8, 8), TINY_BACKBONE["widths"][-1]), backbone=TINY_BACKBONE)
     groups = brainmvp_param_groups(model, 0.05, template_lr=0.02)
-    template_group = [g for g in groups if any(p is model.templates.templates["t1"] for p in g["params"])]
+    template_group = [g for g in groups if any(p is model.pretext.templates.templates["t1"] for p in g["params"])]
     assert len(template_group) == 1 and template_group[0]["lr"] == 0.02 and template_group[0]["weight_decay"] == 0.0
     counted = [id(p) for g in groups for p in g["params"]]
     assert sorted(counted) == sorted(id(p) for p in model.parameters())  # every parameter exactly once

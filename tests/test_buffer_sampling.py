@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medcoss_monai.buffer import SAMPLERS, buffer_size, kmeans_sample, n_clusters_for, random_sample, select_nearest
-from medcoss_monai.buffer.sampling import _nearest, has_faiss
+from medcoss_monai.buffer.kmeans import _nearest
 
 
 def blobs(n_per: list[int], dim: int = 16, spread: float = 20.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +37,24 @@ def test_known_clusters_equal_share_and_exact_size():
     assert set(truth[idx]) == set(range(10))
     counts = np.bincount(det["cluster"], minlength=20)
     assert counts.max() - counts.min() <= 1 and counts.sum() == 100
-    # nearest first: the chosen items are the closest of their cluster, so closer than the blob's average
-    assert np.all(det["distance"] >= 0)
     assert np.all(np.diff(det["cluster"]) >= 0)  # grouped by cluster id
+    for c in np.unique(det["cluster"]):  # no cluster straddles two blobs
+        assert len(set(truth[idx[det["cluster"] == c]].tolist())) == 1
+
+
+def test_one_cluster_per_blob_keeps_the_items_nearest_its_mean():
+    x, truth = blobs([200] * 10, seed=4)
+    idx, det = kmeans_sample(x, cluster_ratio=0.005, return_details=True)  # 10 clusters, one per blob
+    assert np.bincount(truth[idx], minlength=10).tolist() == [10] * 10
+    for blob in range(10):
+        inside = truth == blob
+        d = np.linalg.norm(x - x[inside].astype(np.float64).mean(0), axis=1)  # converged centre = blob mean
+        mine = truth[idx] == blob
+        np.testing.assert_allclose(det["distance"][mine], d[idx[mine]], rtol=1e-4, atol=1e-4)
+        assert np.all(np.diff(det["distance"][mine]) >= 0)  # nearest first
+        chosen = np.zeros(len(x), bool)
+        chosen[idx[mine]] = True
+        assert d[chosen].max() <= d[inside & ~chosen].min() + 1e-4  # no unchosen item of the blob is nearer
 
 
 def test_uneven_share_spreads_ceil_and_floor():
@@ -110,23 +125,14 @@ def test_pooled_seeding_is_deterministic_and_copes_with_duplicates():
     assert len(np.unique(dup[idx], axis=0)) == 60  # every distinct row is represented
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"] if has_faiss else ["torch"])
-def test_assignment_is_exact_far_from_the_origin(backend):
-    # tight blobs far from the mean: a bfloat16 product alone misranks the two centres of a blob
+def test_assignment_is_exact_far_from_the_origin():
+    # tight blobs far from the mean: an uncentred float32 score |c|^2 - 2 x.c would misrank close centres
     x, _ = blobs([200] * 10, spread=20.0, seed=7)
     centres = x[np.random.default_rng(1).choice(len(x), 20, replace=False)]
     d2 = ((x[:, None, :].astype(np.float64) - centres[None]) ** 2).sum(-1)
-    ids, dist = _nearest(x, centres, backend, n_nearest=2)
+    ids, dist = _nearest(x, centres, n_nearest=2)
     np.testing.assert_array_equal(ids, np.argsort(d2, axis=1, kind="stable")[:, :2])
     np.testing.assert_allclose(dist, np.sort(d2, axis=1)[:, :2], rtol=1e-4, atol=1e-2)
-
-
-@pytest.mark.skipif(not has_faiss, reason="faiss-cpu is not installed")
-def test_sklearn_fallback_agrees_on_clear_blobs():
-    x, truth = blobs([200] * 10, seed=4)
-    idx = kmeans_sample(x, cluster_ratio=0.005, backend="sklearn")  # 10 clusters, one per blob
-    assert len(idx) == 100 and set(truth[idx]) == set(range(10))
-    assert np.bincount(truth[idx]).tolist() == [10] * 10
 
 
 def test_bad_input_is_refused():

@@ -12,11 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcoss_monai.samples import sample_data as samples
 from medcoss_monai.samples.sample_data import (
-    ATLAS_1MM,
-    MADE_FILES,
-    SHA256,
     SampleDataFetchError,
     SampleDataMissingError,
     datalist_path,
@@ -26,6 +22,7 @@ from medcoss_monai.samples.sample_data import (
     sample_dir,
     verify,
 )
+from medcoss_monai.samples.sample_sources import ATLAS_1MM, DISTRIBUTIONS, MADE_FILES, SHA256
 
 PATH_KEYS = ("image", "label", "gm", "wm", "t2", "mask", "regions")
 
@@ -248,7 +245,7 @@ def test_debian_sources_skipped_without_apt(sample_data: Path, tmp_path: Path, m
     """A machine without apt-get (or root) gets everything from the Python index, says so once, and checks clean."""
     from medcoss_monai.samples import archives
 
-    debian = {rel for d in samples.DISTRIBUTIONS if d.registry == "debian" for rel in d.files.values()}
+    debian = {rel for d in DISTRIBUTIONS if d.registry == "debian" for rel in d.files.values()}
     for rel in set(SHA256) - debian:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(sample_data / rel, tmp_path / rel)

@@ -22,6 +22,7 @@ import torch
 from medcoss_monai.bundle.export import main, schema_path
 from medcoss_monai.bundle.export.zoo_configs import unlabelled_transforms
 from medcoss_monai.bundle.export.inference_inputs import TextInferenceBatch, inference_items
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import load_state
 
 BUNDLE_FILES = ("configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
@@ -222,9 +223,9 @@ def test_class_probability_writer(tmp_path: Path) -> None:
 
 def test_export_command_line_errors(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="network"):
+    with pytest.raises(BadInputError, match="network"):
         main(["--stage_dir", str(tmp_path), "--out", str(tmp_path / "out")])
-    with pytest.raises(FileNotFoundError, match="metrics.json"):
+    with pytest.raises(BadInputError, match="metrics.json"):
         main(["--finetune_dir", str(tmp_path), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):  # overrides belong to a fine-tuned task
         main(["--stage_dir", str(tmp_path), "--out", str(tmp_path / "out"), "--num_classes", "3"])

@@ -13,7 +13,7 @@ import pytest
 from medcoss_monai import MODALITIES
 from medcoss_monai.samples.muscle_sample_tasks import MUSCLE_TASKS, load_mdmoco_items
 from medcoss_monai.data.reports import text_group
-from medcoss_monai.samples.sample_data import HELD_OUT
+from medcoss_monai.samples.sample_sources import HELD_OUT
 from medcoss_monai.samples.tasks import TASKS, load_task_datalist, prepare_tasks
 
 EVALUATION_SPLITS = ("validation", "test")

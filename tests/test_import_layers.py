@@ -87,7 +87,7 @@ def test_imports_inside_functions_and_relative_imports_count(tmp_path):
         "def probe():\n    from medcoss_monai.samples.tasks import load_task_datalist\n"
     )
     names = set(_imported("medcoss_monai.evaluation.probes", source))
-    assert {"medcoss_monai.bundle.layout", "medcoss_monai.evaluation.text_probe", "medcoss_monai.samples.tasks"} <= names
+    assert {"medcoss_monai.bundle.layout", "medcoss_monai.evaluation.text", "medcoss_monai.samples.tasks"} <= names
     assert {_layer(n) for n in names} == {None, "bundle", "evaluation", "samples"}
 
 

@@ -230,6 +230,22 @@ def test_tbx11k_coco_boxes(pngs, tmp_path):
         xl.tbx11k_datalist(tmp_path)
 
 
+def test_split_by_group_keeps_each_patient_on_one_side():
+    # 40 patients with 1 to 4 images each, and 5 images without a patient (each its own group)
+    items = [{"image": f"p{p}_{k}.png", "group": f"p{p}"} for p in range(40) for k in range(p % 4 + 1)]
+    items += [{"image": f"loose{k}.png"} for k in range(5)]
+    fractions = {"training": 1.0, "validation": 0.1, "test": 0.3}
+    split = xl.split_by_group(items, fractions, seed=0)
+    groups = {name: {it.get("group", it["image"]) for it in split[name]} for name in split}
+    assert len(groups["validation"]) == round(0.1 * 45) and len(groups["test"]) == round(0.3 * 45)
+    assert not (groups["training"] & groups["validation"] or groups["training"] & groups["test"]
+                or groups["validation"] & groups["test"])
+    assert sorted(it["image"] for s in split.values() for it in s) == sorted(it["image"] for it in items)
+    assert all(split[name] == [it for it in items if it in split[name]] for name in split)  # order of ``items``
+    assert split == xl.split_by_group(items, fractions, seed=0)
+    assert split["test"] != xl.split_by_group(items, fractions, seed=1)["test"]
+
+
 def test_chestxray14_data_entry_csv(pngs, tmp_path):
     images, _, _ = pngs
     (tmp_path / "images_001" / "images").mkdir(parents=True)

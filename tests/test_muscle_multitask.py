@@ -8,7 +8,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from medcoss_monai.apps.muscle.multitask_trainer import MultiTaskKeys
-from medcoss_monai.apps.muscle.task_evaluation import classification_metrics, detection_metrics, segmentation_metrics
+from medcoss_monai.apps.muscle.task_evaluation import classification_task_metrics, detection_metrics, segmentation_metrics
 from medcoss_monai.apps.muscle.l2sp import L2SPPenalty, l2sp_term
 from medcoss_monai.apps.muscle.replay import TaskReplay, memory_items
 from medcoss_monai.apps.muscle.task_schedule import CyclicTaskSchedule, visit_order
@@ -166,13 +166,60 @@ def test_detection_metric_on_known_boxes():
 def test_classification_and_segmentation_metrics_on_known_values():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.35, 0.65]])
     labels = torch.tensor([0, 1, 0, 1, 1])
-    m = classification_metrics(probs, labels)
+    m = classification_task_metrics(probs, labels)
     # predictions 0,1,1,0,1: TP 2, FN 1, TN 1, FP 1
-    assert m["acc"] == pytest.approx(3 / 5)
+    assert m["ACC"] == pytest.approx(3 / 5)
     assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(1 / 2)
     # positives' scores 0.8, 0.3, 0.65 vs negatives' 0.1, 0.6: 5 of 6 pairs ranked right (only 0.3 < 0.6)
-    assert m["auc"] == pytest.approx(5 / 6)
+    assert m["AUC"] == pytest.approx(5 / 6) and m["score"] == m["AUC"]
     pred = torch.tensor([[[0, 1, 1], [0, 1, 0]]])
     label = torch.tensor([[[0, 1, 0], [0, 1, 1]]])
     s = segmentation_metrics(pred, label, 2)
     assert s["dice"] == pytest.approx(2 * 2 / (3 + 3)) and s["miou"] == pytest.approx(2 / 4)
+
+
+class _TwoHeads(torch.nn.Module):
+    """Two classification heads on a shared linear backbone: the least a multi-task trainer steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = torch.nn.Linear(4, 3)
+        self.heads = torch.nn.ModuleDict({t: torch.nn.Linear(3, 2) for t in "ab"})
+        self.tasks = ["a", "b"]
+        self.double()  # the step is compared as a difference of weights: float64 keeps it exact enough
+
+    def kind(self, task: str) -> str:
+        return "classification"
+
+    def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        return self.heads[task](self.backbone(x))
+
+
+def _head_a_update_while_visiting_b(weight: float) -> torch.Tensor:
+    """How much task a's head moves during the visit of b (epoch 2), where only replay reaches it."""
+    from medcoss_monai.apps.muscle.multitask_trainer import MultiTaskTrainer
+
+    g = torch.Generator().manual_seed(1)
+    batch = {t: {MultiTaskKeys.IMAGE: torch.randn(4, 4, generator=g, dtype=torch.float64), MultiTaskKeys.LABEL: torch.tensor([0, 1, 1, 0])} for t in "ab"}
+    schedule = CyclicTaskSchedule({t: [batch[t]] for t in "ab"}, rounds=1, reshuffle=False)
+    net = _TwoHeads()
+    trainer = MultiTaskTrainer(
+        "cpu", max_epochs=2, train_data_loader=[batch["a"]], network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), task_losses={t: torch.nn.CrossEntropyLoss() for t in "ab"},
+        epoch_length=1, train_handlers=[schedule, TaskReplay({"a": [batch["a"]]}, schedule, weight=weight)],
+    )
+    before = {}
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=2), lambda e: before.update(w=net.heads["a"].weight.detach().clone()))
+    trainer.run()
+    assert schedule.order == ["a", "b"]
+    return net.heads["a"].weight.detach() - before["w"]
+
+
+def test_replay_weight_scales_the_replayed_tasks_gradient():
+    # while b is visited, a's head is trained by the replayed term alone: plain SGD moves it by
+    # lr * weight * grad(loss of a's memory batch), so its step is proportional to the weight
+    one, three = _head_a_update_while_visiting_b(1.0), _head_a_update_while_visiting_b(3.0)
+    assert one.abs().sum() > 0, "the replayed loss reaches the backward pass"
+    assert torch.allclose(three, 3 * one, rtol=1e-9, atol=0)
+    assert torch.count_nonzero(_head_a_update_while_visiting_b(0.0)) == 0, "weight 0: nothing replayed"

@@ -61,6 +61,12 @@ def test_image_modes_shapes(model: MedCoSSModel, kind: str) -> None:
     assert enc["latent"].shape == (B, keep, 192)
     assert full["tokens"].shape == (B, n, 192) and len(full["hidden_states"]) == 4
     assert full["mask"].sum() == 0
+    # values: pooled = mean of the unmasked final tokens; n - keep tokens removed per row; the same
+    # noise gives "encode" the latent of "mae"
+    torch.testing.assert_close(pooled, full["tokens"].mean(dim=1))
+    assert mae["mask"].sum(dim=1).tolist() == [n - keep] * B
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, pretext="encode", noise=mae["noise"])["latent"], mae["latent"])
     with pytest.raises(ValueError, match="mlm"):
         model(x, pretext="mlm")
 
@@ -175,6 +181,9 @@ def test_patchify_roundtrip_and_token_order(shape: tuple, patch: tuple) -> None:
     grid = [s // q for s, q in zip(shape[2:], patch)]
     assert p.shape == (shape[0], int(torch.tensor(grid).prod()), int(torch.tensor(patch).prod()) * shape[1])
     assert torch.equal(unpatchify(p, grid, patch), x)
+    # token 1 is the second patch along the last axis, flattened position-major, channel last
+    second = x[0, :, :16, :16, 8:16] if len(patch) == 3 else x[0, :, :16, 16:32]
+    assert torch.equal(p[0, 1], second.permute(*range(1, second.ndim), 0).flatten())
     # the patch order matches the tokens of the conv patch embedding, so targets line up with tokens
     dims = len(patch)
     enc = UnifiedEncoder(
@@ -186,6 +195,10 @@ def test_patchify_roundtrip_and_token_order(shape: tuple, patch: tuple) -> None:
     w = pe.proj.weight  # (hidden, C, *patch) -> (hidden, *patch, C) flattened like patchify
     w = w.permute(0, *range(2, 2 + dims), 1).reshape(w.shape[0], -1)
     assert torch.allclose(tokens, p @ w.t() + pe.proj.bias, atol=1e-5)
+    # and the patch embedding's matrix product is the strided convolution it stands for
+    conv_fn = torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d
+    conv = conv_fn(x, pe.proj.weight, pe.proj.bias, stride=patch)
+    assert torch.allclose(tokens, conv.flatten(2).transpose(1, 2), atol=1e-5)
 
 
 def test_norm_pix_target(model: MedCoSSModel) -> None:

@@ -55,16 +55,31 @@ def test_segmenter_2d(encoder: UnifiedEncoder) -> None:
         seg(torch.rand(1, 1, 64, 64, 16))
 
 
-def test_segmenter_taps_the_blocks_monai_unetr_taps() -> None:
-    import inspect
-    import re
+def _tapped_blocks(blocks: torch.nn.ModuleList, skips: list[torch.nn.Module], run) -> tuple[int, ...]:
+    """Which block's output each skip receives, found by hooks: the skip input holds the same values, reshaped."""
+    outs: list[torch.Tensor] = []
+    ins: list[torch.Tensor] = []
+    hooks = [b.register_forward_hook(lambda m, a, o: outs.append(o.detach())) for b in blocks]
+    hooks += [s.register_forward_pre_hook(lambda m, a: ins.append(a[0].detach())) for s in skips]
+    with torch.no_grad():
+        run()
+    for h in hooks:
+        h.remove()
+    key = lambda t: t.flatten().sort().values  # noqa: E731 (the same values whatever the layout)
+    return tuple(next(i for i, o in enumerate(outs) if torch.equal(key(o), key(t))) for t in ins)
 
+
+def test_segmenter_taps_the_blocks_monai_unetr_taps() -> None:
     from monai.networks.nets import UNETR
 
-    # the block outputs MONAI's UNETR feeds to its three skips, read from its forward (3, 6, 9 of 12)
-    taps = tuple(int(i) for i in re.findall(r"hidden_states_out\[(\d+)\]", inspect.getsource(UNETR.forward)))
-    enc = UnifiedEncoder(num_layers=12, hidden_size=48, num_heads=4)
-    assert UNETRStyleSegmenter(enc, out_channels=2, spatial_dims=3, feature_size=8).hidden_layers == taps == (3, 6, 9)
+    torch.manual_seed(0)
+    unetr = UNETR(1, 2, (32, 32, 32), feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4).eval()
+    x = torch.rand(1, 1, 32, 32, 32)
+    monai_taps = _tapped_blocks(unetr.vit.blocks, [unetr.encoder2, unetr.encoder3, unetr.encoder4], lambda: unetr(x))
+    enc = UnifiedEncoder(num_layers=12, hidden_size=48, num_heads=4, img_size_3d=(32, 32, 32), patch_size_3d=16)
+    seg = UNETRStyleSegmenter(enc, out_channels=2, spatial_dims=3, feature_size=8).eval()
+    ours = _tapped_blocks(enc.blocks, [seg.encoder2, seg.encoder3, seg.encoder4], lambda: seg(x))
+    assert ours == monai_taps == (3, 6, 9)
 
 
 def test_segmenter_3d_anisotropic(encoder: UnifiedEncoder) -> None:

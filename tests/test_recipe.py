@@ -13,13 +13,13 @@ import pytest
 from monai.bundle import ConfigParser
 from stage_utils import BUNDLES, REPO, run_stage
 
-from medcoss_monai import MODALITIES
 from medcoss_monai import layout
 from medcoss_monai.bundle.previous_stages import _parse_stage_bundle
 from medcoss_monai.errors import BadInputError
 
 TASK_BUNDLES = sorted(BUNDLES.glob("finetune_*.json"))
-STAGE_BUNDLES = [BUNDLES / f"stage_{m}.json" for m in MODALITIES]
+STAGE_BUNDLES = sorted(Path(card["bundle"]) for card in layout.stage_modalities(BUNDLES).values())
+"""Every registered modality's stage bundle (the default five and any other, such as ultrasound)."""
 
 
 def _written(node):

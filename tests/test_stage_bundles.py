@@ -1,6 +1,8 @@
 """Each stage bundle runs through MONAI's bundle API on the real sample data and writes its outputs."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ from PIL import Image
 from stage_utils import BUNDLES, read_history, run_stage
 
 from medcoss_monai import MODALITIES
-from medcoss_monai.layout import read_bundle
+from medcoss_monai.errors import CheckpointError, find_user_error
+from medcoss_monai.layout import read_bundle, stage_modalities
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +65,29 @@ def test_later_stage_starts_from_previous(curriculum):
     assert (mri[key] - prev[key]).norm() < (mri[key] - untrained[key]).norm()
 
 
-def test_all_stage_bundles_share_one_architecture():
-    nets = []
-    for m in MODALITIES:
-        parser = read_bundle(BUNDLES / f"stage_{m}.json")
-        network_def = parser.get("network_def")
-        sizes = {v[1:]: parser.get(v[1:]) for v in network_def.values() if isinstance(v, str) and v.startswith("@")}
-        nets.append((network_def, sizes))
-        for part in ("deterministic_transforms", "random_transforms", "preprocessing"):
-            assert part in parser.get("train")
-    assert all(n == nets[0] for n in nets)
+ARCHITECTURE_IDS = ("hidden_size", "num_layers", "num_heads", "decoder_hidden_size", "decoder_layers", "decoder_heads",
+                    "vocab_size", "max_text_len", "img_size_2d", "patch_size_2d", "img_size_3d", "patch_size_3d",
+                    "network_def")
+
+
+@pytest.mark.parametrize("modality", sorted(stage_modalities()))
+def test_every_stage_bundle_takes_the_architecture_from_the_shared_model(modality):
+    """A size written into one stage bundle would break the chain: each id must be the macro into common/model.json."""
+    raw = json.loads(Path(stage_modalities()[modality]["bundle"]).read_text())
+    own = {k: raw.get(k) for k in ARCHITECTURE_IDS if raw.get(k) != f"%bundles/common/model.json#{k}"}
+    assert not own, f"stage_{modality}.json sets its own architecture: {own}"
+
+
+def test_chaining_a_stage_of_another_architecture_is_refused(curriculum, tmp_path):
+    out, stages = curriculum
+    shutil.copytree(stages["xray"], tmp_path / "stage_xray")
+    with pytest.raises(Exception) as info:
+        run_stage("ct", tmp_path, previous_stage="xray", hidden_size=96, num_heads=4)
+    err = find_user_error(info.value)
+    assert isinstance(err, CheckpointError), repr(info.value)
+    message = str(err)
+    assert str(tmp_path / "stage_xray" / "model.pt") in message and "(8192, 192) vs this stage (8192, 96)" in message, message
+    assert not (tmp_path / "stage_ct" / "model.pt").exists()
 
 
 def test_report_loss_falls(sample_data, tmp_path):

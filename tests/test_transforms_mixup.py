@@ -2,60 +2,94 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from medcoss_monai.transforms import ImageMixup, ImageMixupd, TextMixup, TextMixupd
+from medcoss_monai.handlers.intra_modal_mixup import IntraModalMixupHandler
+from medcoss_monai.transforms import TextMixup, TextMixupd
 
 
-def _images(b: int = 6) -> torch.Tensor:
-    """Each sample constant and distinct (sample i is all i), so a mix reveals lam and the partner."""
-    return torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 3, 4, 5).clone()
+class _Engine:
+    def __init__(self, output: dict, epoch: int = 1):
+        self.state = SimpleNamespace(output=output, epoch=epoch)
 
 
-def test_image_mixup_formula_per_sample():
+def _mix_images(handler: IntraModalMixupHandler, x: torch.Tensor) -> torch.Tensor:
+    out = {"batch": {"image": x}, "inputs": {"x": x.clone()}, "pretext": "mae"}
+    handler(_Engine(out))
+    return out["inputs"]["x"]
+
+
+def _recover(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(lam, partner) of each mixed sample, read from the output alone.
+
+    Sample i of the input is constant i in channel 0 and i**2 in channel 1, so a blend
+    ``lam * i + (1 - lam) * j`` of two samples fixes ``j`` (the only one consistent in both channels) and ``lam``.
+    """
+    lams, partners = [], []
+    for i, (a, b) in enumerate(x[:, :, 0, 0].double().tolist()):
+        assert torch.allclose(x[i, 0], torch.full_like(x[i, 0], a)), "a mixed sample must stay constant"
+        if abs(a - i) < 1e-5 and abs(b - i * i) < 1e-5:  # its own partner (MixUp sums lam, 1 - lam in float32)
+            lams.append(1.0)
+            partners.append(i)
+            continue
+        fits = []
+        for j in set(range(x.shape[0])) - {i}:
+            lam = (a - j) / (i - j)
+            if abs(lam * i * i + (1 - lam) * j * j - b) < 1e-5 and -1e-6 <= lam <= 1 + 1e-6:
+                fits.append((lam, j))
+        assert len(fits) == 1, (i, a, b, fits)
+        lams.append(fits[0][0])
+        partners.append(fits[0][1])
+    return np.array(lams), np.array(partners)
+
+
+def _images(b: int = 8) -> torch.Tensor:
+    i = torch.arange(b, dtype=torch.float64).view(b, 1, 1, 1)  # float64: only lam carries float32 error
+    return torch.cat([i.expand(b, 1, 4, 5), (i**2).expand(b, 1, 4, 5)], dim=1).clone()
+
+
+def test_image_mixup_blends_each_sample_with_a_partner_with_its_own_lam():
+    handler = IntraModalMixupHandler(seed=0, all_batches=True)
+    lam, partner = _recover(_mix_images(handler, _images()))
+    assert sorted(partner.tolist()) == list(range(8))  # partners form a permutation of the batch
+    moved = partner != np.arange(8)
+    assert moved.sum() >= 4 and len(set(np.round(lam[moved], 6))) == moved.sum()  # one lam per sample
+
+
+def test_image_mixup_draws_anew_per_batch_and_per_epoch_reproducibly():
     x = _images()
-    mix = ImageMixup().set_random_state(0)
-    out = mix(x)
-    lam, perm = torch.as_tensor(mix.lam, dtype=torch.float32), torch.as_tensor(mix.perm)
-    assert sorted(mix.perm.tolist()) == list(range(6)) and len(set(mix.lam.tolist())) == 6
-    assert ((lam >= 0) & (lam <= 1)).all()
-    expected = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
-    torch.testing.assert_close(out, expected)
-    # each sample stays constant: the blend of two constants
-    torch.testing.assert_close(
-        out[:, :, 0, 0], (lam * torch.arange(6) + (1 - lam) * perm.float()).view(-1, 1).expand(6, 3)
-    )
+    handler = IntraModalMixupHandler(seed=0, all_batches=True)
+    handler.set_epoch(_Engine({}, epoch=1))
+    first, second = _recover(_mix_images(handler, x)), _recover(_mix_images(handler, x))
+    assert not np.array_equal(first[1], second[1]) and not np.allclose(first[0], second[0])
+    handler.set_epoch(_Engine({}, epoch=1))
+    again = _recover(_mix_images(handler, x))
+    np.testing.assert_allclose(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])
+    handler.set_epoch(_Engine({}, epoch=2))
+    assert not np.allclose(_recover(_mix_images(handler, x))[0], first[0])
 
 
-def test_image_mixup_is_reproducible_and_works_in_3d():
-    x = torch.rand(4, 1, 8, 8, 4)
-    a = ImageMixup().set_random_state(5)(x)
-    b = ImageMixup().set_random_state(5)(x)
-    c = ImageMixup().set_random_state(6)(x)
-    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == x.shape
+def test_image_mixup_lam_is_uniform_and_short_batches_mix():
+    handler = IntraModalMixupHandler(seed=3, all_batches=True)
+    lams = []
+    for b in (8, 8, 5) * 40:  # a short last batch must mix too
+        lam, partner = _recover(_mix_images(handler, _images(b)))
+        lams += lam[partner != np.arange(b)].tolist()
+    lams = np.array(lams)
+    # U(0, 1): mean 1/2, standard deviation 1/sqrt(12)
+    assert abs(lams.mean() - 0.5) < 0.04 and abs(lams.std() - 12**-0.5) < 0.03, (lams.mean(), lams.std())
 
 
-def test_lam_one_is_identity_and_prob_zero_skips():
+def test_current_batches_are_not_mixed():
     x = _images()
-    mix = ImageMixup()
-    mix.randomize(6)
-    mix.lam = np.ones(6)
-    torch.testing.assert_close(mix(x, randomize=False), x)
-    assert ImageMixup(prob=0.0)(x) is x
-
-
-def test_image_mixupd_shares_lam_and_perm_across_keys():
-    x = _images()
-    out = ImageMixupd(["image", "twin"]).set_random_state(1)({"image": x, "twin": x.clone(), "id": "keep"})
-    assert torch.equal(out["image"], out["twin"]) and out["id"] == "keep"
-    assert not torch.equal(out["image"], x)
-
-
-def test_image_mixup_needs_a_batch():
-    with pytest.raises(ValueError, match="collated batch"):
-        ImageMixup()(torch.tensor(1.0))
+    out = {"batch": {"image": x}, "inputs": {"x": x.clone()}, "pretext": "mae"}
+    IntraModalMixupHandler(seed=0)(_Engine(out))
+    assert torch.equal(out["inputs"]["x"], x)
 
 
 def _texts(b: int = 8, length: int = 112) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,3 +144,17 @@ def test_text_mixupd_mixes_present_keys_alike_and_is_reproducible():
     out = TextMixupd().set_random_state(2)({"input_ids": ids, "attention_mask": att, "labels": labels})
     assert torch.equal(out["input_ids"], a["input_ids"])
     assert torch.equal(out["labels"], torch.gather(labels, 0, source))
+
+
+def test_text_mixup_draws_a_new_partner_and_choice_per_batch():
+    ids, att, _ = _texts()
+    mix = TextMixup().set_random_state(0)
+    a, _, _ = mix(ids, att)
+    perm_a, r_a = mix.perm.copy(), mix.r
+    b, _, _ = mix(ids, att)
+    assert not np.array_equal(perm_a, mix.perm) and r_a != mix.r and not torch.equal(a, b)
+
+
+def test_text_mixup_needs_a_batch():
+    with pytest.raises(ValueError, match="collated batch"):
+        TextMixup()(torch.arange(5))

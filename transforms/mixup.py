@@ -1,8 +1,10 @@
-"""Intra-modal mixup of rehearsal batches (MedCoSS): images blend, reports swap tokens.
+"""Intra-modal mixup of report batches (MedCoSS): each token is the sample's own or its partner's.
 
 These transforms act on **collated batches** (leading batch dimension B), not on single items: a
 partner is another sample of the same batch (``perm``, a random permutation). Use them on buffer
-batches inside the trainer/handler, after the DataLoader, never inside a Dataset's chain.
+batches inside the trainer/handler, after the DataLoader, never inside a Dataset's chain. Images
+blend with MONAI's ``monai.transforms.MixUp`` (per-sample ``lam ~ Beta(1, 1) = U(0, 1)``); MONAI has
+no token-level twin, hence these.
 """
 
 from __future__ import annotations
@@ -15,78 +17,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-__all__ = ["ImageMixup", "ImageMixupd", "TextMixup", "TextMixupd"]
+__all__ = ["TextMixup", "TextMixupd"]
 
 
 def _check_batch(x: torch.Tensor, name: str, min_ndim: int = 2) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim < min_ndim:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} expects a collated batch tensor (B, ...), got {shape}.")
-
-
-class ImageMixup(RandomizableTransform):
-    """Blend each image of a batch with a shuffled partner: ``x' = lam * x + (1 - lam) * x[perm]``.
-
-    ``lam ~ U(0, 1)`` is drawn per sample and ``perm`` is a random permutation of the batch.
-    After a call, ``self.lam`` (B,) and ``self.perm`` (B,) hold the draws.
-
-    Args:
-        prob: probability of mixing a batch at all (1.0: always).
-    """
-
-    def __init__(self, prob: float = 1.0):
-        RandomizableTransform.__init__(self, prob=prob)
-        self.lam: np.ndarray | None = None
-        self.perm: np.ndarray | None = None
-
-    def randomize(self, batch_size: int) -> None:  # type: ignore[override]
-        super().randomize(None)
-        self.lam = self.R.uniform(0.0, 1.0, size=batch_size)
-        self.perm = self.R.permutation(batch_size)
-
-    def __call__(self, images: torch.Tensor, randomize: bool = True) -> torch.Tensor:  # type: ignore[override]
-        _check_batch(images, "ImageMixup")
-        if randomize:
-            self.randomize(images.shape[0])
-        if not self._do_transform:
-            return images
-        if self.lam is None or self.perm is None or len(self.perm) != images.shape[0]:
-            raise RuntimeError("ImageMixup: the stored draw does not match this batch; call with randomize=True.")
-        lam = torch.as_tensor(self.lam, dtype=images.dtype, device=images.device)
-        lam = lam.view(-1, *([1] * (images.ndim - 1)))
-        perm = torch.as_tensor(self.perm, device=images.device)
-        return lam * images + (1.0 - lam) * images[perm]
-
-
-class ImageMixupd(RandomizableTransform, MapTransform):
-    """Dictionary twin of :class:`ImageMixup`: the same ``lam`` and ``perm`` for every key.
-
-    Args:
-        keys: batch keys to mix (normally ``"image"``).
-        prob: see :class:`ImageMixup`.
-        allow_missing_keys: see ``MapTransform``.
-    """
-
-    def __init__(self, keys: KeysCollection = "image", prob: float = 1.0, allow_missing_keys: bool = False):
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob=prob)
-        self.mixer = ImageMixup(prob=1.0)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> ImageMixupd:
-        super().set_random_state(seed, state)
-        self.mixer.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        first = True
-        for key in self.key_iterator(d):
-            d[key] = self.mixer(d[key], randomize=first)
-            first = False
-        return d
 
 
 class TextMixup(RandomizableTransform):

@@ -1,4 +1,4 @@
-"""Crops MONAI lacks: the MAE-style random resized crop for 2D images.
+"""The MAE-style random resized crop for 2D images: MONAI's random state, torchvision's crop and resize.
 
 For 3D volumes MONAI has everything: ``SpatialPadd(spatial_size=roi)`` then
 ``RandSpatialCropSamplesd(roi_size=roi, num_samples=n, random_size=False)``. The pad is what keeps a
@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform, Resize, SpatialCrop, SpatialPad
+from monai.transforms import MapTransform, RandomizableTransform, SpatialPad
 from monai.utils import ensure_tuple_rep
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2.functional import resized_crop
 
 __all__ = ["RandResizedCrop", "RandResizedCropd"]
 
@@ -35,13 +35,16 @@ class RandResizedCrop(RandomizableTransform):
         spatial_size: output (H, W).
         scale: range of the box area as a fraction of the image area.
         ratio: range of the box aspect ratio, width / height.
-        mode: interpolation of the resize (``"bilinear"``, ``"area"``, ``"nearest"`` for labels, ...).
-        anti_aliasing: when downsampling with ``"bilinear"``/``"bicubic"``, use torch's antialiased
-            interpolation (a widened triangle/cubic filter, ~1 ms for a 224 crop; MONAI ``Resize``'s
-            Gaussian ``anti_aliasing`` costs ~40x more). Other modes go through MONAI ``Resize`` as is.
+        mode: interpolation of the resize, a torchvision ``InterpolationMode`` value (``"bilinear"``,
+            ``"bicubic"``, ``"nearest"`` for labels, ``"nearest-exact"``).
+        anti_aliasing: when downsampling with ``"bilinear"``/``"bicubic"``, use torchvision's antialiased
+            resize (a widened triangle/cubic filter, ~1 ms for a 224 crop; MONAI ``Resize``'s Gaussian
+            ``anti_aliasing`` costs ~40x more).
         pad_mode: ``SpatialPad`` mode for images smaller than ``spatial_size``.
 
-    Input: channel-first (C, H, W) tensor or ``MetaTensor``; output (C, *spatial_size), float32.
+    The box is drawn from ``self.R`` (MONAI's ``Randomizable``); the crop and resize are torchvision's
+    ``resized_crop``. Input: channel-first (C, H, W) tensor; output a (C, *spatial_size) float32 tensor
+    (metadata is not kept: the training chains run with ``track_meta`` off).
     """
 
     def __init__(
@@ -61,7 +64,7 @@ class RandResizedCrop(RandomizableTransform):
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}.")
         if not 0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}.")
-        self.mode = mode
+        self.mode = InterpolationMode(mode)
         self.anti_aliasing = anti_aliasing
         self.padder = SpatialPad(self.spatial_size, mode=pad_mode)
         self._box: tuple[int, int, int, int] | None = None
@@ -104,33 +107,16 @@ class RandResizedCrop(RandomizableTransform):
         top, left, h, w = self._box
         if top + h > img.shape[1] or left + w > img.shape[2]:
             raise ValueError(f"The crop box {self._box} does not fit an image of shape {tuple(img.shape)}.")
-        mode = mode or self.mode
-        aliasing = self.anti_aliasing and mode in ("bilinear", "bicubic") and (h > self.spatial_size[0] or w > self.spatial_size[1])
-        if not isinstance(img, MetaTensor) and (aliasing or mode in ("bilinear", "bicubic", "area", "nearest")):
-            # a plain tensor (training chains drop metadata): torch alone, MONAI's wrappers cost ~10x more
-            crop = torch.as_tensor(img)[:, top : top + h, left : left + w].float()
-            return self._resize_values(crop, mode, aliasing)
-        img = SpatialCrop(roi_slices=[slice(top, top + h), slice(left, left + w)])(img)
-        # MONAI's Resize gives the geometry and metadata (and is the whole job for other modes)
-        out = Resize(self.spatial_size, mode=mode)(img)
-        if aliasing:
-            values = self._resize_values(img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img), mode, True)
-            out = (
-                MetaTensor(values, meta=out.meta, applied_operations=out.applied_operations)
-                if isinstance(out, MetaTensor)
-                else values
-            )
+        mode = InterpolationMode(mode) if mode is not None else self.mode
+        crop = torch.as_tensor(img).float()
+        # antialiasing only when shrinking: enlarging needs no low-pass filter
+        antialias = self.anti_aliasing and (h > self.spatial_size[0] or w > self.spatial_size[1])
+        out = resized_crop(crop, top, left, h, w, list(self.spatial_size), interpolation=mode, antialias=antialias)
+        if antialias and mode in (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC):
+            # the widened cubic overshoots, and triangle weights sum to 1 only up to rounding: keep the crop's range
+            low, high = torch.aminmax(crop[:, top : top + h, left : left + w])
+            out = out.clamp(float(low), float(high))
         return out
-
-    def _resize_values(self, crop: torch.Tensor, mode: str, antialias: bool) -> torch.Tensor:
-        """``crop`` (C, h, w) resized to ``spatial_size`` with torch; antialiased results keep the crop's range."""
-        crop = crop.float()
-        align = False if mode in ("bilinear", "bicubic") else None
-        values = F.interpolate(crop[None], size=self.spatial_size, mode=mode, align_corners=align, antialias=antialias)[0]
-        if antialias:  # cubic overshoots, and bilinear weights sum to 1 only up to rounding
-            low, high = torch.aminmax(crop)
-            values = values.clamp(float(low), float(high))
-        return values
 
 
 class RandResizedCropd(RandomizableTransform, MapTransform):

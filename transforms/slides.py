@@ -22,10 +22,9 @@ from monai.data import PILReader, WSIReader
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["SLIDE_SUFFIXES", "LoadSlideTile", "LoadSlideTiled", "RandLoadSlideTile", "RandLoadSlideTiled"]
+from .tissue import SLIDE_SUFFIXES, tissue_tile_locations
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
-"""Suffixes read as whole-slide images; anything else is read as a plain tile with PIL."""
+__all__ = ["LoadSlideTile", "LoadSlideTiled", "RandLoadSlideTile", "RandLoadSlideTiled"]
 
 
 class LoadSlideTile(Transform):
@@ -247,8 +246,6 @@ class RandLoadSlideTile(RandomizableTransform):
 
     def tissue_locations(self, path: str, size: Sequence[int], level: int) -> list[tuple[int, int]]:
         """Level-0 (y, x) of the tissue tiles of ``path`` that can hold a tile of ``size`` at ``level``."""
-        from .tissue import tissue_tile_locations  # imported here: tissue imports this module
-
         side = int(max(size))  # the grid is square; a grid cell of the longer side holds the tile
         key = (str(path), side, int(level))
         if key not in self._grids:

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from monai.utils import optional_import
 
-from .slides import SLIDE_SUFFIXES
-
 # openslide-python is the backend of WSIReader(backend="openslide"); openslide-bin ships the C library.
 _, has_openslide = optional_import("openslide")
 
-__all__ = ["tissue_mask", "tissue_tile_locations", "otsu_threshold"]
+__all__ = ["SLIDE_SUFFIXES", "tissue_mask", "tissue_tile_locations", "otsu_threshold"]
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
+"""Suffixes read as whole-slide images; anything else is read as a plain tile with PIL."""
 
 
 def _reader():

@@ -14,7 +14,6 @@ A random buffer has ``"cluster": -1`` and ``"distance": null`` on its items.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medcoss_monai.utils import atomic_write_json
+from medcoss_monai.utils import atomic_write_json, to_jsonable
 
 __all__ = ["BUFFER_FIELDS", "FILE_KEYS", "load_buffer_manifest", "missing_files", "write_buffer_manifest"]
 
@@ -31,23 +30,6 @@ BUFFER_FIELDS = ("modality", "n_total", "n_clusters", "buffer_ratio", "cluster_r
 
 FILE_KEYS = ("image", "label", "text_file")
 """Item keys that name files; an item with inline ``"text"`` needs no file."""
-
-
-def _jsonable(value: Any) -> Any:
-    """Numpy scalars/arrays and paths as plain JSON values."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN
-    return value
 
 
 def write_buffer_manifest(
@@ -107,7 +89,7 @@ def write_buffer_manifest(
         "items": chosen,
     }
     # a reader (or a killed run) never sees half a file
-    return atomic_write_json(_jsonable(manifest), path, indent=1)
+    return atomic_write_json(to_jsonable(manifest), path, indent=1)
 
 
 def missing_files(items: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +108,16 @@ def checked_items(
     task: str = "",
     skip_bad_inputs: bool = False,
     rejected_path: str | os.PathLike | None = None,
+    modality: str | None = None,
+    source: str | None = None,
+    label_check: Callable[[dict[str, Any]], list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The usable items of a task split, checked before training (a bundle expression).
 
     Each item's image (or text) is checked as a stage checks its data
     (:func:`~medcoss_monai.data.checks.item_problems`: readable, finite, not constant, the task's
     dimensionality) and its label by :func:`~medcoss_monai.data.folder_datalists.label_problems` (class in range,
-    mask on the image's grid with allowed values). All problems are reported together.
+    mask on the image's grid with allowed values) or by ``label_check``. All problems are reported together.
 
     Args:
         items: the split's items.
@@ -125,6 +128,9 @@ def checked_items(
         task: the task name; its prefix (``ct_seg`` -> ``ct``) sets the expected dimensionality.
         skip_bad_inputs: drop bad items (listed in ``rejected_path``) instead of stopping.
         rejected_path: JSON file listing dropped items with their reasons.
+        modality: the modality setting the expected dimensionality (default: the prefix of ``task``).
+        source: where the items come from, named in messages (default ``task``).
+        label_check: replaces the label check (e.g. detection boxes); returns the item's problems.
 
     Returns:
         The good items, in order.
@@ -132,14 +138,15 @@ def checked_items(
     Raises:
         BadInputError: bad items and ``skip_bad_inputs`` is False (or none is left), naming each file.
     """
-    modality = task.split("_")[0] if task else "task"
+    modality = modality or (task.split("_")[0] if task else "task")
     expected = EXPECTED_SPATIAL_DIMS.get(modality)
 
     def problems(item: dict[str, Any]) -> list[str]:
-        return item_problems(item, (image_key,), expected) + label_problems(item, num_classes, image_key, label_key, mask_values)
+        labels = label_check(item) if label_check else label_problems(item, num_classes, image_key, label_key, mask_values)
+        return item_problems(item, (image_key,), expected) + labels
 
     return check_datalist(
-        list(items), modality, datalist_path=task or None, skip_bad_inputs=skip_bad_inputs,
+        list(items), modality, datalist_path=source or task or None, skip_bad_inputs=skip_bad_inputs,
         rejected_path=rejected_path, check=problems,
     )
 

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medcoss_monai import layout
-from medcoss_monai.errors import BadInputError
+from medcoss_monai.errors import BadInputError, install_run_hooks
 
-__all__ = ["bundle_command", "stage_command", "forgetting_command", "run_pipeline", "main"]
+__all__ = ["bundle_command", "stage_command", "forgetting_command", "run_command", "run_pipeline", "main"]
 
 
 def _check_working_dir(folder: Path) -> None:
@@ -111,6 +111,28 @@ def forgetting_command(
     return cmd + (["--joint_modalities", *joint_modalities] if joint_modalities else [])
 
 
+def run_command(title: str, cmd: Sequence[str], failure: str) -> float:
+    """Print ``title`` and the command line, run it, and stop the pipeline when it fails.
+
+    Args:
+        title: what the command does, printed as a header.
+        cmd: the argument list.
+        failure: the message ending the pipeline when the command exits non-zero (its exit code is added).
+
+    Returns:
+        The seconds the command ran.
+
+    Raises:
+        SystemExit: the command failed; the command's own output above says why.
+    """
+    print(f"\n=== {title} ===\n$ {' '.join(map(str, cmd))}", flush=True)
+    start = time.time()
+    code = subprocess.run(list(cmd)).returncode
+    if code != 0:
+        raise SystemExit(f"{failure} (exit {code}; its reason is printed above)")
+    return time.time() - start
+
+
 def _final_loss(stage_dir: Path) -> str:
     path = stage_dir / layout.LOSS_HISTORY_FILE
     if not path.is_file():
@@ -161,12 +183,10 @@ def run_pipeline(
     for modality, previous, extra in plan:
         cmd = stage_command(modality, output_dir, previous, overlays, list(overrides) + extra, bundle_dir)
         name = "joint" if method == "joint" else modality
-        print(f"\n=== stage {name} (previous: {previous or 'none'}, method: {method}) ===\n$ {' '.join(cmd)}", flush=True)
-        start = time.time()
-        result = subprocess.run(cmd)
-        seconds = time.time() - start
-        if result.returncode != 0:
-            raise SystemExit(f"stage '{name}' failed (exit {result.returncode}, its reason is printed above); later stages were not run.")
+        seconds = run_command(
+            f"stage {name} (previous: {previous or 'none'}, method: {method})", cmd,
+            f"stage '{name}' failed and later stages were not run",
+        )
         folder = layout.stage_dir(output_dir, name)
         summary.append({"stage": name, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
     return summary
@@ -181,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit code.
     """
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="report,xray,ct,mri,pathology", help="comma-separated modalities in order")
     parser.add_argument("--method", default="medcoss", choices=layout.methods(), help="continual-learning method")
@@ -209,15 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in summary:
         print(f"  stage_{row['stage']:<10} {row['seconds']:7.1f} s  loss {row['loss']}  -> {row['folder']}")
     if args.forgetting == "true":
-        start = time.time()
-        print("\n=== forgetting matrix: a randomly initialised encoder, then every stage ===", flush=True)
         joint = stages if args.method == "joint" else ()
-        cmd = forgetting_command(args.output_dir, [row["stage"] for row in summary], joint, args.seed or 0)
-        print(f"$ {' '.join(cmd)}", flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise SystemExit("the forgetting matrix failed (its reason is printed above); the stages' outputs are complete.")
+        seconds = run_command(
+            "forgetting matrix: a randomly initialised encoder, then every stage",
+            forgetting_command(args.output_dir, [row["stage"] for row in summary], joint, args.seed or 0),
+            "the forgetting matrix failed; the stages' outputs are complete",
+        )
         out = Path(args.output_dir)
-        print(f"wrote {out / layout.FORGETTING_CSV} and {layout.FORGETTING_PNG} in {time.time() - start:.0f} s")
+        print(f"wrote {out / layout.FORGETTING_CSV} and {layout.FORGETTING_PNG} in {seconds:.0f} s")
     return 0
 
 

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from monai.data import load_decathlon_datalist
 
-from medcoss_monai import MODALITIES
 from medcoss_monai import layout
-from medcoss_monai.data.checks import BadInputError, check_datalist
-from medcoss_monai.errors import RunLockedError
+from medcoss_monai.data.checks import BadInputError, check_datalist, item_problems
+from medcoss_monai.errors import CheckpointError, RunLockedError
 from medcoss_monai.networks.checkpoint import load_adapted
 from medcoss_monai.utils import remove_stale_temp_files
 
@@ -29,6 +28,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+SPATIAL_DIMS = {"2d": 2, "3d": 3}
+"""Spatial dimensionality of an image input kind (text items have none)."""
 
 
 def resolve_datalist(dataset_dir: str | os.PathLike | None, modality: str) -> Path:
@@ -77,7 +79,7 @@ def load_stage_datalist(
 
     Args:
         dataset_dir: see :func:`resolve_datalist`.
-        modality: the stage's modality.
+        modality: the stage's modality; a stage bundle must declare it (:func:`~medcoss_monai.layout.modality_card`).
         key: datalist section (``training``, ``validation``).
         max_items: keep at most this many items, chosen with ``seed`` (demo runs); None keeps all.
         seed: seed of the subsample.
@@ -88,11 +90,8 @@ def load_stage_datalist(
     Returns:
         The datalist items, paths absolute.
     """
-    if modality not in MODALITIES:
-        raise BadInputError(
-            f"Unknown modality '{modality}': a stage bundle trains one of {list(MODALITIES)} "
-            "(the modality sets the reader checks, the pretext and the input size). Use that modality's bundle."
-        )
+    # the modality's bundle registers it: its input kind sets the dimensionality every image must have
+    kind = layout.modality_card(modality)["input_kind"]
     path = resolve_datalist(dataset_dir, modality)
     try:
         items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key)
@@ -101,8 +100,10 @@ def load_stage_datalist(
     if max_items is not None and 0 < max_items < len(items):
         items = random.Random(seed).sample(items, int(max_items))
     if check:
+        expected_dims = SPATIAL_DIMS.get(kind)
         items = check_datalist(
-            items, modality, datalist_path=path, skip_bad_inputs=skip_bad_inputs, rejected_path=rejected_path
+            items, modality, datalist_path=path, skip_bad_inputs=skip_bad_inputs, rejected_path=rejected_path,
+            check=lambda item: item_problems(item, ("image", "label"), expected_dims),
         )
     return items
 
@@ -209,6 +210,9 @@ def init_from_previous_stage(
 
     Returns:
         The same network, with weights loaded when a previous stage exists.
+
+    Raises:
+        CheckpointError: the previous stage's encoder does not fit this one (another architecture).
     """
     folder = previous_stage_dir(output_dir, previous_stage)
     name = f"stage '{modality}'" if modality else "this stage"
@@ -218,6 +222,16 @@ def init_from_previous_stage(
         return network
     prefixes = None if flag(inherit_pretext_heads) else (ENCODER_PREFIX,)
     report = load_adapted(network, folder / layout.MODEL_FILE, f"model.pt of stage '{previous_stage}'", prefixes)
+    # every stage shares one encoder: a stage bundle or override that changes it would silently start
+    # part of the encoder from scratch, so the chain stops instead
+    skipped = {k: v for k, v in report.skipped.items() if k.startswith(ENCODER_PREFIX)}
+    if skipped or not any(k.startswith(ENCODER_PREFIX) for k in report.loaded):
+        shapes = "; ".join(f"{k}: stage '{previous_stage}' {tuple(a)} vs this stage {tuple(b)}" for k, (a, b) in list(skipped.items())[:3])
+        raise CheckpointError(
+            f"{folder / layout.MODEL_FILE} does not fit the encoder of {name} ({shapes or 'no encoder tensor fits'}): every "
+            "stage of a chain shares one architecture (bundles/common/model.json: hidden_size, num_layers, num_heads, "
+            "patch sizes, vocab_size); drop the override that changes it, or start a new run folder."
+        )
     heads = "with" if prefixes is None else "without"
     logger.info(f"{name} starts from {folder / layout.MODEL_FILE}, {heads} its pretext heads ({report})")
     return network

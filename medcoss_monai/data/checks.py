@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from medcoss_monai.errors import BadInputError
-from medcoss_monai.transforms.slides import SLIDE_SUFFIXES
+from medcoss_monai.transforms.tissue import SLIDE_SUFFIXES
 from medcoss_monai.utils import atomic_write_json, is_rank0
 
 __all__ = ["BadInputError", "check_datalist", "item_problems", "EXPECTED_SPATIAL_DIMS"]

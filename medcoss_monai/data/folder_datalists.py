@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data import partition_dataset
 
 from medcoss_monai.data.checks import BadInputError
 
@@ -50,15 +51,15 @@ def split_items(
     Returns:
         dict with the three lists.
     """
-    order = np.random.RandomState(seed).permutation(len(items))
     n_test = int(round(test_fraction * len(items)))
     n_val = int(round(validation_fraction * len(items)))
-    shuffled = [items[i] for i in order]
-    return {
-        "training": shuffled[n_test + n_val :],
-        "validation": shuffled[n_test : n_test + n_val],
-        "test": shuffled[:n_test],
-    }
+    if not items:
+        return {"training": [], "validation": [], "test": []}
+    # ratios given as counts, so partition_dataset's own rounding keeps them exact
+    test, validation, training = partition_dataset(
+        list(items), ratios=[n_test, n_val, len(items) - n_test - n_val], shuffle=True, seed=seed
+    )
+    return {"training": training, "validation": validation, "test": test}
 
 
 def _list_images(folder: Path, extensions: Sequence[str]) -> list[Path]:
@@ -355,11 +356,7 @@ def check_task_labels(
 
     Args:
         items: datalist items.
-        num_classes: the number of classes (segmentation: including background).
-        image_key: key of the image path (used for masks).
-        label_key: key of the label.
-        mask_values: allowed mask values, default ``range(num_classes)``.
-        spacing_tol: relative spacing tolerance.
+        num_classes, image_key, label_key, mask_values, spacing_tol: see :func:`label_problems`.
 
     Raises:
         BadInputError: naming each bad file or item and the problem.

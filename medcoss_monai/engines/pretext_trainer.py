@@ -17,9 +17,8 @@ from ignite.engine import EventEnum
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from medcoss_monai.engines.steps import average_gradients
+from medcoss_monai.engines.steps import OptimizationStep
 from medcoss_monai.losses import MaskedReconstructionLoss, MaskedTokenLoss
-from medcoss_monai.apps.brainmvp.curriculum_head import BRAINMVP_INPUT_KEYS, BRAINMVP_PRETEXT, is_brainmvp_batch
 
 __all__ = ["PretextTrainer", "PretextEvents", "PretextKeys", "TEXT_KEYS", "pretext_of_batch"]
 
@@ -73,21 +72,22 @@ def pretext_of_batch(batch: Mapping[str, Any], extra: Mapping[str, Any] | None =
 
     Args:
         batch: a collated batch dictionary.
-        extra: the trainer's extra pretexts by name (``{"brainmvp": head}``); a BrainMVP batch (two-view
-            keys) gets ``"brainmvp"`` when the trainer has it, else MAE on its image (a later stage
-            rehearsing a BrainMVP stage's buffer).
+        extra: the trainer's pretext heads by name; an image batch holding every key of a head's
+            ``batch_keys`` gets that head's pretext (without the head, e.g. a later stage rehearsing
+            that stage's buffer, it gets MAE on its image).
 
     Returns:
-        ``"mlm"`` when the batch holds ``input_ids``, ``"brainmvp"`` (see ``extra``), ``"mae"`` when it holds ``image``.
+        ``"mlm"`` when the batch holds ``input_ids``, a head's name (see ``extra``), ``"mae"`` when it holds ``image``.
 
     Raises:
         KeyError: when the batch holds neither.
     """
     if PretextKeys.INPUT_IDS in batch:
         return "mlm"
-    if extra and BRAINMVP_PRETEXT in extra and is_brainmvp_batch(batch):
-        return BRAINMVP_PRETEXT
     if PretextKeys.IMAGE in batch:
+        for name, head in (extra or {}).items():
+            if all(k in batch for k in head.batch_keys):
+                return name
         return "mae"
     raise KeyError(f"a pre-training batch needs 'image' or 'input_ids', got keys {sorted(batch)}")
 
@@ -129,14 +129,19 @@ class PretextTrainer(SupervisedTrainer):
         amp: automatic mixed precision (CUDA only, as in MONAI).
         optim_set_to_none: ``zero_grad(set_to_none=...)``.
         amp_kwargs: arguments of ``torch.autocast``.
-        grad_clip_norm: clip the gradient norm to this value when given.
+        grad_clip_norm: clip the gradient norm of every trained parameter (pretext heads included) to this value.
         accumulation_steps: micro-batches whose gradients are summed before one optimizer step (each
             loss is divided by it, so a step sees the mean over ``accumulation_steps * batch`` samples);
-            the last, shorter window of an epoch is stepped at the epoch's end.
-        pretext_heads: modules of further pretexts by name, e.g. ``{"brainmvp": UnifiedBrainMVPHead}``: the
-            batches they recognise are run by ``head(network, inputs, epoch)`` and scored by
-            ``head.loss(pred, epoch)``; their parameters train with the network (put them in the optimizer)
-            and their gradients are averaged over processes under DDP (they are not inside the DDP wrapper).
+            every micro-batch counts, one without gradient too, and the last, shorter window of an epoch
+            is stepped at the epoch's end (:class:`~medcoss_monai.engines.steps.OptimizationStep`).
+        pretext_heads: modules of further pretexts by name. A head names the batch keys it needs beside
+            ``image`` (``head.batch_keys``); the image batches holding them are run by
+            ``head(network, inputs, epoch)`` (``inputs`` holds ``X`` and those keys) and scored by
+            ``head.loss(pred, epoch)``, which returns the loss and its unweighted terms. Their parameters
+            train with the network (put them in the optimizer) and their gradients are averaged over
+            processes under DDP (they are not inside the DDP wrapper).
+        lr_scheduler: a scheduler stepped after each optimizer step (so it counts optimizer steps under
+            accumulation); leave it out when an ``LrScheduleHandler`` steps it.
         kwargs: other ``SupervisedTrainer`` arguments (``event_names``, ``compile``...).
     """
 
@@ -158,6 +163,7 @@ class PretextTrainer(SupervisedTrainer):
         grad_clip_norm: float | None = None,
         accumulation_steps: int = 1,
         pretext_heads: Mapping[str, torch.nn.Module] | None = None,
+        lr_scheduler: Any = None,
         **kwargs: Any,
     ) -> None:
         losses = {"mae": MaskedReconstructionLoss(), "mlm": MaskedTokenLoss()}
@@ -184,15 +190,11 @@ class PretextTrainer(SupervisedTrainer):
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
         self.mask_ratio = mask_ratio
         self.pretext_losses = losses
-        self.grad_clip_norm = grad_clip_norm
-        if int(accumulation_steps) < 1:
-            raise ValueError(f"accumulation_steps must be at least 1, got {accumulation_steps}.")
-        self.accumulation_steps = int(accumulation_steps)
-        self._micro_batches = 0  # micro-batches whose gradients wait for the next optimizer step
+        self.optimization = OptimizationStep(accumulation_steps, grad_clip_norm, lr_scheduler)
         self.pretext_heads = dict(pretext_heads or {})
-        unknown = set(self.pretext_heads) - {BRAINMVP_PRETEXT}
-        if unknown:
-            raise ValueError(f"unknown pretext head(s) {sorted(unknown)}; known: {[BRAINMVP_PRETEXT]}")
+        for name, head in self.pretext_heads.items():
+            if name in losses or not getattr(head, "batch_keys", None):
+                raise ValueError(f"pretext head '{name}' needs a name other than {sorted(losses)} and its batch_keys.")
 
     def forward_pretext(self, inputs: Mapping[str, Any], pretext: str, pretext_weight: float) -> dict:
         """Run the network for one pretext.
@@ -252,8 +254,8 @@ class PretextTrainer(SupervisedTrainer):
             PretextKeys.ATTENTION_MASK: batch.get(PretextKeys.ATTENTION_MASK),
             PretextKeys.LABELS: batch.get(PretextKeys.LABELS),
         }
-        if pretext == BRAINMVP_PRETEXT:
-            inputs.update({k: batch[k] for k in BRAINMVP_INPUT_KEYS})
+        if pretext in engine.pretext_heads:
+            inputs.update({k: batch[k] for k in engine.pretext_heads[pretext].batch_keys})
         engine.state.output = {
             PretextKeys.IMAGE: x,
             PretextKeys.BATCH: batch,
@@ -265,15 +267,9 @@ class PretextTrainer(SupervisedTrainer):
         engine.fire_event(PretextEvents.INPUTS_PREPARED)
 
         engine.network.train()
-        if engine._micro_batches == 0:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        engine.optimization.zero_grad(engine)
         out = engine.state.output
-        autocast = (
-            torch.autocast("cuda", **engine.amp_kwargs)
-            if engine.amp and engine.scaler is not None
-            else torch.autocast("cpu", enabled=False)
-        )
-        with autocast:
+        with engine.optimization.autocast(engine):
             weight = float(out[PretextKeys.PRETEXT_WEIGHT])
             out[PretextKeys.PRED] = engine.forward_pretext(out[PretextKeys.INPUTS], pretext, weight)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -285,44 +281,13 @@ class PretextTrainer(SupervisedTrainer):
             out[PretextKeys.LOSS] = sum(terms.values())
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        loss = out[PretextKeys.LOSS]
-        if not loss.requires_grad:
+        if not out[PretextKeys.LOSS].requires_grad and not getattr(engine, "_warned_no_grad", False):
             # nothing to learn from this batch (a buffer batch with no pretext weight and no teacher)
-            if not getattr(engine, "_warned_no_grad", False):
-                engine.logger.warning("a batch produced no trainable loss term; its step is skipped")
-                engine._warned_no_grad = True
-            return engine._finish(out)
-        if engine.accumulation_steps > 1:
-            loss = loss / engine.accumulation_steps  # the logged loss stays the micro-batch's own
-        engine._micro_batches += 1
-        # step once a window is full, and at the epoch's end so no gradient crosses into the next epoch
-        step = engine._micro_batches == engine.accumulation_steps or engine.state.iteration % engine.state.epoch_length == 0
-        if engine.amp and engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine._average_head_gradients()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if step:
-                if engine.grad_clip_norm:
-                    engine.scaler.unscale_(engine.optimizer)
-                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
-                engine.scaler.step(engine.optimizer)
-                engine.scaler.update()
-        else:
-            loss.backward()
-            engine._average_head_gradients()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            if step:
-                if engine.grad_clip_norm:
-                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
-                engine.optimizer.step()
-        if step:
-            engine._micro_batches = 0
+            engine.logger.warning("a batch produced no trainable loss term; it adds no gradient")
+            engine._warned_no_grad = True
+        heads = [p for head in engine.pretext_heads.values() for p in head.parameters()]
+        engine.optimization.backward_and_step(engine, out[PretextKeys.LOSS], average=heads)
         return engine._finish(out)
-
-    def _average_head_gradients(self) -> None:
-        """Average the pretext heads' gradients over processes (the DDP wrapper only covers the network)."""
-        for head in self.pretext_heads.values():
-            average_gradients(head.parameters(), fill_missing=True)
 
     def _finish(self, out: dict) -> dict:
         # keep floats, not graphs, in the engine state once the step is done

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medcoss_monai.errors import install_run_hooks
 from medcoss_monai.layout import FORGETTING_CSV
 from medcoss_monai.evaluation.forgetting import evaluate_run
 from medcoss_monai.evaluation.matrix import CSV_COLUMNS, PRETEXT_COLUMNS, PROBE_COLUMNS, forgetting_summary, read_matrix
@@ -244,6 +245,7 @@ def plot_comparison(table: Sequence[Mapping[str, Any]], path: str | os.PathLike)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m medcoss_monai.evaluation.compare --runs name=DIR ... --out DIR [--evaluate]``."""
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True,
                         help="method=run_dir pairs (or run dirs); several seeds of a method: method=dir1,dir2,dir3")

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medcoss_monai.errors import install_run_hooks
 from medcoss_monai.layout import FORGETTING_CSV, bundles_dir, stage_model
 from medcoss_monai.evaluation.compare import compare_runs
 from medcoss_monai.evaluation.matrix import SCRATCH_ROW, read_matrix, row_name
@@ -160,6 +161,7 @@ def run_figures(out: str | Path, seeds: Sequence[int] = (0, 1, 2), steps: Sequen
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module docstring)."""
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/figures", help="folder of every run and table")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

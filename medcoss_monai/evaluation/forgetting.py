@@ -32,6 +32,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from medcoss_monai.errors import install_run_hooks
 from medcoss_monai import MODALITIES
 from medcoss_monai.layout import (
     FORGETTING_CSV,
@@ -269,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         the exit status.
     """
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run_dir", "--output_dir", dest="run_dir", required=True,
                         help="the run folder (output_dir of the stages)")

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ INDEX_KEY = "index"
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return idist.get_world_size() > 1
 
 
 def _forward(network: torch.nn.Module, batch: Mapping[str, Any], device: torch.device, input_keys: Sequence[str]) -> torch.Tensor:
@@ -98,6 +99,8 @@ def embed_dataset(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     sampler_rows = _sampler_rows(dataloader)
+    # MONAI's eval_mode would call train() on the whole tree afterwards; a frozen part (a teacher, a
+    # frozen encoder) must come back in eval mode, so every module's own mode is restored
     modes = {m: m.training for m in net.modules()}
     feats: list[np.ndarray] = []
     rows: list[np.ndarray] = []
@@ -130,8 +133,7 @@ def embed_dataset(
         local_rows = np.arange(local.shape[0])
 
     if _distributed() and isinstance(getattr(dataloader, "sampler", None), torch.utils.data.DistributedSampler):
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, (local_rows, local))
+        gathered = idist.all_gather((local_rows, local))
         local_rows = np.concatenate([g[0] for g in gathered])
         local = np.concatenate([g[1] for g in gathered if g[1].size] or [local])
 
@@ -257,7 +259,7 @@ class BufferSelectionHandler:
         if feats.shape[0] != len(items):
             raise ValueError(f"BufferSelectionHandler: {feats.shape[0]} embeddings for {len(items)} items; the loader must follow the items.")
 
-        rank = dist.get_rank() if _distributed() else 0
+        rank = idist.get_rank()
         payload: list[Any] = [None]
         if rank == 0:
             choose = SAMPLERS[self.sampler] if isinstance(self.sampler, str) else self.sampler
@@ -293,5 +295,5 @@ class BufferSelectionHandler:
                 f"{int(details.get('n_clusters', 0))} clusters, features {feats.shape[1]}-d -> {written}"
             )
         if _distributed():
-            dist.barrier()  # nobody reads buffer.json before it is complete
+            idist.barrier()  # nobody reads buffer.json before it is complete
         return written

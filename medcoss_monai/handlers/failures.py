@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
@@ -75,8 +75,7 @@ class StopOnNonFiniteLoss:
         out = engine.state.output
         loss = out[PretextKeys.LOSS].detach()
         bad = (~torch.isfinite(loss)).any().to(torch.float32)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(bad)  # every rank stops at the same iteration, none waits in a collective
+        bad = idist.all_reduce(bad)  # every rank stops at the same iteration, none waits in a collective
         if bad.item() == 0:
             return
         state = engine.state

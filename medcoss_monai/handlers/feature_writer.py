@@ -8,12 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 
-from medcoss_monai.utils import atomic_write_json, is_rank0
+from medcoss_monai.utils import atomic_write_json, to_jsonable
 
 __all__ = ["FeatureWriter"]
 
@@ -61,22 +62,12 @@ class FeatureWriter:
         self._features += [torch.as_tensor(p).detach().float().cpu().numpy() for p in preds]
 
     def __call__(self, engine: Engine) -> None:
-        if not is_rank0() or not self._features:
+        if idist.get_rank() != 0 or not self._features:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         feats = np.stack(self._features)
         np.save(self.output_dir / self.FEATURES_FILE, feats)
-        items = {"shape": list(feats.shape), "items": _jsonable(self.items)}
+        items = {"shape": list(feats.shape), "items": to_jsonable(self.items)}
         atomic_write_json(items, self.output_dir / self.ITEMS_FILE)
         logger.info(f"{feats.shape[0]} feature vectors written to {self.output_dir / self.FEATURES_FILE}")
 
-
-def _jsonable(obj: Any) -> Any:
-    """``obj`` with every value JSON can not hold replaced by its string."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ignite.engine import Engine, Events
+from monai.transforms import MixUp
 
 from medcoss_monai.engines.pretext_trainer import TEXT_KEYS, PretextEvents, PretextKeys
 from medcoss_monai.handlers.determinism import epoch_seed
 from medcoss_monai.handlers.rehearsal import is_buffer_batch
-from medcoss_monai.transforms import ImageMixup, TextMixupd
+from medcoss_monai.transforms import TextMixupd
 
 __all__ = ["IntraModalMixupHandler"]
 
@@ -15,8 +16,8 @@ __all__ = ["IntraModalMixupHandler"]
 class IntraModalMixupHandler:
     """Mixes each buffer batch with a shuffled copy of itself (same modality), as MedCoSS does.
 
-    Images: ``x' = lam * x + (1 - lam) * x[perm]`` with ``lam ~ U(0, 1)`` per sample
-    (:class:`~medcoss_monai.transforms.ImageMixup`). Reports: one ``r ~ U(0, 1)`` per batch, then each
+    Images: ``x' = lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(1, 1) = U(0, 1)`` per sample
+    (MONAI's ``MixUp``). Reports: one ``r ~ U(0, 1)`` per batch, then each
     token is the partner's with probability ``1 - r``; attention masks and MLM labels follow the same
     choice (:class:`~medcoss_monai.transforms.TextMixupd`). Current-modality batches are untouched.
     Register it after :class:`~medcoss_monai.handlers.RehearsalHandler` in ``train#handlers``.
@@ -28,7 +29,7 @@ class IntraModalMixupHandler:
 
     def __init__(self, seed: int = 0, all_batches: bool = False) -> None:
         self.seed = int(seed)
-        self.image_mixup = ImageMixup().set_random_state(seed)
+        self.image_mixup = MixUp(batch_size=1, alpha=1.0).set_random_state(seed)
         self.text_mixup = TextMixupd(keys=TEXT_KEYS).set_random_state(seed + 1)
         self.all_batches = all_batches
 
@@ -57,8 +58,14 @@ class IntraModalMixupHandler:
         out = engine.state.output
         inputs, batch = out[PretextKeys.INPUTS], out[PretextKeys.BATCH]
         if out[PretextKeys.PRETEXT] == "mae":
-            inputs[PretextKeys.X] = self.image_mixup(inputs[PretextKeys.X])
-            out[PretextKeys.MIXUP_LAM] = self.image_mixup.lam
+            images = inputs[PretextKeys.X]
+            self.image_mixup.batch_size = images.shape[0]  # MixUp draws for a fixed size; the last batch may be short
+            self.image_mixup.randomize()
+            lam, perm, corners = self.image_mixup._params  # where MixUp keeps its draw
+            # MixUp draws lam on the CPU; torch does not broadcast a CPU (B, 1, ...) tensor with a GPU batch
+            self.image_mixup._params = (lam.to(images.device), perm, corners)
+            inputs[PretextKeys.X] = self.image_mixup.apply(images)
+            out[PretextKeys.MIXUP_LAM] = self.image_mixup._params[0]
             return
         mixed = self.text_mixup({k: batch[k] for k in TEXT_KEYS if k in batch})
         inputs[PretextKeys.X] = mixed[PretextKeys.INPUT_IDS]

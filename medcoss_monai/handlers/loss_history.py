@@ -8,12 +8,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from medcoss_monai.engines.pretext_trainer import PretextKeys
-from medcoss_monai.utils import atomic_write_text, is_rank0
+from medcoss_monai.utils import atomic_write_text
 
 __all__ = ["LossHistoryHandler"]
 
@@ -74,15 +74,13 @@ class LossHistoryHandler:
         # the total loss is the first column, named as the engine names it
         names = [PretextKeys.LOSS] + sorted(set(self._sums) - {PretextKeys.LOSS} | set(self.columns), key=self._order)
         values = torch.tensor([self._sums.get(n, 0.0) for n in names] + [float(self._count)], dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized():
+        if idist.get_world_size() > 1:
             # gloo and nccl both reduce a float64 tensor on the engine's device
-            values = values.to(engine.state.device)
-            dist.all_reduce(values)
-            values = values.cpu()
+            values = idist.all_reduce(values.to(engine.state.device)).cpu()
         count = max(values[-1].item(), 1.0)
         row = {"epoch": str(engine.state.epoch)}
         row.update({n: f"{v / count:.6g}" for n, v in zip(names, values[:-1].tolist())})
-        if not is_rank0():
+        if idist.get_rank() != 0:
             return
         rows = [r for r in self.read_rows() if int(r["epoch"]) < engine.state.epoch] + [row]
         header = ["epoch"] + names

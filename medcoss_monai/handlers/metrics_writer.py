@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -12,9 +11,10 @@ import torch
 
 from monai.utils import optional_import
 
-from medcoss_monai.utils import atomic_write_json, is_rank0
+from medcoss_monai.utils import atomic_write_json, to_jsonable
 
 Events, _ = optional_import("ignite.engine", name="Events")
+idist, _ = optional_import("ignite.distributed")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
@@ -25,16 +25,8 @@ __all__ = ["MetricsWriter", "classification_metrics"]
 
 
 def _clean(value: Any) -> Any:
-    """JSON-safe scalars: tensors to floats, nan/inf to None."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().tolist()
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    """JSON-safe values (:func:`~medcoss_monai.utils.to_jsonable`), tensors as their values."""
+    return to_jsonable(value.detach().cpu().tolist() if isinstance(value, torch.Tensor) else value)
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, multilabel: bool = False, threshold: float = 0.5) -> dict[str, Any]:
@@ -150,5 +142,5 @@ class MetricsWriter:
             )
             metrics.update({k: _clean(v) for k, v in scores.items()})
         self.metrics = metrics
-        if is_rank0():  # under torchrun every process evaluates the whole split; one writes
+        if idist.get_rank() == 0:  # under torchrun every process evaluates the whole split; one writes
             atomic_write_json({**{k: _clean(v) for k, v in self.extra.items()}, "metrics": metrics}, self.output_path)

@@ -10,12 +10,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 from ignite.engine import Engine
 from monai.utils import CommonKeys
 
 from medcoss_monai.handlers.feature_writer import FeatureWriter
-from medcoss_monai.utils import atomic_write_text, is_rank0
+from medcoss_monai.utils import atomic_write_text
 
 __all__ = ["ClassProbabilityWriter"]
 
@@ -62,7 +63,7 @@ class ClassProbabilityWriter(FeatureWriter):
         return next((str(item[k]) for k in self.name_keys if item.get(k) is not None), str(index))
 
     def __call__(self, engine: Engine) -> None:
-        if not is_rank0() or not self._features:
+        if idist.get_rank() != 0 or not self._features:
             return
         probs = np.stack([np.asarray(p).reshape(-1) for p in self._features])
         if probs.shape[1] != len(self.class_names):

@@ -8,14 +8,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import list_data_collate
+from monai.networks.utils import eval_mode
 
 from medcoss_monai.engines.pretext_trainer import PretextKeys
 from medcoss_monai.networks.checkpoint import unwrap_network
-from medcoss_monai.utils import atomic_write_text, is_rank0
+from medcoss_monai.utils import atomic_write_text
 
 __all__ = ["ReconstructionSnapshotHandler", "reconstruction_panels"]
 
@@ -125,21 +127,17 @@ class ReconstructionSnapshotHandler:
         return items[:n]
 
     def __call__(self, engine: Engine) -> None:
-        if not is_rank0():
+        if idist.get_rank() != 0:
             return
         network = self.network if self.network is not None else engine.network
         model = unwrap_network(network)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             batch = list_data_collate(self._examples())
             device = next(model.parameters()).device
             if PretextKeys.INPUT_IDS in batch or "text" in batch:  # tokenised, or raw report items
                 self._write_text(model, batch, device)
             else:
                 self._write_images(model, batch[PretextKeys.IMAGE].to(device))
-        finally:
-            model.train(was_training)
 
     def _write_images(self, model: torch.nn.Module, images: torch.Tensor) -> None:
         from PIL import Image
@@ -170,8 +168,7 @@ class ReconstructionSnapshotHandler:
         ids = batch[PretextKeys.INPUT_IDS].to(device)
         attn = batch[PretextKeys.ATTENTION_MASK].to(device)
         labels = batch[PretextKeys.LABELS].to(device)
-        with torch.no_grad():
-            logits = model(ids, attention_mask=attn, pretext="mlm")["logits"]
+        logits = model(ids, attention_mask=attn, pretext="mlm")["logits"]
         top1 = logits.argmax(-1)
         decode = (
             (lambda t: self.tokenizer.decode([int(t)]))

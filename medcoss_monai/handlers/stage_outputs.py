@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -10,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
@@ -17,7 +17,7 @@ from monai.handlers import CheckpointLoader
 from medcoss_monai.networks.checkpoint import load_state, state_dict_mismatch, unwrap_network
 from medcoss_monai import layout
 from medcoss_monai.errors import CheckpointError, ResumeError
-from medcoss_monai.utils import atomic_torch_save, atomic_write_json, is_rank0
+from medcoss_monai.utils import atomic_torch_save, atomic_write_json, to_jsonable
 
 __all__ = [
     "StageModelSaver",
@@ -43,7 +43,7 @@ def stage_config(network: Any) -> dict[str, Any]:
         ``{"network": {...}}``, or ``{}`` when the network has no ``config``.
     """
     config = getattr(unwrap_network(network), "config", None) if isinstance(network, torch.nn.Module) else None
-    return {"network": json.loads(json.dumps(_jsonable(dict(config))))} if config is not None else {}
+    return {"network": to_jsonable(dict(config))} if config is not None else {}
 
 
 def latest_checkpoint(stage_dir: str | os.PathLike) -> Path | None:
@@ -96,7 +96,7 @@ class StageModelSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not is_rank0():
+        if idist.get_rank() != 0:
             return
         model = unwrap_network(self.network)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -106,7 +106,7 @@ class StageModelSaver:
         if config is not None:  # the architecture, so export and fine-tuning can rebuild the network
             info["network"] = {"_target_": f"{type(model).__module__}.{type(model).__name__}", **dict(config)}
         info.update({"epochs": engine.state.epoch, "iterations": engine.state.iteration, "model": self.filename})
-        atomic_write_json(_jsonable(info), self.stage_dir / layout.STAGE_RECORD_FILE)
+        atomic_write_json(to_jsonable(info), self.stage_dir / layout.STAGE_RECORD_FILE)
         logging.getLogger(__name__).info(f"stage weights written to {path}")
 
 
@@ -114,9 +114,15 @@ class AtomicCheckpointSaver:
     """Saves the full training state every ``save_interval`` epochs as ``checkpoint_epoch=N.pt``.
 
     MONAI's ``CheckpointSaver`` writes in place; a kill during the write would leave a truncated file
-    that a resume then trips over. This saver writes to a temporary file and renames it, keeps the
-    newest ``n_saved`` checkpoints and writes from rank 0 only. The files load with
+    that a resume then trips over. This saver writes to a temporary file, fsyncs and renames it, keeps
+    the newest ``n_saved`` checkpoints and writes from rank 0 only. The files load with
     ``torch.load(..., weights_only=True)`` and MONAI's ``CheckpointLoader``.
+
+    Ignite's ``ModelCheckpoint`` with ``DiskSaver(atomic=True)`` is not used because it cannot do three
+    things a stage needs: it keeps the list of files to prune in memory, so after a kill and a resume
+    the checkpoints written before the kill are never pruned (this saver reads the folder); it saves
+    only objects with ``state_dict()``, not the plain ``stage_config`` record that
+    :meth:`StageResumeHandler.check_resumable` compares; and its atomic write does not fsync.
 
     Args:
         save_dir: the stage folder.
@@ -148,7 +154,7 @@ class AtomicCheckpointSaver:
         epoch = engine.state.epoch
         if epoch % self.save_interval and epoch != engine.state.max_epochs:
             return
-        if not is_rank0():
+        if idist.get_rank() != 0:
             return
         state: dict[str, Any] = {}
         for name, obj in self.save_dict.items():
@@ -261,14 +267,3 @@ class StageResumeHandler:
                     f"({'; '.join(problems)}). {what_to_do}"
                 )
 
-
-def _jsonable(obj: Any) -> Any:
-    try:
-        json.dumps(obj)
-        return obj
-    except TypeError:
-        if isinstance(obj, Mapping):
-            return {str(k): _jsonable(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [_jsonable(v) for v in obj]
-        return str(obj)

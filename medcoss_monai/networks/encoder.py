@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from einops.layers.torch import Rearrange
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
@@ -24,6 +26,18 @@ from medcoss_monai.networks.pos_embed import PositionEmbedding
 __all__ = ["UnifiedEncoder", "random_masking", "patchify", "patch_rows", "unpatchify", "pool_tokens", "KINDS"]
 
 KINDS = ("text", "2d", "3d")
+
+
+def _patch_axes(n: int) -> tuple[str, str, str]:
+    """einops names of an ``n``-D image cut into patches: ``(grid axes, patch axes, image axes)``."""
+    if n not in (2, 3):
+        raise ValueError(f"patches are cut from 2D or 3D images, got {n} spatial axes.")
+    grid, patch = ["h", "w", "d"][:n], [f"p{i}" for i in range(n)]
+    return " ".join(grid), " ".join(patch), " ".join(f"({g} {p})" for g, p in zip(grid, patch))
+
+
+def _patch_lengths(patch_size: Sequence[int]) -> dict[str, int]:
+    return {f"p{i}": int(p) for i, p in enumerate(patch_size)}
 
 
 def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
@@ -36,49 +50,29 @@ def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
     Returns:
         (B, L, prod(patch_size) * C) patches; each patch is flattened patch-position-major, channel last.
     """
-    b, c, *spatial = x.shape
-    patch_size = tuple(int(p) for p in patch_size)
-    grid = [s // p for s, p in zip(spatial, patch_size)]
-    n = len(spatial)
-    if len(patch_size) != n or any(s % p for s, p in zip(spatial, patch_size)):
-        raise ValueError(f"image size {tuple(spatial)} is not a multiple of the patch size {patch_size}.")
-    shape = [b, c]
-    for g, p in zip(grid, patch_size):
-        shape += [g, p]
-    x = x.reshape(shape)
-    # (B, C, g1, p1, g2, p2, ...) -> (B, g1, g2, ..., p1, p2, ..., C)
-    perm = [0] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)] + [1]
-    return x.permute(perm).reshape(b, math.prod(grid), math.prod(patch_size) * c)
+    spatial = x.shape[2:]
+    if len(patch_size) != len(spatial) or any(s % int(p) for s, p in zip(spatial, patch_size)):
+        raise ValueError(f"image size {tuple(spatial)} is not a multiple of the patch size {tuple(patch_size)}.")
+    grid, patch, image = _patch_axes(len(spatial))
+    return rearrange(x, f"b c {image} -> b ({grid}) ({patch} c)", **_patch_lengths(patch_size))
 
 
-def patch_rows(x: torch.Tensor, patch_size: list[int]) -> torch.Tensor:
-    """Cut images into flattened patches in the order of a patch convolution's kernel (channel, then patch axes).
+def patch_rows(patch_size: Sequence[int]) -> Rearrange:
+    """The cut of images into patches in the order of a patch convolution's kernel (channel, then patch axes).
 
-    ``F.linear(patch_rows(x, p), conv.weight.reshape(hidden, -1), conv.bias)`` equals a convolution with
-    kernel and stride ``p``, token for token. TorchScript-compatible (the exported networks use it too).
+    ``F.linear(patch_rows(p)(x), conv.weight.reshape(hidden, -1), conv.bias)`` equals a convolution with
+    kernel and stride ``p``, token for token. A module (einops' layer) rather than a function so that
+    TorchScript compiles it: the exported networks use it too.
 
     Args:
-        x: (B, C, *spatial) images, each spatial size a multiple of the patch.
-        patch_size: patch size per spatial axis.
+        patch_size: patch size per spatial axis (2 or 3 axes).
 
     Returns:
-        (B, L, C * prod(patch_size)) patches, L in the convolution's output order.
+        a module mapping (B, C, *spatial) images to (B, L, C * prod(patch_size)) patches, L in the
+        convolution's output order.
     """
-    n = len(patch_size)
-    shape = [x.shape[0], x.shape[1]]
-    tokens = 1
-    for i in range(n):
-        shape.append(x.shape[2 + i] // patch_size[i])
-        shape.append(patch_size[i])
-        tokens *= x.shape[2 + i] // patch_size[i]
-    # (B, C, g1, p1, g2, p2, ...) -> (B, g1, g2, ..., C, p1, p2, ...)
-    perm = [0]
-    for i in range(n):
-        perm.append(2 + 2 * i)
-    perm.append(1)
-    for i in range(n):
-        perm.append(3 + 2 * i)
-    return x.reshape(shape).permute(perm).reshape(x.shape[0], tokens, -1)
+    grid, patch, image = _patch_axes(len(patch_size))
+    return Rearrange(f"b c {image} -> b ({grid}) (c {patch})", **_patch_lengths(patch_size))
 
 
 def unpatchify(patches: torch.Tensor, grid: Sequence[int], patch_size: Sequence[int]) -> torch.Tensor:
@@ -92,18 +86,15 @@ def unpatchify(patches: torch.Tensor, grid: Sequence[int], patch_size: Sequence[
     Returns:
         (B, C, *[g * p]) images.
     """
-    grid, patch_size = [int(g) for g in grid], [int(p) for p in patch_size]
-    b, length, dim = patches.shape
-    n = len(grid)
+    _, length, dim = patches.shape
     c = dim // math.prod(patch_size)
     if length != math.prod(grid) or c * math.prod(patch_size) != dim:
-        raise ValueError(f"patches {tuple(patches.shape)} do not fit grid {grid} with patch size {patch_size}.")
-    x = patches.reshape([b, *grid, *patch_size, c])
-    # (B, g1.., p1.., C) -> (B, C, g1, p1, g2, p2, ...)
-    perm = [0, 1 + 2 * n]
-    for i in range(n):
-        perm += [1 + i, 1 + n + i]
-    return x.permute(perm).reshape([b, c, *[g * p for g, p in zip(grid, patch_size)]])
+        raise ValueError(
+            f"patches {tuple(patches.shape)} do not fit grid {list(grid)} with patch size {list(patch_size)}."
+        )
+    grid_axes, patch, image = _patch_axes(len(grid))
+    sizes = dict(zip(grid_axes.split(), (int(g) for g in grid)))
+    return rearrange(patches, f"b ({grid_axes}) ({patch} c) -> b c {image}", **sizes, **_patch_lengths(patch_size))
 
 
 def random_masking(
@@ -177,6 +168,7 @@ class PatchEmbed(nn.Module):
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.proj = conv(in_channels, hidden_size, kernel_size=self.patch_size, stride=self.patch_size)
         self.proj._is_patch_projection = True  # for init_mae_weights
+        self.to_rows = patch_rows(self.patch_size)
 
     def grid_of(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Token grid of an image of spatial size ``spatial``.
@@ -200,7 +192,7 @@ class PatchEmbed(nn.Module):
         # the strided convolution as one matrix product over the cut patches: the same weights and result,
         # but oneDNN's 3D convolution with a 16^3 kernel took 8x as long as the product at paper size
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)
-        return F.linear(patch_rows(x, list(self.patch_size)), weight, self.proj.bias), grid
+        return F.linear(self.to_rows(x), weight, self.proj.bias), grid
 
 
 class UnifiedEncoder(nn.Module):
@@ -359,12 +351,9 @@ class UnifiedEncoder(nn.Module):
                 raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}].")
             grid: tuple[int, ...] = (int(x.shape[1]),)
             tokens = self.text_embed(x) * self.text_embed_scale + self.pos_embed_text(grid)
-        elif kind == "2d":
-            tokens, grid = self.patch_embed_2d(x)
-            tokens = tokens + self.pos_embed_2d(grid)
         else:
-            tokens, grid = self.patch_embed_3d(x)
-            tokens = tokens + self.pos_embed_3d(grid)
+            tokens, grid = self._patch_embed(kind)(x)
+            tokens = tokens + (self.pos_embed_2d if kind == "2d" else self.pos_embed_3d)(grid)
         if self.kind_embed is not None:
             tokens = tokens + self.kind_embed.weight[KINDS.index(kind)]
         return self.embed_dropout(tokens), kind, grid

@@ -21,7 +21,6 @@ from medcoss_monai.networks.encoder import (
     KINDS,
     PatchEmbed,
     UnifiedEncoder,
-    patch_rows,
     pool_tokens,
 )
 from medcoss_monai.networks.heads import EncoderClassifier, as_encoder
@@ -94,6 +93,7 @@ class PatchTokens(nn.Module):
         self.proj = patch_embed.proj
         self.in_channels = int(patch_embed.in_channels)
         self.patch_size = [int(p) for p in patch_embed.patch_size]
+        self.to_rows = patch_embed.to_rows
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """(B, C, *spatial) images -> ((B, L, hidden) tokens, token grid)."""
@@ -115,7 +115,7 @@ class PatchTokens(nn.Module):
             grid.append(size // patch)
         # the projection as PatchEmbed runs it (one matrix product over the cut patches)
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)
-        return F.linear(patch_rows(x, self.patch_size), weight, self.proj.bias), grid
+        return F.linear(self.to_rows(x), weight, self.proj.bias), grid
 
 
 class InferenceEncoder(nn.Module):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,83 +37,45 @@ class MedCoSSModel(nn.Module):
     ``model.config`` holds the constructor arguments (``MedCoSSModel.from_config(model.config)`` rebuilds it).
 
     Args:
-        hidden_size: encoder token size.
-        num_layers: encoder blocks.
-        num_heads: encoder attention heads.
-        mlp_ratio: MLP width over token size (encoder and decoder).
-        vocab_size: text vocabulary size.
-        max_text_len: text positions.
-        img_size_2d: 2D input size.
-        patch_size_2d: 2D patch size.
-        in_channels_2d: 2D image channels.
-        img_size_3d: 3D input size (H, W, D).
-        patch_size_3d: 3D patch size.
-        in_channels_3d: 3D image channels.
-        dropout_rate: encoder dropout.
-        qkv_bias: bias of the query/key/value projections.
         decoder_hidden_size: MAE decoder token size.
         decoder_layers: MAE decoder blocks.
         decoder_heads: MAE decoder attention heads.
         norm_pix_loss: MAE targets normalised per patch (mean/variance over the patch, eps 1e-6).
         tie_mlm_weights: share the MLM output weights with the text token embedding.
-        pos_embed_type: ``"sincos"`` or ``"learnable"`` position tables.
-        kind_embedding: learned input-kind embedding in the encoder.
-        use_flash_attention: fused attention in MONAI's transformer blocks.
+        encoder_args: the arguments of :class:`~medcoss_monai.networks.UnifiedEncoder` (``hidden_size``,
+            ``num_layers``, image and patch sizes...); its ``mlp_ratio``, ``qkv_bias``, ``pos_embed_type``
+            and ``use_flash_attention`` apply to the MAE decoder too.
+
+    Raises:
+        TypeError: an argument neither of these nor of the encoder.
     """
 
     def __init__(
         self,
-        hidden_size: int = 192,
-        num_layers: int = 4,
-        num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        vocab_size: int = 8192,
-        max_text_len: int = 112,
-        img_size_2d: Sequence[int] | int = (96, 96),
-        patch_size_2d: Sequence[int] | int = (16, 16),
-        in_channels_2d: int = 3,
-        img_size_3d: Sequence[int] | int = (64, 64, 16),
-        patch_size_3d: Sequence[int] | int = (16, 16, 8),
-        in_channels_3d: int = 1,
-        dropout_rate: float = 0.0,
-        qkv_bias: bool = True,
         decoder_hidden_size: int = 128,
         decoder_layers: int = 2,
         decoder_heads: int = 4,
         norm_pix_loss: bool = True,
         tie_mlm_weights: bool = True,
-        pos_embed_type: str = "sincos",
-        kind_embedding: bool = False,
-        use_flash_attention: bool = True,
+        **encoder_args: Any,
     ) -> None:
         super().__init__()
-        args = dict(locals())
-        self.config: dict[str, Any] = {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items() if k not in ("self", "__class__")
+        bound = inspect.signature(UnifiedEncoder).bind(**encoder_args)  # TypeError names an unknown argument
+        bound.apply_defaults()
+        e = bound.arguments
+        args = {
+            **e,
+            "decoder_hidden_size": decoder_hidden_size,
+            "decoder_layers": decoder_layers,
+            "decoder_heads": decoder_heads,
+            "norm_pix_loss": norm_pix_loss,
+            "tie_mlm_weights": tie_mlm_weights,
         }
+        self.config: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()}
         self.norm_pix_loss = norm_pix_loss
-        self.encoder = UnifiedEncoder(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            vocab_size=vocab_size,
-            max_text_len=max_text_len,
-            img_size_2d=img_size_2d,
-            patch_size_2d=patch_size_2d,
-            in_channels_2d=in_channels_2d,
-            img_size_3d=img_size_3d,
-            patch_size_3d=patch_size_3d,
-            in_channels_3d=in_channels_3d,
-            dropout_rate=dropout_rate,
-            qkv_bias=qkv_bias,
-            pos_embed_type=pos_embed_type,
-            kind_embedding=kind_embedding,
-            use_flash_attention=use_flash_attention,
-        )
-        enc = self.encoder
+        self.encoder = enc = UnifiedEncoder(**e)
         self.mae_decoder = MAEDecoder(
-            hidden_size,
+            e["hidden_size"],
             decoder_hidden_size=decoder_hidden_size,
             decoder_layers=decoder_layers,
             decoder_heads=decoder_heads,
@@ -120,12 +83,12 @@ class MedCoSSModel(nn.Module):
             patch_dim_3d=enc.patch_dim("3d"),
             grid_2d=enc.grid_size("2d"),
             grid_3d=enc.grid_size("3d"),
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            pos_embed_type=pos_embed_type,
-            use_flash_attention=use_flash_attention,
+            mlp_ratio=e["mlp_ratio"],
+            qkv_bias=e["qkv_bias"],
+            pos_embed_type=e["pos_embed_type"],
+            use_flash_attention=e["use_flash_attention"],
         )
-        self.mlm_head = MLMHead(hidden_size, vocab_size)
+        self.mlm_head = MLMHead(e["hidden_size"], e["vocab_size"])
         if tie_mlm_weights:
             self.mlm_head.tie_to(enc.text_embed)
 

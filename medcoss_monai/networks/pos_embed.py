@@ -32,6 +32,11 @@ def sincos_pos_embed(grid: Sequence[int], dim: int, temperature: float = 10000.0
     coordinate at geometric frequencies); channels left over when ``dim`` does not split evenly are zero.
     Tokens are numbered row-major over the grid, the order of a flattened convolution output.
 
+    Kept rather than MONAI's ``build_sincos_position_embedding``: that one has no 1D (text) table, refuses
+    sizes not divisible by 4 (2D) or 6 (3D) (the 3D MAE decoder table at 128 channels), lists the axes
+    as (W, H, D) and computes in float32 (after reordering the axes its tables differ from these by up
+    to 1.2e-7, which would change every trained model).
+
     Args:
         grid: tokens along each axis, e.g. ``(112,)``, ``(6, 6)`` or ``(4, 4, 2)``.
         dim: embedding size.

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medcoss_monai.errors import install_run_hooks
 from medcoss_monai.samples import muscle_sample_tasks as muscle_tasks
-from medcoss_monai.samples import sample_tasks
+from medcoss_monai.samples import sample_tasks, sample_tile_tasks, sample_volume_tasks
 from medcoss_monai.data.folder_datalists import SPLIT_SEED
 from medcoss_monai.utils import atomic_write_json
 
@@ -45,21 +46,21 @@ TASKS: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
     "text_cls": (sample_tasks.derive_text_cls,
                  f"Multi-label: the {sample_tasks.TEXT_NUM_CLASSES} most frequent major MeSH headings of held-out "
                  "Indiana reports."),
-    "xray_cls": (sample_tasks.derive_xray_cls,
+    "xray_cls": (sample_tile_tasks.derive_xray_cls,
                  "Tiles of the held-out tibia film: bone (1) / soft tissue (0), derived labels."),
-    "xray_seg": (sample_tasks.derive_xray_seg, "Tiles of the held-out tibia film and derived bone masks, 0/255 PNG."),
-    "ct_cls": (sample_tasks.derive_ct_cls, "Sub-volumes of the held-out chest CT in HU: heart (1) / no heart (0)."),
-    "ct_seg": (sample_tasks.derive_ct_seg,
+    "xray_seg": (sample_tile_tasks.derive_xray_seg, "Tiles of the held-out tibia film and derived bone masks, 0/255 PNG."),
+    "ct_cls": (sample_volume_tasks.derive_ct_cls, "Sub-volumes of the held-out chest CT in HU: heart (1) / no heart (0)."),
+    "ct_seg": (sample_volume_tasks.derive_ct_seg,
                "Axial slabs of the held-out chest CT: lung, heart, liver, bone (TotalSegmentator)."),
-    "mri_cls": (sample_tasks.derive_mri_cls,
+    "mri_cls": (sample_volume_tasks.derive_mri_cls,
                 "Sub-volumes of the held-out ICBM 2009c T1, normalised: cerebellum (1) / cerebrum (0)."),
-    "mri_seg": (sample_tasks.derive_mri_seg,
+    "mri_seg": (sample_volume_tasks.derive_mri_seg,
                 "Held-out ICBM 2009c T1 with grouped CerebrA regions, split by hemisphere."),
-    "mri_tissue_seg": (sample_tasks.derive_mri_tissue_seg,
+    "mri_tissue_seg": (sample_volume_tasks.derive_mri_tissue_seg,
                        "Held-out ICBM 2009a T1 with grey / white matter labels, split by hemisphere."),
-    "pathology_cls": (sample_tasks.derive_pathology_cls,
+    "pathology_cls": (sample_tile_tasks.derive_pathology_cls,
                       "Tiles of the held-out H&E image: many (1) / few (0) nuclei."),
-    "pathology_seg": (sample_tasks.derive_pathology_seg,
+    "pathology_seg": (sample_tile_tasks.derive_pathology_seg,
                       "Tiles of the held-out H&E image and nuclei masks, 0/255 PNG."),
     # MUSCLE's tasks are held out of MUSCLE's own pre-training lists, by file (see muscle_tasks)
     "muscle_bodypart_cls": (muscle_tasks.derive_bodypart_cls,
@@ -198,6 +199,7 @@ def prepare_tasks(tasks: Sequence[str] | None = None, force: bool = False, verbo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m medcoss_monai.samples.tasks prepare [--force] [--tasks a b]`` / ``list``."""
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="write the derived task files and datalists")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medcoss_monai.apps.brainmvp.studies import CONTRASTS, sample_task_datalist, study_datalist
-from medcoss_monai.errors import BadInputError
+from medcoss_monai.errors import BadInputError, install_run_hooks
 
 __all__ = ["LABEL_MODES", "SPLITS", "task_datalist", "check_label_mode", "checked_task", "write_splits", "main"]
 
@@ -142,6 +142,7 @@ def write_splits(dataset_dir: str | os.PathLike, out: str | os.PathLike, contras
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m medcoss_monai.apps.brainmvp.brain_tasks --dataset_dir /data/BraTS2021 --out brats_splits.json``."""
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     import argparse
 
     parser = argparse.ArgumentParser(description=write_splits.__doc__.splitlines()[0])

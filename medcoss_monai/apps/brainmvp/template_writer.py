@@ -46,7 +46,7 @@ def view_panels(output: dict, index: int) -> np.ndarray:
     """One picture row: original, view A, its reconstruction, view B, its reconstruction (middle axial slice).
 
     Args:
-        output: a :class:`~medcoss_monai.apps.brainmvp.brainmvp_trainer.BrainMVPTrainer` step output.
+        output: a :class:`~medcoss_monai.engines.PretextTrainer` output of a BrainMVP batch.
         index: which sample of the batch.
 
     Returns:
@@ -68,8 +68,7 @@ class BrainMVPOutputWriter:
 
     Args:
         output_dir: the stage folder.
-        network: what holds the templates (``.templates``): a :class:`~medcoss_monai.apps.brainmvp.model.BrainMVPModel`
-            or, in a curriculum stage, a :class:`~medcoss_monai.apps.brainmvp.curriculum_head.UnifiedBrainMVPHead`.
+        network: what holds the templates (``.templates``): the :class:`~medcoss_monai.apps.brainmvp.pretext.BrainMVPPretext`.
         num_examples: pictures per write.
         interval: epochs between writes.
     """

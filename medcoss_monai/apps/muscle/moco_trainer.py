@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
-from torch.optim import Optimizer
-from torch.utils.data import DataLoader
 
-from medcoss_monai.engines.steps import autocast_of, backward_and_step
+from medcoss_monai.engines.steps import OptimizationStep
 
 __all__ = ["MoCoTrainer", "MoCoKeys"]
 
@@ -42,47 +40,19 @@ class MoCoTrainer(SupervisedTrainer):
     events fire as in ``SupervisedTrainer``, so MONAI / project handlers attach unchanged.
 
     Args:
-        device: device to train on.
-        max_epochs: number of epochs.
-        train_data_loader: loader of batches holding ``MoCoKeys.QUERY`` and ``MoCoKeys.KEY``.
-        network: the MoCo network.
-        optimizer: optimizer over the query encoder's parameters.
         loss_function: default ``torch.nn.CrossEntropyLoss()``.
-        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
-        non_blocking: non-blocking host-to-device copies.
-        train_handlers: Ignite handlers with an ``attach`` method.
-        amp: automatic mixed precision (CUDA only).
-        kwargs: other ``SupervisedTrainer`` arguments.
+        accumulation_steps: micro-batches per optimizer step (see :class:`~medcoss_monai.engines.steps.OptimizationStep`).
+        grad_clip_norm: clip the gradient norm of every trained parameter to this value when given.
+        kwargs: ``SupervisedTrainer`` arguments: ``device``, ``max_epochs``, ``train_data_loader`` (batches
+            holding ``MoCoKeys.QUERY`` and ``MoCoKeys.KEY``), ``network`` (the MoCo network), ``optimizer``
+            (over the query encoder's parameters), ``epoch_length``, ``train_handlers``, ``amp``...
     """
 
     def __init__(
-        self,
-        device: str | torch.device,
-        max_epochs: int,
-        train_data_loader: Iterable | DataLoader,
-        network: torch.nn.Module,
-        optimizer: Optimizer,
-        loss_function: Callable | None = None,
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        **kwargs: Any,
+        self, loss_function: Callable | None = None, accumulation_steps: int = 1, grad_clip_norm: float | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=loss_function or torch.nn.CrossEntropyLoss(),
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            train_handlers=train_handlers,
-            amp=amp,
-            decollate=False,
-            **kwargs,
-        )
+        super().__init__(loss_function=loss_function or torch.nn.CrossEntropyLoss(), decollate=False, **kwargs)
+        self.optimization = OptimizationStep(accumulation_steps, grad_clip_norm)
 
     def _iteration(self, engine: MoCoTrainer, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -94,15 +64,14 @@ class MoCoTrainer(SupervisedTrainer):
         key = batchdata[MoCoKeys.KEY].to(engine.state.device, non_blocking=engine.non_blocking)
         engine.state.output = out = {MoCoKeys.QUERY: query, MoCoKeys.KEY: key, MoCoKeys.LOSS_TERMS: {}}
         engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        autocast = autocast_of(engine)
-        with autocast:
+        engine.optimization.zero_grad(engine)
+        with engine.optimization.autocast(engine):
             logits, targets = engine.network(query, key)
             out[MoCoKeys.PRED] = logits
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             out[MoCoKeys.LOSS] = engine.loss_function(logits.float(), targets)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        backward_and_step(engine, out[MoCoKeys.LOSS])
+        engine.optimization.backward_and_step(engine, out[MoCoKeys.LOSS])
         out[MoCoKeys.LOSS] = out[MoCoKeys.LOSS].detach()
         out[MoCoKeys.LOSS_TERMS] = {MoCoKeys.MOCO_LOSS: float(out[MoCoKeys.LOSS])}
         out[MoCoKeys.PRED] = logits.detach()

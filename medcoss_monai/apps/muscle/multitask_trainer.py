@@ -22,7 +22,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 from torch.optim import Optimizer
 
-from medcoss_monai.engines.steps import autocast_of, backward_and_step
+from medcoss_monai.engines.steps import OptimizationStep
 from medcoss_monai.networks.checkpoint import unwrap_network
 from medcoss_monai.apps.muscle.task_heads import DETECTION
 
@@ -85,11 +85,10 @@ class MultiTaskTrainer(SupervisedTrainer):
         optimizer: the optimizer (over the backbone and every head).
         task_losses: task -> loss function ``(logits, label) -> scalar``; detection tasks need none
             (the detector's losses are summed).
-        epoch_length: iterations per visit (the visit's budget); default: the length of the loader.
-        non_blocking: non-blocking host-to-device copies.
-        train_handlers: Ignite handlers with an ``attach`` method (the schedule among them).
-        amp: automatic mixed precision (CUDA only).
-        kwargs: other ``SupervisedTrainer`` arguments.
+        accumulation_steps: micro-batches per optimizer step (see :class:`~medcoss_monai.engines.steps.OptimizationStep`).
+        grad_clip_norm: clip the gradient norm of every trained parameter to this value when given.
+        kwargs: other ``SupervisedTrainer`` arguments (``epoch_length``: iterations per visit, the visit's
+            budget; ``train_handlers``, the schedule among them; ``amp``...).
     """
 
     def __init__(
@@ -100,17 +99,15 @@ class MultiTaskTrainer(SupervisedTrainer):
         network: torch.nn.Module,
         optimizer: Optimizer,
         task_losses: Mapping[str, Callable | None],
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
+        accumulation_steps: int = 1,
+        grad_clip_norm: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
-            optimizer=optimizer, loss_function=None, epoch_length=epoch_length, non_blocking=non_blocking,
-            train_handlers=train_handlers, amp=amp, decollate=False, **kwargs,
+            optimizer=optimizer, loss_function=None, decollate=False, **kwargs,
         )
+        self.optimization = OptimizationStep(accumulation_steps, grad_clip_norm)
         model = unwrap_network(network)
         for task in model.tasks:
             if model.kind(task) != DETECTION and task_losses.get(task) is None:
@@ -145,17 +142,16 @@ class MultiTaskTrainer(SupervisedTrainer):
             raise RuntimeError("No task is being visited: attach a task schedule (CyclicTaskSchedule) to the trainer.")
         k = MultiTaskKeys
         engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        engine.optimization.zero_grad(engine)
         engine.state.output = {k.TASK: task, k.BATCH: batchdata, k.LOSS_TERMS: {}}
         out = engine.state.output
-        autocast = autocast_of(engine)
-        with autocast:
+        with engine.optimization.autocast(engine):
             loss = engine.task_loss(task, batchdata)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             out[k.LOSS_TERMS][k.TASK_LOSS] = loss
             out[k.LOSS] = loss
             engine.fire_event(IterationEvents.LOSS_COMPLETED)  # handlers add L2-SP and replay terms here
-        backward_and_step(engine, out[k.LOSS])
+        engine.optimization.backward_and_step(engine, out[k.LOSS])
         out[k.LOSS] = out[k.LOSS].detach()
         out[k.LOSS_TERMS] = {name: float(torch.as_tensor(v).detach()) for name, v in out[k.LOSS_TERMS].items()}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

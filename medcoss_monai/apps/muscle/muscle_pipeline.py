@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from medcoss_monai.errors import install_run_hooks
 from medcoss_monai import layout
-from medcoss_monai.bundle.pipeline import bundle_command
+from medcoss_monai.bundle.pipeline import bundle_command, run_command
 from medcoss_monai.utils import atomic_write_text
 
 __all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
@@ -45,14 +45,7 @@ FINETUNE_BUNDLES = {
 BACKBONES = ("scratch", "mdmoco", "muscle--", "muscle")
 """The backbones ``--compare`` fine-tunes from."""
 MDMOCO_DIR, MULTITASK_DIR = "muscle_mdmoco", "muscle_multitask"
-
-
-def _run(name: str, cmd: list[str]) -> float:
-    print(f"\n=== {name} ===\n$ {' '.join(cmd)}", flush=True)
-    start = time.time()
-    if subprocess.run(cmd).returncode != 0:
-        raise SystemExit(f"{name} failed (its reason is printed above); later steps were not run.")
-    return time.time() - start
+_FAILED = "this step failed and later steps were not run"
 
 
 def _check_working_dir() -> None:
@@ -90,11 +83,11 @@ def run_steps(
     common = ["--output_dir", str(out), "--seed", str(seed)]
     mdmoco = out / MDMOCO_DIR / layout.MODEL_FILE
     if not (skip_step1 and mdmoco.is_file()):
-        _run("step 1: MD-MoCo", bundle_command([bundles / "muscle_mdmoco.json"], [*common, *step1]))
+        run_command("step 1: MD-MoCo", bundle_command([bundles / "muscle_mdmoco.json"], [*common, *step1]), _FAILED)
     configs = [bundles / "muscle_multitask.json"] + ([bundles / "muscle_minus.json"] if variant == "muscle--" else [])
     step2_dir = out / (MULTITASK_DIR if variant == "muscle" else "muscle_multitask_minus")
-    _run(f"step 2: multi-task continual learning ({variant})",
-         bundle_command(configs, [*common, "--stage_dir", str(step2_dir), "--pretrained_ckpt", str(mdmoco), *step2]))
+    run_command(f"step 2: multi-task continual learning ({variant})",
+                bundle_command(configs, [*common, "--stage_dir", str(step2_dir), "--pretrained_ckpt", str(mdmoco), *step2]), _FAILED)
     return finetune_all(step2_dir / layout.MODEL_FILE, out / "finetune" / variant, seed, step3, tasks)
 
 
@@ -108,7 +101,7 @@ def finetune_all(
         folder = output_dir / task
         cmd = bundle_command([bundles / FINETUNE_BUNDLES[task]],
                              ["--output_dir", str(folder), "--pretrained_ckpt", str(ckpt), "--seed", str(seed), *overrides])
-        _run(f"step 3: fine-tune {task} from {ckpt or 'scratch'}", cmd)
+        run_command(f"step 3: fine-tune {task} from {ckpt or 'scratch'}", cmd, _FAILED)
         with open(folder / layout.METRICS_FILE, encoding="utf-8") as f:
             results[task] = json.load(f)["metrics"][task]
     return results
@@ -170,14 +163,15 @@ def write_comparison(rows: Sequence[dict], output_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point.
+    """Run MUSCLE's three steps, or ``--compare`` the backbones, from the command line.
 
     Args:
-        argv: arguments (default ``sys.argv[1:]``).
+        argv: the command-line arguments; ``sys.argv[1:]`` when None.
 
     Returns:
-        Process exit code.
+        0 once every step has succeeded (a failed step ends the process with its message).
     """
+    install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/muscle", help="run folder")
     parser.add_argument("--variant", default="muscle", choices=("muscle", "muscle--"), help="step 2 with or without memorisation")

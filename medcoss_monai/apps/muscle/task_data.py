@@ -18,9 +18,8 @@ from torch.utils.data import DistributedSampler
 from monai.data.utils import no_collation
 from monai.transforms import Compose
 
-from medcoss_monai.bundle.finetune import load_task, task_items
-from medcoss_monai.data.checks import BadInputError, check_datalist, item_problems
-from medcoss_monai.data.folder_datalists import label_problems
+from medcoss_monai.bundle.finetune import checked_items, load_task, task_items
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.apps.muscle.replay import memory_items
 
 __all__ = [
@@ -83,7 +82,8 @@ def checked_task_items(
     """The items of one split of a MUSCLE task, checked before training.
 
     Images must be readable 2D images (not constant); labels: a class index (classification), a mask on
-    the image's grid with ``mask_values`` (segmentation), boxes and labels (:func:`box_problems`).
+    the image's grid with ``mask_values`` (segmentation), boxes and labels (:func:`box_problems`); the
+    checks are those of :func:`~medcoss_monai.bundle.finetune.checked_items`.
 
     Args:
         dataset_dir: "" for the sample task, else a datalist JSON (or a folder holding ``datalist.json``).
@@ -105,16 +105,12 @@ def checked_task_items(
     """
     if kind not in KINDS:
         raise ValueError(f"Task '{task}': kind '{kind}' is not one of {KINDS}.")
-    items = task_items(dataset_dir, task, split, max_items, seed)
-
-    def problems(item: dict[str, Any]) -> list[str]:
-        found = item_problems(item, ("image",), 2)
-        if kind == "detection":
-            return found + box_problems(item, num_classes)
-        return found + label_problems(item, num_classes, "image", "label", mask_values if kind == "segmentation" else None)
-
-    return check_datalist(items, "xray", datalist_path=f"{task} ({split})", skip_bad_inputs=skip_bad_inputs,
-                          rejected_path=rejected_path, check=problems)
+    return checked_items(
+        task_items(dataset_dir, task, split, max_items, seed), num_classes,
+        mask_values if kind == "segmentation" else None, task=task, skip_bad_inputs=skip_bad_inputs,
+        rejected_path=rejected_path, modality="xray", source=f"{task} ({split})",
+        label_check=(lambda item: box_problems(item, num_classes)) if kind == "detection" else None,
+    )
 
 
 def task_class_names(dataset_dir: str | os.PathLike | None, task: str, num_classes: int) -> list[str]:

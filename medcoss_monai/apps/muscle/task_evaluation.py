@@ -1,7 +1,7 @@
 """Test metrics of MUSCLE's tasks, computed with MONAI's metrics on a loader of a task.
 
-- classification: ACC, sensitivity and specificity (``ConfusionMatrixMetric``; of the positive class
-  for two classes, macro over classes otherwise) and AUC (``ROCAUCMetric``, macro);
+- classification: ACC, AUC and macro-F1 as fine-tuning computes them (scikit-learn), sensitivity and
+  specificity (``ConfusionMatrixMetric``; of the positive class for two classes, macro over classes otherwise);
 - segmentation: Dice and mIoU of the foreground classes (``DiceMetric``, ``MeanIoU``);
 - detection: mAP at IoU 0.5 and the AP of each class (``monai.apps.detection.metrics``: ``matching_batch``
   and ``COCOMetric``).
@@ -20,43 +20,45 @@ import torch
 from monai.apps.detection.metrics.coco import COCOMetric
 from monai.apps.detection.metrics.matching import matching_batch
 from monai.data.box_utils import box_iou
-from monai.metrics import ConfusionMatrixMetric, DiceMetric, MeanIoU, ROCAUCMetric
-from monai.networks.utils import one_hot
+from monai.metrics import ConfusionMatrixMetric, DiceMetric, MeanIoU
+from monai.networks.utils import eval_mode, one_hot
 
+from medcoss_monai.handlers.metrics_writer import classification_metrics
 from medcoss_monai.apps.muscle.multitask_trainer import MultiTaskKeys, detection_inputs
 from medcoss_monai.networks.checkpoint import unwrap_network
 from medcoss_monai.apps.muscle.task_heads import CLASSIFICATION, DETECTION, SEGMENTATION
 
-__all__ = ["SCORE", "classification_metrics", "segmentation_metrics", "detection_metrics", "evaluate_task"]
+__all__ = ["SCORE", "classification_task_metrics", "segmentation_metrics", "detection_metrics", "evaluate_task"]
 
 SCORE = "score"
 """Key of a task's key metric in every result."""
-CONFUSION = ("accuracy", "sensitivity", "specificity")
+CONFUSION = ("sensitivity", "specificity")
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """ACC, sensitivity, specificity and AUC of class probabilities.
+def classification_task_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
+    """The fine-tuning scores (ACC, AUC, macro-F1) plus sensitivity and specificity of class probabilities.
+
+    ACC, AUC and F1 are :func:`~medcoss_monai.handlers.metrics_writer.classification_metrics` (scikit-learn),
+    so a task's figures during MUSCLE's schedule and after fine-tuning are the same computation.
 
     Args:
         probs: ``(N, C)`` probabilities.
         labels: ``(N,)`` class indices.
 
     Returns:
-        ``{"acc", "sensitivity", "specificity", "auc", "score"}`` (``score`` = AUC).
+        ``{"ACC", "AUC", "F1", "sensitivity", "specificity", "score"}`` (``score`` = AUC; NaN where a split
+        holds one class only and AUC is undefined, ``None`` under ``"AUC"``).
     """
     num_classes = probs.shape[1]
+    scores = classification_metrics(probs.detach().cpu().numpy(), labels.detach().cpu().numpy())
     y = one_hot(labels.long().reshape(-1, 1), num_classes, dim=1)
     y_pred = one_hot(probs.argmax(1, keepdim=True), num_classes, dim=1)
     # two classes: the positive class's figures (channel 0 left out); more: the mean over classes
     confusion = ConfusionMatrixMetric(include_background=num_classes > 2, metric_name=CONFUSION, reduction="mean")
     confusion(y_pred=y_pred, y=y)
-    acc, sens, spec = (float(v.item()) for v in confusion.aggregate())
-    if num_classes > 2:
-        acc = float((probs.argmax(1) == labels.long()).float().mean())  # top-1 accuracy, not one-vs-rest
-    auc_metric = ROCAUCMetric(average="macro")
-    auc_metric(y_pred=probs if num_classes > 2 else probs[:, 1:], y=y if num_classes > 2 else y[:, 1:])
-    auc = float(auc_metric.aggregate())
-    return {"acc": acc, "sensitivity": sens, "specificity": spec, "auc": auc, SCORE: auc}
+    sens, spec = (float(v.item()) for v in confusion.aggregate())
+    auc = scores["AUC"]
+    return {**scores, "sensitivity": sens, "specificity": spec, SCORE: float("nan") if auc is None else float(auc)}
 
 
 def segmentation_metrics(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -119,7 +121,6 @@ def detection_metrics(
     return result
 
 
-@torch.no_grad()
 def evaluate_task(
     network: torch.nn.Module, task: str, loader: Iterable, device: torch.device | str, classes: Sequence[str] | None = None
 ) -> dict[str, float]:
@@ -133,27 +134,25 @@ def evaluate_task(
         classes: detection class names (default ``class_<i>``).
 
     Returns:
-        The metrics of :func:`classification_metrics`, :func:`segmentation_metrics` or :func:`detection_metrics`.
+        The metrics of :func:`classification_task_metrics`, :func:`segmentation_metrics` or :func:`detection_metrics`.
     """
     model = unwrap_network(network)
     kind = model.kind(task)
-    was_training = model.training
-    model.eval()
-    outputs: list[Any] = []
-    truths: list[Any] = []
-    for batch in loader:
-        if kind == DETECTION:
-            images, targets = detection_inputs(batch, torch.device(device))
-            outputs += model(images, task=task)
-            truths += targets
-        else:
-            logits = model(batch[MultiTaskKeys.IMAGE].to(device), task=task)
-            label = batch[MultiTaskKeys.LABEL].to(device)
-            outputs.append(torch.softmax(logits, 1) if kind == CLASSIFICATION else logits.argmax(1))
-            truths.append(label.reshape(-1) if kind == CLASSIFICATION else label.reshape(label.shape[0], *label.shape[-2:]))
-    model.train(was_training)
+    with eval_mode(model):
+        outputs: list[Any] = []
+        truths: list[Any] = []
+        for batch in loader:
+            if kind == DETECTION:
+                images, targets = detection_inputs(batch, torch.device(device))
+                outputs += model(images, task=task)
+                truths += targets
+            else:
+                logits = model(batch[MultiTaskKeys.IMAGE].to(device), task=task)
+                label = batch[MultiTaskKeys.LABEL].to(device)
+                outputs.append(torch.softmax(logits, 1) if kind == CLASSIFICATION else logits.argmax(1))
+                truths.append(label.reshape(-1) if kind == CLASSIFICATION else label.reshape(label.shape[0], *label.shape[-2:]))
     if kind == CLASSIFICATION:
-        return classification_metrics(torch.cat(outputs), torch.cat(truths))
+        return classification_task_metrics(torch.cat(outputs), torch.cat(truths))
     if kind == SEGMENTATION:
         return segmentation_metrics(torch.cat(outputs), torch.cat(truths), model.heads[task].num_classes)
     names = list(classes) if classes else [f"class_{i}" for i in range(model.heads[task].num_classes)]

@@ -9,10 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from medcoss_monai.apps.muscle.task_evaluation import SCORE, evaluate_task
-from medcoss_monai.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, is_rank0
+from medcoss_monai.utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["VisitMetricsWriter", "TaskMetricsWriter", "plot_visit_metrics"]
 
@@ -104,7 +105,7 @@ class VisitMetricsWriter:
             t: evaluate_task(engine.network, t, loader, engine.state.device, self.class_names.get(t))[SCORE]
             for t, loader in self.loaders.items()
         }
-        if not is_rank0():
+        if idist.get_rank() != 0:
             return
         rows = [r for r in self.read_rows() if int(r["visit"]) < epoch]
         rows.append({"visit": epoch, "round": round_, "task": task, **{t: f"{s:.4f}" for t, s in scores.items()}})
@@ -152,5 +153,5 @@ class TaskMetricsWriter:
             t: evaluate_task(engine.network, t, loader, engine.state.device, self.class_names.get(t))
             for t, loader in self.loaders.items()
         }
-        if is_rank0():
+        if idist.get_rank() == 0:
             atomic_write_json({"metrics": metrics, **self.extra}, self.output_path)

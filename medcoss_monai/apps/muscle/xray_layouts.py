@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import GroupShuffleSplit
 
 from medcoss_monai.data.folder_datalists import (
     SPLIT_SEED,
@@ -63,28 +64,35 @@ CHESTXRAY14_CLASSES = [
 def split_by_group(items: Sequence[dict[str, Any]], fractions: Mapping[str, float], seed: int = SPLIT_SEED) -> dict[str, list]:
     """Seeded split of items into named splits by their ``group`` (patient): a group lands in one split.
 
+    Each split after the first takes ``round(fraction * number of groups)`` groups, drawn in turn from
+    the groups left by scikit-learn's ``GroupShuffleSplit``; the first split takes the remainder.
+
     Args:
         items: items with ``"group"`` (items without one are their own group).
         fractions: split name -> share of groups; the first split takes the remainder.
         seed: shuffling seed.
 
     Returns:
-        split name -> items.
+        split name -> items, each in the order of ``items``.
     """
-    groups = sorted({str(it.get("group", it["image"])) for it in items})
-    order = [groups[i] for i in np.random.RandomState(seed).permutation(len(groups))]
     names = list(fractions)
-    where: dict[str, str] = {}
-    start = 0
-    for name in names[1:]:
-        n = round(fractions[name] * len(groups))
-        where.update({g: name for g in order[start : start + n]})
-        start += n
-    where.update({g: names[0] for g in order[start:]})
     out: dict[str, list] = {name: [] for name in names}
-    for it in items:
-        out[where[str(it.get("group", it["image"]))]].append(it)
+    rest = list(items)
+    rng = np.random.RandomState(seed)
+    n_groups = len({_group(it) for it in items})
+    for name in names[1:]:
+        n, groups = round(fractions[name] * n_groups), [_group(it) for it in rest]
+        if n >= len(set(groups)):  # GroupShuffleSplit keeps at least one group: take what is left
+            out[name], rest = rest, []
+        elif n > 0:
+            keep, take = next(GroupShuffleSplit(n_splits=1, test_size=n, random_state=rng).split(rest, groups=groups))
+            out[name], rest = [rest[i] for i in take], [rest[i] for i in keep]
+    out[names[0]] = rest
     return out
+
+
+def _group(item: Mapping[str, Any]) -> str:
+    return str(item.get("group", item["image"]))
 
 
 def _tag(datalist: dict[str, Any], dataset: str) -> dict[str, Any]:
@@ -93,14 +101,18 @@ def _tag(datalist: dict[str, Any], dataset: str) -> dict[str, Any]:
     return datalist
 
 
-def _read_csv(path: Path, header: bool = True) -> list[Any]:
+def _read_csv(path: Path, header: bool = True, columns: Sequence[str] = ()) -> list[Any]:
+    """Rows of a CSV (dicts with ``header``, else lists); a header must hold ``columns``."""
     if not path.is_file():
         raise BadInputError(f"{path}: file not found.")
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f)) if header else [row for row in csv.reader(f) if row]
+            rows = list(csv.DictReader(f)) if header else [row for row in csv.reader(f) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise BadInputError(f"{path}: cannot be read as CSV ({e}).") from e
+    if rows and not set(columns) <= set(rows[0]):
+        raise BadInputError(f"{path}: needs columns {', '.join(repr(c) for c in columns)}; has {list(rows[0])}.")
+    return rows
 
 
 def _existing(path: Path, listed_in: Path, row: int) -> str:
@@ -291,9 +303,7 @@ def chestxray14_datalist(root: str | os.PathLike, validation_fraction: float = V
     """
     root = Path(root).absolute()
     csv_path = root / "Data_Entry_2017.csv"
-    rows = _read_csv(csv_path)
-    if rows and not {"Image Index", "Finding Labels", "Patient ID"} <= set(rows[0]):
-        raise BadInputError(f"{csv_path}: needs columns 'Image Index', 'Finding Labels', 'Patient ID'; has {list(rows[0])}.")
+    rows = _read_csv(csv_path, columns=("Image Index", "Finding Labels", "Patient ID"))
     files = _find_images(root)
     items = []
     for i, row in enumerate(rows, start=2):
@@ -329,9 +339,7 @@ def bone_age_datalist(root: str | os.PathLike, csv_name: str = "boneage-training
     """
     root = Path(root).absolute()
     csv_path = root / csv_name
-    rows = _read_csv(csv_path)
-    if rows and not {"id", "boneage", "male"} <= set(rows[0]):
-        raise BadInputError(f"{csv_path}: needs columns 'id', 'boneage', 'male'; has {list(rows[0])}.")
+    rows = _read_csv(csv_path, columns=("id", "boneage", "male"))
     files = _find_images(root)
     items = []
     for i, row in enumerate(rows, start=2):

@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,97 +32,22 @@ import torch
 
 from medcoss_monai import layout
 from medcoss_monai.bundle.export import zoo_configs as configs
-from medcoss_monai.bundle.export.zoo_configs import (
-    ZOO_TOKENIZER,
-    ZOO_TORCHSCRIPT,
-    ZOO_WEIGHTS,
-)
+from medcoss_monai.bundle.export.zoo_configs import ZOO_TOKENIZER, ZOO_TORCHSCRIPT, ZOO_WEIGHTS
 from medcoss_monai.bundle.export.zoo_docs import bundle_license, bundle_readme
-from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata, schema_path
-from medcoss_monai.networks.checkpoint import (
-    check_state_fits,
-    load_state,
-    state_dict_of,
-)
+from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata
+from medcoss_monai.bundle.export.zoo_sources import Trained, find_finetuned, find_stage
+from medcoss_monai.errors import install_run_hooks
+from medcoss_monai.networks.checkpoint import check_state_fits
 from medcoss_monai.networks.inference import inference_network
 from medcoss_monai.networks.segmentation import UNETRStyleSegmenter
 
-__all__ = ["export_bundle", "export_finetuned", "find_finetuned", "find_trained_network", "main", "schema_path"]
+__all__ = ["PRETRAIN_WEIGHTS", "write_bundle", "main"]
 
 logger = logging.getLogger(__name__)
 
-KIND_OF = {"report": "text", "text": "text", "xray": "2d", "pathology": "2d", "ct": "3d", "mri": "3d"}
-"""Input kind of the encoder per modality (a task's modality is the prefix of its name)."""
 LARGE_FILE_BYTES = 25 * 1024 * 1024
 PRETRAIN_WEIGHTS = "models/pretrain_model.pt"
 """A stage bundle's whole pre-training network (encoder and pretext heads), what its train.json loads."""
-METRICS_FILE = "metrics.json"
-WEIGHT_NAMES = ("model_best.pt", layout.MODEL_FILE, "model_final.pt")
-"""The weights of a fine-tuning output folder, in order of preference."""
-
-
-@dataclass
-class Trained:
-    """A trained network to export.
-
-    Attributes:
-        network: its config (``_target_`` and arguments, self-contained).
-        state: its weights.
-        modality: ``report``, ``xray``, ``ct``, ``mri`` or ``pathology`` (stage), or a task's prefix.
-        bundle_file: the bundle it was trained with.
-        parser: that bundle, read with its macros resolved (and the task's overrides).
-        info: facts for the metadata and README (``config_file``, ``epochs``, ``task``, ``metrics``...).
-        tokenizer: the tokenizer folder of a text network.
-    """
-
-    network: dict[str, Any]
-    state: dict[str, torch.Tensor]
-    modality: str
-    bundle_file: Path
-    parser: Any
-    info: dict[str, Any] = field(default_factory=dict)
-    tokenizer: Path | None = None
-
-
-def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Path, dict[str, Any]]:
-    """Find the network config and weights in a stage folder.
-
-    The folder must hold a JSON file (the stage record ``stage.json``, or any ``*.json``) with a key
-    ``"network"`` that is a config with ``"_target_"`` (as :class:`~medcoss_monai.handlers.StageModelSaver`
-    writes), and the weights it names under ``"model"`` (default :data:`~medcoss_monai.layout.MODEL_FILE`).
-
-    Args:
-        folder: the trained folder.
-
-    Returns:
-        ``(network config, weights path, the whole info dict)``.
-
-    Raises:
-        FileNotFoundError: when the folder, a network config or the weights are missing.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder: pass the stage_<modality> output folder.")
-    for path in [folder / layout.STAGE_RECORD_FILE] + sorted(folder.glob("*.json")):
-        if not path.is_file():
-            continue
-        try:
-            info = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        net = info.get("network") if isinstance(info, dict) else None
-        if isinstance(net, dict) and "_target_" in net:
-            weights = folder / str(info.get("model", layout.MODEL_FILE))
-            if not weights.is_file():
-                raise FileNotFoundError(f"{path} names the weights {weights.name}, but {weights} does not exist.")
-            info = dict(info)
-            info.setdefault("config_file", str(path))
-            return dict(net), weights, info
-    raise FileNotFoundError(
-        f"{folder} has no JSON file with a 'network' config (\"_target_\"...): it does not look like a finished "
-        f"stage folder (train it to completion first; the stage writes {layout.STAGE_RECORD_FILE}). "
-        "For a fine-tuned task's output_dir use --finetune_dir."
-    )
 
 
 def _build(network: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path) -> torch.nn.Module:
@@ -135,87 +59,6 @@ def _build(network: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: 
                                        "used at training time, e.g. --num_classes 3).")
     net.load_state_dict(state, strict=True)
     return net.eval()
-
-
-def _stage(stage_dir: Path, bundle_file: str | os.PathLike | None) -> Trained:
-    network, weights, info = find_trained_network(stage_dir)
-    modality = str(info.get("modality", ""))
-    if modality not in KIND_OF:
-        raise ValueError(f"{info.get('config_file')}: modality '{modality}' is not one of {sorted(KIND_OF)}")
-    path = Path(bundle_file) if bundle_file else layout.stage_bundle(modality)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the stage bundle for the inference preprocessing is missing")
-    tokenizer = stage_dir / layout.TOKENIZER_DIR if KIND_OF[modality] == "text" else None
-    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{tokenizer}: the report stage's tokenizer is missing (the stage writes it).")
-    state = state_dict_of(load_state(weights, "stage weights"), weights)
-    return Trained(network, state, modality, path, layout.read_bundle(path), dict(info), tokenizer)
-
-
-def find_finetuned(
-    finetune_dir: str | os.PathLike,
-    config_file: str | os.PathLike | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    net_id: str = "model_def",
-    model: str | None = None,
-) -> Trained:
-    """The fine-tuned network of a task's ``output_dir``, with the architecture read from its bundle.
-
-    The task is the ``"task"`` of the folder's ``metrics.json`` (or ``overrides["task"]``); its bundle
-    is ``bundles/finetune_<task>.json`` unless ``config_file`` names it. Overrides used at training
-    time that change the architecture (``num_classes``, sizes) must be given again.
-
-    Args:
-        finetune_dir: the task's output folder (``model_best.pt``, ``metrics.json``).
-        config_file: the task bundle it was trained with (default from the task name).
-        overrides: ``{id: value}`` applied to the bundle, as on the training command line.
-        net_id: id of the network config in that bundle.
-        model: weights file name in the folder (default the first of :data:`WEIGHT_NAMES`).
-
-    Returns:
-        The :class:`Trained` network.
-
-    Raises:
-        FileNotFoundError: the folder, its weights or the bundle are missing.
-    """
-    folder = Path(finetune_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder: pass the output_dir of a fine-tuning bundle.")
-    metrics_path = folder / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    overrides = dict(overrides or {})
-    task = str(overrides.get("task") or metrics.get("task") or "")
-    if config_file is None:
-        if not task:
-            raise FileNotFoundError(f"{folder} has no {METRICS_FILE} naming the task: pass --config_file (the task bundle).")
-        config_file = layout.bundles_dir() / f"finetune_{task}.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file}: no bundle for task '{task}'; pass --config_file (the bundle it was "
-                                    "trained with) and the overrides it was trained with.")
-    config_file = Path(config_file)
-    names = [model] if model else [n for n in WEIGHT_NAMES if (folder / n).is_file()]
-    if not names or not (folder / names[0]).is_file():
-        raise FileNotFoundError(f"{folder} holds none of {[model] if model else list(WEIGHT_NAMES)}: train the task first.")
-    weights = folder / names[0]
-    if task:
-        overrides.setdefault("task", task)  # a bundle run for another task (--task mri_tissue_seg)
-    if metrics.get("pretrained_ckpt") is not None:
-        overrides.setdefault("pretrained_ckpt", metrics["pretrained_ckpt"])  # where its tokenizer was found
-    parser = layout.read_bundle(config_file, {"output_dir": str(folder), **overrides})
-    if net_id not in parser:
-        raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
-    task = str(parser.get("task", task))
-    modality = task.split("_")[0]
-    if modality not in KIND_OF:
-        raise ValueError(f"task '{task}': its modality '{modality}' is not one of {sorted(KIND_OF)}")
-    tokenizer = Path(parser.get_parsed_content("tokenizer_dir")) if "tokenizer_dir" in parser else None
-    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{tokenizer}: the tokenizer the task was trained with is missing.")
-    info = {"task": task, "config_file": str(weights), "bundle_file": str(config_file), "metrics": metrics.get("metrics", {}),
-            "split_sizes": metrics.get("split_sizes", {}), "epochs": metrics.get("max_epochs", parser.get("train#trainer#max_epochs", "?")),
-            "pretrained_ckpt": metrics.get("pretrained_ckpt", "")}
-    state = state_dict_of(load_state(weights, "fine-tuned weights"), weights)
-    return Trained(configs.inline_config(parser, net_id), state, modality, config_file, parser, info, tokenizer)
 
 
 def _class_names(parser: Any, task: str, count: int) -> list[str]:
@@ -300,14 +143,6 @@ def _example(kind: str, encoder: Mapping[str, Any]) -> tuple[torch.Tensor, dict[
     return torch.rand(1, channels, *spatial, generator=torch.Generator().manual_seed(0)), {}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=4) + "\n")
 
@@ -320,7 +155,9 @@ def _large_files(out: Path) -> None:
         lines = ["large_files:"]
         for p in large:
             rel = p.relative_to(out).as_posix()
-            lines += [f'  - path: "{rel}"', '    url: ""', f'    hash_val: "{_sha256(p)}"', '    hash_type: "sha256"']
+            with open(p, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            lines += [f'  - path: "{rel}"', '    url: ""', f'    hash_val: "{digest}"', '    hash_type: "sha256"']
         large_yml.write_text("\n".join(lines) + "\n")
     elif large_yml.exists():
         large_yml.unlink()
@@ -331,9 +168,22 @@ def _value_range(transforms: Any) -> list[float]:
     return [] if "NormalizeIntensity" in json.dumps(transforms) else [0, 1]
 
 
-def _write_bundle(trained: Trained, out: Path, name: str | None, version: str, torchscript: bool) -> Path:
-    """Write every file of the bundle for a trained network."""
-    kind = KIND_OF[trained.modality]
+def write_bundle(
+    trained: Trained, out: str | os.PathLike, name: str | None = None, version: str = "0.1.0", torchscript: bool = True
+) -> Path:
+    """Write the Model Zoo bundle of a trained stage or task (every file; existing ones are overwritten).
+
+    Args:
+        trained: what :func:`~.zoo_sources.find_stage` or :func:`~.zoo_sources.find_finetuned` found.
+        out: the bundle folder to write (created).
+        name: bundle name in the metadata (default ``medcoss_<modality>_encoder`` or ``medcoss_<task>``).
+        version: bundle version.
+        torchscript: also write ``models/model.ts``.
+
+    Returns:
+        The bundle folder.
+    """
+    out, kind = Path(out), trained.card["input_kind"]
     trained_net = _build(trained.network, trained.state, Path(trained.info.get("config_file", "weights")))
     net = inference_network(trained_net, kind).eval()
     output = ("segmentation" if isinstance(trained_net, UNETRStyleSegmenter)
@@ -345,7 +195,7 @@ def _write_bundle(trained: Trained, out: Path, name: str | None, version: str, t
     inference, class_names = _inference(trained, net, output, kind, pred)
     task = trained.info.get("task")
     name = name or (f"medcoss_{task}" if task else f"medcoss_{trained.modality}_encoder")
-    metadata = bundle_metadata(name=name, version=version, modality=trained.modality, output=output, encoder=encoder,
+    metadata = bundle_metadata(name=name, version=version, card=trained.card, output=output, encoder=encoder,
                                pred=pred, info=trained.info, class_names=class_names,
                                value_range=_value_range(inference["preprocessing"]))
     for sub in ("configs", "models", "docs"):
@@ -368,7 +218,7 @@ def _write_bundle(trained: Trained, out: Path, name: str | None, version: str, t
         shutil.copytree(trained.tokenizer, out / ZOO_TOKENIZER, dirs_exist_ok=True)
     if torchscript:
         _torchscript(out)
-    (out / "docs" / "README.md").write_text(bundle_readme(name, trained.modality, trained.info, metadata, output))
+    (out / "docs" / "README.md").write_text(bundle_readme(name, trained.card, trained.info, metadata, output))
     repo_license = Path(__file__).resolve().parents[3] / "LICENSE"
     (out / "LICENSE").write_text(bundle_license(repo_license))
     _large_files(out)
@@ -382,66 +232,6 @@ def _torchscript(out: Path) -> None:
     ckpt_export(net_id="network_def", filepath=str(out / ZOO_TORCHSCRIPT), ckpt_file=str(out / ZOO_WEIGHTS),
                 meta_file=str(out / "configs" / "metadata.json"), config_file=str(out / "configs" / "inference.json"),
                 bundle_root=str(out), use_trace=False)
-
-
-def export_bundle(
-    stage_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    name: str | None = None,
-    version: str = "0.1.0",
-    bundle_file: str | os.PathLike | None = None,
-    torchscript: bool = True,
-) -> Path:
-    """Export a trained stage folder as a Model Zoo bundle of its encoder (pooled features).
-
-    Args:
-        stage_dir: the stage folder (``stage.json`` + ``model.pt``; ``tokenizer/`` for the report stage).
-        out: the bundle folder to write (created; existing files are overwritten).
-        name: bundle name in the metadata (default ``medcoss_<modality>_encoder``).
-        version: bundle version.
-        bundle_file: the stage bundle whose ``eval#transforms`` become the inference preprocessing
-            (default :func:`~medcoss_monai.layout.stage_bundle` of the modality).
-        torchscript: also write ``models/model.ts``.
-
-    Returns:
-        The bundle folder.
-    """
-    out = _write_bundle(_stage(Path(stage_dir), bundle_file), Path(out), name, version, torchscript)
-    logger.info(f"exported {stage_dir} to the bundle {out}")
-    return out
-
-
-def export_finetuned(
-    finetune_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    name: str | None = None,
-    version: str = "0.1.0",
-    config_file: str | os.PathLike | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    torchscript: bool = True,
-    net_id: str = "model_def",
-    model: str | None = None,
-) -> Path:
-    """Export a fine-tuned task (the ``output_dir`` of a ``bundles/finetune_<task>.json`` run) as a Model Zoo bundle.
-
-    Args:
-        finetune_dir: the task's output folder.
-        out: the bundle folder to write.
-        name: bundle name (default ``medcoss_<task>``).
-        version: bundle version.
-        config_file: the task bundle it was trained with (default ``bundles/finetune_<task>.json``).
-        overrides: the training run's overrides that change the network or the task (``num_classes``, ``task``).
-        torchscript: also write ``models/model.ts``.
-        net_id: id of the network config in the task bundle.
-        model: weights file of the folder (default ``model_best.pt``).
-
-    Returns:
-        The bundle folder.
-    """
-    trained = find_finetuned(finetune_dir, config_file, overrides, net_id, model)
-    out = _write_bundle(trained, Path(out), name, version, torchscript)
-    logger.info(f"exported {finetune_dir} to the bundle {out}")
-    return out
 
 
 def _overrides(extra: Sequence[str]) -> dict[str, Any]:
@@ -490,11 +280,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if overrides and not args.finetune_dir:
         ap.error(f"unknown arguments {extra} (overrides apply to --finetune_dir only)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_run_hooks()
     if args.finetune_dir:
-        out = export_finetuned(args.finetune_dir, args.out, args.name, args.version, args.config_file, overrides,
-                               not args.no_torchscript, args.net_id, args.model)
+        trained = find_finetuned(args.finetune_dir, args.config_file, overrides, args.net_id, args.model)
     else:
-        out = export_bundle(args.stage_dir, args.out, args.name, args.version, args.bundle_file, not args.no_torchscript)
+        trained = find_stage(args.stage_dir, args.bundle_file)
+    out = write_bundle(trained, args.out, args.name, args.version, not args.no_torchscript)
+    logger.info(f"exported {args.finetune_dir or args.stage_dir} to the bundle {out}")
     print(out)
     return out
 

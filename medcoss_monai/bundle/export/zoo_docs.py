@@ -13,14 +13,6 @@ from medcoss_monai.layout import LOSS_HISTORY_FILE
 
 __all__ = ["bundle_license", "bundle_readme"]
 
-_INPUTS = {
-    "report": "a `.txt` report, a folder of them, or a datalist JSON whose items hold `text` or `text_file`",
-    "text": "a `.txt` report, a folder of them, or a datalist JSON whose items hold `text` or `text_file`",
-    "xray": "a radiograph (DICOM, PNG or JPEG), a folder of them, or a datalist JSON",
-    "pathology": "an H&E tile (PNG), a folder of them, or a datalist JSON (slide items may give `location` and `size`)",
-    "ct": "a CT volume (NIfTI, NRRD), a DICOM series folder, a folder of volumes, or a datalist JSON",
-    "mri": "an MR volume (NIfTI, NRRD), a DICOM series folder, a folder of volumes, or a datalist JSON",
-}
 _OUTPUTS = {
     "features": "`features.npy` (one row of pooled features per input) and `features.json` (which input is which row)",
     "classification": "`predictions.csv`: one row per input, one column of probability per class and the predicted class",
@@ -56,7 +48,7 @@ def _results(info: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
     return "Loss per epoch of the exported stage:\n\n```\n" + history.read_text().strip() + "\n```\n"
 
 
-def _checks(modality: str, metadata: Mapping[str, Any]) -> str:
+def _checks(kind: str, metadata: Mapping[str, Any]) -> str:
     """How the bundle is verified: MONAI's checks for image networks, the project's own for text."""
     common = (
         "- metadata: `python -m monai.bundle verify_metadata --meta_file configs/metadata.json "
@@ -65,7 +57,7 @@ def _checks(modality: str, metadata: Mapping[str, Any]) -> str:
         "--filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json "
         "--config_file configs/inference.json`\n"
     )
-    if modality in ("report", "text"):
+    if kind == "text":
         return common + (
             "- `verify_net_in_out` feeds random float images and cannot feed token ids, so it does not apply. The "
             "project checks this bundle instead (`tests/test_export_text.py`): the network built from "
@@ -81,13 +73,14 @@ def _checks(modality: str, metadata: Mapping[str, Any]) -> str:
 
 
 def bundle_readme(
-    name: str, modality: str, info: Mapping[str, Any], metadata: Mapping[str, Any], output: str = "features"
+    name: str, card: Mapping[str, Any], info: Mapping[str, Any], metadata: Mapping[str, Any], output: str = "features"
 ) -> str:
     """The bundle's ``docs/README.md``: intended use, data, recipe, results, commands, checks and limitations.
 
     Args:
         name: the bundle name.
-        modality: the input modality (a stage's, or a task's prefix).
+        card: the modality's card (:func:`medcoss_monai.layout.modality_card`): its name, input kind and
+            ``inputs``, what a user may pass to the exported inference.
         info: what is known of the trained folder (``config_file``, ``epochs``, ``task``, ``metrics``...).
         metadata: the bundle's ``metadata.json`` content (inputs and outputs are read from it).
         output: ``"features"``, ``"classification"`` or ``"segmentation"``.
@@ -120,7 +113,7 @@ def bundle_readme(
 {metadata['data_source']}. The sample data is tiny: it proves the pipeline, it is not a benchmark.
 
 ## Training recipe
-{_recipe(modality, info)} `configs/train.json` continues training from the exported weights
+{_recipe(card["modality"], info)} `configs/train.json` continues training from the exported weights
 (`python -m monai.bundle run --config_file configs/train.json --train#trainer#max_epochs 5`).
 
 ## Results
@@ -132,12 +125,12 @@ Run from this folder:
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir <input> --output_dir <out>
 ```
 
-`<input>` is {_INPUTS.get(modality, 'a file, a folder of files or a datalist JSON')} (`--data_section`
+`<input>` is {card.get("inputs", "a file, a folder of files or a datalist JSON")} (`--data_section`
 names the datalist list to read, default `test`). Without `--dataset_dir` the held-out split of the
 medcoss-monai sample data is read. It writes into `<out>` (default `eval/`) {_OUTPUTS[output]}.
 
 ## Checks
-{_checks(modality, metadata)}
+{_checks(card["input_kind"], metadata)}
 ## Limitations
 Trained briefly on a handful of public sample files; not validated for any clinical task. Inputs are
 preprocessed as in `configs/inference.json`. Research use only.

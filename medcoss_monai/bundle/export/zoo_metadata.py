@@ -19,14 +19,6 @@ import torch
 __all__ = ["ZOO_SCHEMA_URL", "bundle_metadata", "eval_metrics", "schema_path"]
 
 ZOO_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-_MODALITY_WORDS = {
-    "ct": ("CT", "CT volumes (NIfTI/NRRD/DICOM series)", "nifti"),
-    "mri": ("MR", "MRI volumes (NIfTI/NRRD)", "nifti"),
-    "xray": ("X-ray", "radiographs (DICOM/PNG/JPEG)", "dicom"),
-    "pathology": ("pathology", "H&E slide tiles (PNG, or SVS/TIFF slides with tile locations)", "png"),
-    "report": ("text", "clinical report text (.txt files or datalists of texts)", "text"),
-    "text": ("text", "clinical report text (.txt files or datalists of texts)", "text"),
-}
 REFERENCES = [
     (
         "Ye et al., Continual Self-supervised Learning: Towards Universal Multi-modal Medical Data "
@@ -62,17 +54,17 @@ def _package_version() -> str:
         return "0.0.0"
 
 
-def _image_input(modality: str, channels: int, spatial: Sequence[int], value_range: Sequence[float], patch: bool) -> dict[str, Any]:
+def _image_input(card: Mapping[str, Any], channels: int, spatial: Sequence[int], value_range: Sequence[float], patch: bool) -> dict[str, Any]:
     if channels == 1:
         channel_def = {"0": "image"}
-    elif modality == "xray":  # gray radiographs repeated to the 2D tokenizer's channels
+    elif card.get("channels") == "gray":  # gray images repeated to the 2D tokenizer's channels (radiographs)
         channel_def = {str(i): "gray" for i in range(channels)}
     else:
         channel_def = {str(i): "RGB"[i] if i < 3 else str(i) for i in range(channels)}
     return {
         "type": "image",
-        "format": "RGB" if modality == "pathology" else "magnitude",
-        "modality": _MODALITY_WORDS.get(modality, (modality,))[0],
+        "format": card.get("image_format", "magnitude"),
+        "modality": card.get("title", card["modality"]),
         "num_channels": channels,
         "spatial_shape": [int(s) for s in spatial],
         "dtype": "float32",
@@ -96,7 +88,7 @@ def bundle_metadata(
     *,
     name: str,
     version: str,
-    modality: str,
+    card: Mapping[str, Any],
     output: str,
     encoder: Mapping[str, Any],
     pred: torch.Tensor,
@@ -109,7 +101,8 @@ def bundle_metadata(
     Args:
         name: the bundle name.
         version: the bundle version.
-        modality: ``report``/``text``, ``xray``, ``ct``, ``mri`` or ``pathology``.
+        card: the modality's card (:func:`medcoss_monai.layout.modality_card`): its input kind and the
+            words describing it (``title``, ``data``, ``data_type``, ``image_format``, ``channels``).
         output: ``"features"``, ``"classification"`` or ``"segmentation"``.
         encoder: the encoder's config (input sizes and channels).
         pred: the network's output for one example input (its shape is described).
@@ -122,16 +115,16 @@ def bundle_metadata(
     """
     import monai
 
-    word, data_words, data_type = _MODALITY_WORDS.get(modality, (modality, modality, modality))
+    modality, kind = card["modality"], card["input_kind"]
+    word, data_words, data_type = (card.get(k, modality) for k in ("title", "data", "data_type"))
     task = info.get("task")
-    three_d = modality in ("ct", "mri")
-    if modality in ("report", "text"):
+    three_d = kind == "3d"
+    if kind == "text":
         inputs = _text_inputs(int(encoder.get("max_text_len", 112)), int(encoder.get("vocab_size", 8192)))
     else:
-        key = "3d" if three_d else "2d"
-        channels = int(encoder.get(f"in_channels_{key}", 1 if three_d else 3))
-        spatial = encoder.get(f"img_size_{key}", [64, 64, 16] if three_d else [96, 96])
-        inputs = {"image": _image_input(modality, channels, spatial, value_range, three_d)}
+        channels = int(encoder.get(f"in_channels_{kind}", 1 if three_d else 3))
+        spatial = encoder.get(f"img_size_{kind}", [64, 64, 16] if three_d else [96, 96])
+        inputs = {"image": _image_input(card, channels, spatial, value_range, three_d)}
     channels_out = int(pred.shape[1])
     if output == "features":
         out_def = {"0": "pooled encoder features"}
@@ -180,7 +173,7 @@ def bundle_metadata(
         "references": list(REFERENCES),
         "network_data_format": {"inputs": inputs, "outputs": outputs},
     }
-    if modality in ("report", "text"):
+    if kind == "text":
         metadata["required_packages_version"].update(_versions("transformers", "tokenizers"))
     if info.get("metrics"):
         metadata["eval_metrics"] = eval_metrics(info["metrics"])
