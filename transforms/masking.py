@@ -11,6 +11,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
 from .tokenizer import TokenizerLike, load_tokenizer
+from .twins import RandomizableTwind
 
 __all__ = ["WholeWordMask", "WholeWordMaskd"]
 
@@ -132,7 +133,7 @@ class WholeWordMask(RandomizableTransform):
         return torch.as_tensor(masked, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
 
 
-class WholeWordMaskd(RandomizableTransform, MapTransform):
+class WholeWordMaskd(RandomizableTwind):
     """Dictionary twin of :class:`WholeWordMask`.
 
     Args:
@@ -144,6 +145,8 @@ class WholeWordMaskd(RandomizableTransform, MapTransform):
         labels_key: output key of the MLM targets (-100 where not masked).
         allow_missing_keys: see ``MapTransform``.
     """
+
+    array_attribute = "masker"
 
     def __init__(
         self,
@@ -174,11 +177,6 @@ class WholeWordMaskd(RandomizableTransform, MapTransform):
         )
         self.word_ids_key = word_ids_key
         self.labels_key = labels_key
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> WholeWordMaskd:
-        super().set_random_state(seed, state)
-        self.masker.set_random_state(seed, state)
-        return self
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

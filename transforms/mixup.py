@@ -17,6 +17,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
+from .twins import RandomizableTwind
+
 __all__ = ["TextMixup", "TextMixupd"]
 
 
@@ -77,7 +79,7 @@ class TextMixup(RandomizableTransform):
         return tuple(None if t is None else self.mix(t) for t in (input_ids, attention_mask, labels))  # type: ignore[return-value]
 
 
-class TextMixupd(RandomizableTransform, MapTransform):
+class TextMixupd(RandomizableTwind):
     """Dictionary twin of :class:`TextMixup`: one draw for all keys of the batch.
 
     Args:
@@ -85,6 +87,8 @@ class TextMixupd(RandomizableTransform, MapTransform):
         prob: see :class:`TextMixup`.
         allow_missing_keys: see ``MapTransform`` (True by default, since ``labels`` is optional).
     """
+
+    array_attribute = "mixer"
 
     def __init__(
         self,
@@ -95,11 +99,6 @@ class TextMixupd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=prob)
         self.mixer = TextMixup(prob=1.0)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TextMixupd:
-        super().set_random_state(seed, state)
-        self.mixer.set_random_state(seed, state)
-        return self
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -12,13 +12,14 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, SpatialPad
 from monai.utils import ensure_tuple_rep
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import resized_crop
+
+from .twins import RandomizableTwind
 
 __all__ = ["RandResizedCrop", "RandResizedCropd"]
 
@@ -119,7 +120,7 @@ class RandResizedCrop(RandomizableTransform):
         return out
 
 
-class RandResizedCropd(RandomizableTransform, MapTransform):
+class RandResizedCropd(RandomizableTwind):
     """Dictionary twin of :class:`RandResizedCrop`: the same box for every key (image and label stay aligned).
 
     Args:
@@ -128,6 +129,8 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
         mode: interpolation per key (a string or one per key, e.g. ``["bilinear", "nearest"]``).
         allow_missing_keys: see ``MapTransform``.
     """
+
+    array_attribute = "cropper"
 
     def __init__(
         self,
@@ -144,11 +147,6 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=1.0)
         self.cropper = RandResizedCrop(spatial_size, scale, ratio, anti_aliasing=anti_aliasing, pad_mode=pad_mode)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandResizedCropd:
-        super().set_random_state(seed, state)
-        self.cropper.set_random_state(seed, state)
-        return self
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -31,6 +31,7 @@ Every item names the file it comes from in ``"source"`` (relative to the sample 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,37 +155,43 @@ def derive_bodypart_cls(out: Path, per_class: int = 36) -> dict[str, Any]:
     return {"splits": splits, "extra": {"classes": ["other", "chest"]}}
 
 
-def derive_lung_seg(out: Path) -> dict[str, Any]:
-    """Whole chest DRRs and their lung-field masks (0/255); see the module table."""
+def _chest_drrs(out: Path, size: int, item_of: Callable[[dict[str, Any], Path, str], dict[str, Any]]) -> dict[str, list]:
+    """Every split's chest DRRs (:data:`CHEST_CT` at :data:`ANGLES`), each made an item by ``item_of(view, folder, stem)``."""
     splits: dict[str, list] = {}
     for split, name in CHEST_CT.items():
-        splits[split] = []
-        for v in drr.chest_views(name, ANGLES[split], IMAGE_SIZE):
-            stem = f"{name}_{v['angle']:+03d}"
-            lungs = v["masks"]["right lung"] | v["masks"]["left lung"]
-            splits[split].append({
-                "image": _save_png(v["image"], out / split / f"{stem}.png"),
-                "label": _save_png(lungs.numpy(), out / split / f"{stem}_lungs.png"),
-                "source": v["source"],
-            })
-    return {"splits": splits, "extra": {"classes": ["background", "lung"]}}
+        splits[split] = [
+            item_of(v, out / split, f"{name}_{v['angle']:+03d}") for v in drr.chest_views(name, ANGLES[split], size)
+        ]
+    return splits
+
+
+def derive_lung_seg(out: Path) -> dict[str, Any]:
+    """Whole chest DRRs and their lung-field masks (0/255); see the module table."""
+
+    def item(v: dict[str, Any], folder: Path, stem: str) -> dict[str, Any]:
+        lungs = v["masks"]["right lung"] | v["masks"]["left lung"]
+        return {
+            "image": _save_png(v["image"], folder / f"{stem}.png"),
+            "label": _save_png(lungs.numpy(), folder / f"{stem}_lungs.png"),
+            "source": v["source"],
+        }
+
+    return {"splits": _chest_drrs(out, IMAGE_SIZE, item), "extra": {"classes": ["background", "lung"]}}
 
 
 def derive_chest_det(out: Path) -> dict[str, Any]:
     """Whole chest DRRs with boxes of the lungs and lesions; labels index :data:`DET_CLASSES`."""
-    splits: dict[str, list] = {}
-    for split, name in CHEST_CT.items():
-        splits[split] = []
-        for v in drr.chest_views(name, ANGLES[split], IMAGE_SIZE):
-            boxes, labels = [], []
-            for label, cls in enumerate(DET_CLASSES):
-                box = drr.mask_box(v["masks"][cls])
-                if box is not None:
-                     boxes.append(box)
-                     labels.append(label)
-            path = _save_png(v["image"], out / split / f"{name}_{v['angle']:+03d}.png")
-            splits[split].append({"image": path, "boxes": boxes, "labels": labels, "source": v["source"]})
-    return {"splits": splits, "extra": {"classes": DET_CLASSES}}
+
+    def item(v: dict[str, Any], folder: Path, stem: str) -> dict[str, Any]:
+        boxes, labels = [], []
+        for label, cls in enumerate(DET_CLASSES):
+            box = drr.mask_box(v["masks"][cls])
+            if box is not None:
+                boxes.append(box)
+                labels.append(label)
+        return {"image": _save_png(v["image"], folder / f"{stem}.png"), "boxes": boxes, "labels": labels, "source": v["source"]}
+
+    return {"splits": _chest_drrs(out, IMAGE_SIZE, item), "extra": {"classes": DET_CLASSES}}
 
 
 def derive_mdmoco_datalist(out: Path, film_tiles: int = 48) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,42 @@ def _strip_suffix(name: str) -> str | None:
     return None
 
 
+def _studies_of_folders(
+    root: str | os.PathLike, layout_name: str, key_of: Callable[[Path, Path], tuple[str | None, str]]
+) -> list[dict[str, Any]]:
+    """One study per sub-folder of ``root``, each file placed by ``key_of``; every problem listed together.
+
+    Args:
+        root: the folder holding one sub-folder per study.
+        layout_name: the layout's name, for the error message.
+        key_of: ``(study folder, file) -> (key, problem)``: ``"label"``, a contrast, or None with the problem.
+
+    Returns:
+        One study per sub-folder, sorted by name.
+
+    Raises:
+        BadInputError: a file ``key_of`` does not place, or a study without a contrast.
+    """
+    root = Path(root)
+    studies, problems = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        study: dict[str, Any] = {"image": {}, "study": folder.name}
+        for f in sorted(folder.iterdir()):
+            key, problem = key_of(folder, f)
+            if key is None:
+                problems.append(f"{f}: {problem}")
+            elif key == "label":
+                study["label"] = str(f)
+            else:
+                study["image"][key] = str(f)
+        if not study["image"]:
+            problems.append(f"{folder}: no contrast file")
+        studies.append(study)
+    if problems:
+        raise BadInputError(f"{root} is not a {layout_name} layout:\n" + "\n".join(f"  {p}" for p in problems))
+    return studies
+
+
 def brats_studies(root: str | os.PathLike) -> list[dict[str, Any]]:
     """Studies of a BraTS folder: ``<root>/<case>/<case>_<contrast>.nii.gz`` and ``<case>_seg.nii.gz``.
 
@@ -76,28 +112,19 @@ def brats_studies(root: str | os.PathLike) -> list[dict[str, Any]]:
     Raises:
         BadInputError: a case folder has a file of an unknown name, or no contrast at all.
     """
-    root = Path(root)
-    studies, problems = [], []
-    for case in sorted(p for p in root.iterdir() if p.is_dir()):
-        study: dict[str, Any] = {"image": {}, "study": case.name}
-        for f in sorted(case.iterdir()):
-            stem = _strip_suffix(f.name)
-            if stem is None or not stem.startswith(case.name):
-                problems.append(f"{f}: not a '{case.name}_<contrast>' image file")
-                continue
-            suffix = stem[len(case.name):].lstrip("_-").lower()
-            if suffix in LABEL_NAMES:
-                study["label"] = str(f)
-            elif suffix in BRATS_NAMES:
-                study["image"][BRATS_NAMES[suffix]] = str(f)
-            else:
-                problems.append(f"{f}: unknown BraTS suffix '{suffix}' (known: {sorted(BRATS_NAMES)} and {list(LABEL_NAMES)})")
-        if not study["image"]:
-            problems.append(f"{case}: no contrast file")
-        studies.append(study)
-    if problems:
-        raise BadInputError(f"{root} is not a BraTS layout:\n" + "\n".join(f"  {p}" for p in problems))
-    return studies
+
+    def key_of(case: Path, f: Path) -> tuple[str | None, str]:
+        stem = _strip_suffix(f.name)
+        if stem is None or not stem.startswith(case.name):
+            return None, f"not a '{case.name}_<contrast>' image file"
+        suffix = stem[len(case.name):].lstrip("_-").lower()
+        if suffix in LABEL_NAMES:
+            return "label", ""
+        if suffix in BRATS_NAMES:
+            return BRATS_NAMES[suffix], ""
+        return None, f"unknown BraTS suffix '{suffix}' (known: {sorted(BRATS_NAMES)} and {list(LABEL_NAMES)})"
+
+    return _studies_of_folders(root, "BraTS", key_of)
 
 
 def folder_studies(root: str | os.PathLike, contrasts: Sequence[str] = CONTRASTS) -> list[dict[str, Any]]:
@@ -113,24 +140,16 @@ def folder_studies(root: str | os.PathLike, contrasts: Sequence[str] = CONTRASTS
     Raises:
         BadInputError: a file is named after no contrast, or a study has no contrast.
     """
-    root = Path(root)
-    studies, problems = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        study: dict[str, Any] = {"image": {}, "study": folder.name}
-        for f in sorted(folder.iterdir()):
-            stem = (_strip_suffix(f.name) or "").lower()
-            if stem in LABEL_NAMES:
-                study["label"] = str(f)
-            elif stem in contrasts:
-                study["image"][stem] = str(f)
-            else:
-                problems.append(f"{f}: name it after its contrast ({list(contrasts)}) or {list(LABEL_NAMES)}")
-        if not study["image"]:
-            problems.append(f"{folder}: no contrast file")
-        studies.append(study)
-    if problems:
-        raise BadInputError(f"{root} is not a folder-per-study layout:\n" + "\n".join(f"  {p}" for p in problems))
-    return studies
+
+    def key_of(folder: Path, f: Path) -> tuple[str | None, str]:
+        stem = (_strip_suffix(f.name) or "").lower()
+        if stem in LABEL_NAMES:
+            return "label", ""
+        if stem in contrasts:
+            return stem, ""
+        return None, f"name it after its contrast ({list(contrasts)}) or {list(LABEL_NAMES)}"
+
+    return _studies_of_folders(root, "folder-per-study", key_of)
 
 
 def check_studies(studies: Sequence[Mapping[str, Any]], where: str, contrasts: Sequence[str] = CONTRASTS) -> list[dict[str, Any]]:
