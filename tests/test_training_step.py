@@ -132,7 +132,7 @@ def _average_on_two_ranks(rank: int, init_file: str, out_dir: str) -> None:
 def test_gradients_are_averaged_over_two_processes(tmp_path):
     mp.spawn(_average_on_two_ranks, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
-        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(grads["used"], torch.full((3,), 1.5))
         torch.testing.assert_close(grads["unused"], torch.full((2,), 2.0))  # a zero joined the reduction on rank 0
         torch.testing.assert_close(grads["weight"], torch.full((1, 2), 15.0))
