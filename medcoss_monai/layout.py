@@ -57,6 +57,8 @@ __all__ = [
     "method_bundle",
     "methods",
     "stage_dir",
+    "other_stage_folders",
+    "is_plain_value",
     "stage_model",
     "read_stage_record",
     "recorded_settings",
@@ -223,6 +225,21 @@ def stage_dir(output_dir: str | os.PathLike, name: str) -> Path:
     return Path(output_dir) / f"stage_{name}"
 
 
+def other_stage_folders(output_dir: str | os.PathLike, modality: str = "") -> list[Path]:
+    """The stage folders of a run folder, this stage's own excluded.
+
+    Args:
+        output_dir: the run folder.
+        modality: this stage's modality (its folder is not counted).
+
+    Returns:
+        ``<output_dir>/stage_*`` folders, sorted.
+    """
+    root = Path(output_dir)
+    own = stage_dir(root, modality).name if modality else None
+    return sorted(p for p in root.glob(stage_dir(root, "*").name) if p.is_dir() and p.name != own)
+
+
 def stage_model(output_dir: str | os.PathLike, name: str) -> Path:
     """The weights a stage hands to the next one, ``<output_dir>/stage_<name>/model.pt``."""
     return stage_dir(output_dir, name) / MODEL_FILE
@@ -253,14 +270,14 @@ def read_stage_record(folder: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def _is_plain(value: Any) -> bool:
+def is_plain_value(value: Any) -> bool:
     """A JSON value with no config syntax in it: a recorded setting that is safe to apply as an override."""
     if isinstance(value, str):
         return not value.startswith(("$", "@", "%"))
     if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
+        return all(is_plain_value(v) for v in value)
     if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+        return all(isinstance(k, str) and is_plain_value(v) for k, v in value.items())
     return value is None or isinstance(value, (bool, int, float))
 
 
@@ -281,7 +298,7 @@ def recorded_settings(folder: str | os.PathLike) -> dict[str, Any]:
     """
     settings = read_stage_record(folder).get("settings") or {}
     for key, value in settings.items():
-        if not _is_plain(value):
+        if not is_plain_value(value):
             raise BadInputError(f"{Path(folder) / STAGE_RECORD_FILE}: setting '{key}' is not a plain value ({value!r}).")
     return dict(settings)
 

@@ -33,7 +33,8 @@ def test_the_pipeline_takes_the_curriculum_form_of_brainmvp():
 def test_batches_are_routed_to_brainmvp_only_where_the_trainer_has_its_head():
     image = torch.zeros(2, 1, 8, 8, 8)
     two_view = {"image": image, "mask": image.bool(), "contrast": torch.zeros(2), "other": image,
-                "has_other": torch.zeros(2, dtype=torch.bool), "affine": torch.eye(4).expand(2, 4, 4)}
+                "has_other": torch.zeros(2, dtype=torch.bool), "affine": torch.eye(4).expand(2, 4, 4), "mask_b": image.bool(),
+                "study_id": torch.arange(2)}
     heads = {"brainmvp": BrainMVPPretext(["t1"], (8, 8, 8), feature_channels=8)}
     assert pretext_of_batch(two_view, heads) == "brainmvp"
     assert pretext_of_batch(two_view) == "mae"  # a later stage rehearsing the BrainMVP stage's buffer

@@ -80,10 +80,14 @@ def test_two_copies_are_independent_substitutions_of_one_crop(stage_model, tmp_p
     image, label = PairedCopiesBatch("image_copy")(batch)
     assert image.shape[0] == 8 and torch.equal(label[:4], label[4:]) and torch.equal(image[4:], batch["image_copy"])
     network, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    assert loss.on == "features"  # the reference's term: the encoder's deepest features of the two copies
     with torch.no_grad():
         pred = network(image)
+        deepest = network.encoder(image)[-1]
+        expected = torch.mean((deepest[:4] - deepest[4:]) ** 2)
+        consistency = loss.consistency(pred)
         term = loss(pred, label) - loss.seg_loss(pred, label)
-    assert term > 0 and torch.isclose(term, loss.consistency(pred))
+    assert expected > 0 and torch.isclose(consistency, expected) and torch.isclose(term, loss.weight * expected)
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ def test_brats_labels_become_tc_wt_et_channels(tmp_path, sample_data):
 
 
 def test_region_loss_is_dice_plus_bce_and_predictions_are_thresholded_sigmoids(tmp_path):
-    parser = read_bundle(FINETUNE, {"output_dir": str(tmp_path), "label_mode": "brats_regions"})
+    # the segmentation loss alone: the consistency term (on by default) needs a batch of paired copies
+    parser = read_bundle(FINETUNE, {"output_dir": str(tmp_path), "label_mode": "brats_regions", "consistency_weight": 0.0})
     parser.parse()
     loss = parser.get_parsed_content("loss")
     logits = torch.tensor([-2.0, -0.5, 0.5, 3.0]).reshape(1, 1, 4, 1, 1).repeat(1, 3, 1, 1, 1)

@@ -23,8 +23,9 @@ def _batch(n: int = 2, side: int = 16, has_other: bool = True) -> dict[str, torc
     image = torch.rand(n, 1, side, side, side, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros_like(image, dtype=torch.bool)
     mask[:, :, : side // 2] = True
-    return {"image": image, "mask": mask, "contrast": torch.zeros(n, dtype=torch.long), "other": torch.full_like(image, 0.75),
-            "has_other": torch.full((n,), has_other), "affine": torch.eye(4).expand(n, 4, 4).clone()}
+    return {"image": image, "mask": mask, "mask_b": mask.clone(), "contrast": torch.zeros(n, dtype=torch.long),
+            "other": torch.full_like(image, 0.75), "has_other": torch.full((n,), has_other),
+            "affine": torch.eye(4).expand(n, 4, 4).clone(), "study_id": torch.arange(n)}
 
 
 def test_view_b_takes_the_template_before_the_other_contrast_start_epoch():

@@ -8,10 +8,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from monai.data import DataLoader as MonaiDataLoader
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from medcoss_monai.buffer import load_buffer_manifest
-from medcoss_monai.handlers.buffer_selection import BufferSelectionHandler, embed_dataset
+from medcoss_monai.handlers.buffer_selection import BufferSelectionHandler, embed_crops, embed_dataset
 
 
 class TinyEncoder(torch.nn.Module):
@@ -131,6 +132,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         written = h(None)
         np.save(os.path.join(out_dir, f"selected_{rank}.npy"), h.selected)
         np.save(os.path.join(out_dir, f"feats_{rank}.npy"), embed_dataset(TinyEncoder(), loader))
+        crops = _crop_loader(batch_size=1).dataset  # 5 volumes on 2 ranks: the sampler repeats one volume's crops
+        crop_loader = MonaiDataLoader(crops, batch_size=1, sampler=DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=3))
+        np.save(os.path.join(out_dir, f"crops_{rank}.npy"), embed_crops(CropEncoder(), crop_loader)[0])
         assert (written is not None) == (rank == 0)
     finally:
         torch.distributed.destroy_process_group()
@@ -147,3 +151,57 @@ def test_distributed_gather_dedups_padding_and_only_rank0_writes(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "selected_0.npy"), np.load(tmp_path / "selected_1.npy"))
     m = load_buffer_manifest(tmp_path / "buffer.json")
     assert m["n_total"] == 31 and len(m["items"]) == 6 and len({it["id"] for it in m["items"]}) == 6
+    crops = embed_crops(CropEncoder(), _crop_loader(batch_size=1))[0]
+    for r in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"crops_{r}.npy"), crops, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_embedding_equals_whole_batches():
+    """chunk_size bounds the samples per forward pass (a volume's crops come in one batch) without changing features."""
+    net = TinyEncoder()
+    ds = Features(30)
+    whole = embed_dataset(net, DataLoader(ds, batch_size=30), device="cpu")
+    net.ran_in_train_mode.clear()
+    chunked = embed_dataset(net, DataLoader(ds, batch_size=30), device="cpu", chunk_size=8)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-5, atol=1e-6)
+    assert len(net.ran_in_train_mode) == 4  # 8 + 8 + 8 + 6 samples
+
+
+class CropEncoder(torch.nn.Module):
+    """Pooled features (B, 4) of (B, 1, 4, 4, 2) crops (mechanics only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1))
+
+
+def _crop_loader(**kwargs) -> DataLoader:
+    from medcoss_monai.buffer import VolumeCropsDataset
+
+    g = torch.Generator().manual_seed(0)
+    volumes = [torch.rand(1, 8, 6, 4, generator=g) + 5.0 * i for i in range(5)]  # mechanics: 5 known volumes
+    dataset = VolumeCropsDataset([{"image": i} for i in range(5)], lambda d: {"image": volumes[d["image"]]}, (4, 4, 2), 0.5)
+    return MonaiDataLoader(dataset, **kwargs)  # its collate flattens each volume's list of crops
+
+
+def test_crop_candidates_in_volume_order_whatever_the_loader_order(tmp_path):
+    from medcoss_monai.buffer import grid_starts
+
+    ordered = embed_crops(CropEncoder(), _crop_loader(batch_size=1), chunk_size=3)
+    shuffled = embed_crops(CropEncoder(), _crop_loader(batch_size=2, shuffle=True))
+    per_volume = len(grid_starts((8, 6, 4), (4, 4, 2), 0.5))  # 3 x 2 x 3
+    assert ordered[0].shape == (5 * per_volume, 4) and ordered[1].tolist() == sorted(ordered[1].tolist())
+    np.testing.assert_allclose(ordered[0], shuffled[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ordered[2]["crop_start"], shuffled[2]["crop_start"])
+    items = [{"image": f"volume_{i}.nii.gz"} for i in range(5)]
+    h = BufferSelectionHandler(_crop_loader(batch_size=1), tmp_path, "ct", items=items, cluster_ratio=0.2, buffer_ratio=0.2,
+                               network=CropEncoder(), chunk_size=4)
+    h(None)
+    m = load_buffer_manifest(tmp_path / "buffer.json", check_files=False)
+    assert m["n_total"] == 5 * per_volume and m["crop_grid"] == {"roi_size": [4, 4, 2], "overlap": 0.5, "axes": None, "n_volumes": 5}
+    for it in m["items"]:
+        assert it["volume_shape"] == [8, 6, 4] and tuple(it["crop_start"]) in grid_starts((8, 6, 4), (4, 4, 2), 0.5)

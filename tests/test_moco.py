@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -195,5 +196,92 @@ def test_mdmoco_bundle_under_torchrun_with_the_multi_gpu_overlay(sample_data, tm
     with open(stage / "loss_history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["loss"]) > 0  # one row: rank 0 writes
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["shuffle_bn"] is True and record["bn_splits"] == 1, "shuffle-BN over the processes, one group each"
     state = load_state(stage / "model.pt")
     assert any(k.startswith("backbone.") for k in state) and not any(".module." in k or k.startswith("module.") for k in state)
+
+
+def _encode(encoder, images):
+    return F.normalize(encoder(images), dim=1)
+
+
+def test_shuffle_bn_normalises_each_key_with_other_samples_than_its_query(monkeypatch):
+    """One process, ``bn_splits=2``: queries are normalised in their order (rows 0-3, 4-7), keys after the
+    shuffle (here rows {0, 4, 1, 5} and {2, 6, 3, 7}); the keys come back in order, aligned with their queries."""
+    torch.manual_seed(0)
+    model = MoCo("resnet18", embed_dim=8, queue_size=16, bn_splits=2).train()
+    perm = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])
+    monkeypatch.setattr(model, "key_permutation", lambda n, device: perm)
+    scale = torch.linspace(0.2, 3.0, 8).view(8, 1, 1, 1)  # samples of unlike brightness: unlike group statistics
+    xq, xk = torch.rand(8, 3, 64, 64) * scale, torch.rand(8, 3, 64, 64) * scale
+    logits, _ = model(xq, xk)
+    with torch.no_grad():
+        key_encoder = lambda x: model.key_projector(model.key_backbone(x))  # noqa: E731
+        expected = torch.empty(8, 8)
+        for group in perm.view(2, 4):
+            expected[group] = _encode(key_encoder, xk[group])
+        query_encoder = lambda x: model.projector(model.backbone(x))  # noqa: E731
+        queries = torch.cat([_encode(query_encoder, xq[:4]), _encode(query_encoder, xq[4:])])
+        in_query_groups = torch.cat([_encode(key_encoder, xk[:4]), _encode(key_encoder, xk[4:])])
+        whole_batch = _encode(key_encoder, xk)
+    keys = model.queue[:8]  # enqueued in the order of the batch
+    assert torch.allclose(keys, expected, atol=1e-5)
+    assert not torch.allclose(keys, in_query_groups, atol=1e-3) and not torch.allclose(keys, whole_batch, atol=1e-3)
+    assert torch.allclose(logits[:, 0].detach() * model.temperature, (queries * expected).sum(1), atol=1e-5)
+
+
+def test_shuffle_then_unshuffle_restores_the_order():
+    from medcoss_monai.apps.muscle.shuffle_bn import grouped_forward, shuffle_for_keys, unshuffle_keys
+
+    x = torch.arange(8, dtype=torch.float32).view(8, 1) ** 2
+    perm = torch.tensor([3, 0, 6, 1, 7, 2, 5, 4])
+    shard, unshuffle = shuffle_for_keys(x, perm)
+    assert torch.equal(shard, x[perm]) and torch.equal(unshuffle_keys(shard, unshuffle), x)
+    # a BatchNorm-like encoder: each value minus the mean of its group
+    centred = unshuffle_keys(grouped_forward(lambda v: v - v.mean(0, keepdim=True), shard, 2), unshuffle)
+    for group in perm.view(2, 4):
+        assert torch.allclose(centred[group], x[group] - x[group].mean(0))
+    shard, unshuffle = shuffle_for_keys(x)  # a random permutation
+    assert torch.equal(unshuffle_keys(shard, unshuffle), x)
+    from medcoss_monai.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="multiple of bn_splits"):
+        grouped_forward(lambda v: v, x[:6], 4)
+
+
+def _shuffle_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # the same network on both ranks, as DDP's broadcast gives
+        model = MoCo("resnet18", embed_dim=8, queue_size=16, bn_splits=1).train()
+        own = torch.randperm(8, generator=torch.Generator().manual_seed(10 + rank))  # each rank draws another
+        model.key_permutation = lambda n, device: own.clone()
+        torch.manual_seed(100 + rank)
+        xq, xk = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
+        model(xq, xk)
+        torch.save({"perm": own, "xk": xk, "queue": model.queue, "state": model.state_dict()}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_shuffle_bn_across_two_processes_uses_rank_0s_permutation(tmp_path):
+    """gloo, 2 CPU processes of 4 keys: the 8 key images are shuffled with rank 0's permutation, each process
+    encodes its shard of 4, and every rank's queue holds the 8 keys back in batch order."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_shuffle_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0["perm"], r1["perm"])
+    model = MoCo("resnet18", embed_dim=8, queue_size=16, bn_splits=1).train()
+    model.load_state_dict(r0["state"])
+    images = torch.cat([r0["xk"], r1["xk"]])
+    expected = torch.empty(8, 8)
+    with torch.no_grad():
+        for shard in r0["perm"].view(2, 4):
+            expected[shard] = _encode(lambda x: model.key_projector(model.key_backbone(x)), images[shard])
+    assert torch.allclose(r0["queue"][:8], expected, atol=1e-5) and torch.equal(r0["queue"], r1["queue"])

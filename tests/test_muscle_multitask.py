@@ -69,9 +69,9 @@ class _Net(torch.nn.Module):
         self.backbone = torch.nn.Linear(2, 1, bias=False)
 
 
-def test_l2sp_handler_anchors_at_each_visit_start_and_adds_its_term():
-    net = _Net()
+def test_l2sp_handler_anchors_at_the_start_or_at_each_visit_and_adds_its_term():
     terms = []
+    net = _Net()
 
     def step(engine, batch):
         engine.state.output = {MultiTaskKeys.LOSS: torch.zeros(()), MultiTaskKeys.LOSS_TERMS: {}}
@@ -80,18 +80,23 @@ def test_l2sp_handler_anchors_at_each_visit_start_and_adds_its_term():
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         terms.append(engine.state.output[MultiTaskKeys.LOSS_TERMS].get("l2sp_loss"))
 
-    def run(weight):
+    def run(weight, anchor="start"):
         terms.clear()
+        with torch.no_grad():
+            net.backbone.weight.zero_()
         engine = Engine(step)
         engine.register_events(*IterationEvents)
         engine.network = net
-        L2SPPenalty(weight=weight).attach(engine)
+        L2SPPenalty(weight=weight, anchor=anchor).attach(engine)
         engine.run([0, 1], max_epochs=2)
         return [None if t is None else float(t) for t in terms]
 
-    # per step each of 2 weights is 1, then 2 away from the anchor: 0.5 * 2 * 2 * d^2; the anchor resets per visit
-    assert run(2.0) == pytest.approx([2.0, 8.0, 2.0, 8.0])
+    # each of 2 weights moves 1 per step: 0.5 * 2 * 2 * d^2 with d the distance from the anchor
+    assert run(2.0) == pytest.approx([2.0, 8.0, 18.0, 32.0]), "anchored at the weights the run started from"
+    assert run(2.0, "visit") == pytest.approx([2.0, 8.0, 2.0, 8.0]), "the switch re-anchors at each visit"
     assert run(0.0) == [None] * 4, "weight 0 switches L2-SP off"
+    with pytest.raises(ValueError, match="l2sp_anchor"):
+        L2SPPenalty(weight=1.0, anchor="epoch")
 
 
 def test_replay_memory_is_seeded_and_sized():

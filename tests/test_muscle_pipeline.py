@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from medcoss_monai.apps.muscle.muscle_pipeline import FINETUNE_BUNDLES, bundle_command, main
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import load_state
 
 STEP1 = "--train#trainer#max_epochs 1 --samples_per_epoch 16 --batch_size 8 --queue_size 64 --progress_bar false"
@@ -72,8 +73,11 @@ def test_step2_resumes_where_it_stopped(tmp_path, sample_data):
 
 def test_pipeline_refuses_to_run_outside_the_repository_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="repository root"):
+    with pytest.raises(BadInputError, match="repository root"):
         main(["--output_dir", str(tmp_path / "x")])
+    monkeypatch.undo()
+    with pytest.raises(BadInputError, match="comma-separated integers"):
+        main(["--output_dir", str(tmp_path / "x"), "--compare", "--seeds", "0,one"])
     assert bundle_command(["a.json", "b.json"])[5] == "['a.json','b.json']"
 
 

@@ -27,6 +27,25 @@ def test_classification_head() -> None:
     assert sum(isinstance(m, torch.nn.Linear) for m in mlp.modules()) == 2
 
 
+def test_mlp_head_is_the_references() -> None:
+    """Reference MLP (MedCoSS ``Downstream/Dim_3/RICORD/model/Unimodel.py``): after the LayerNorm of the
+    pooled token, ``Linear(768, 768), LayerNorm(768), GELU, Linear(768, classes)``; no dropout."""
+    mlp = ClassificationHead(768, 2, head="mlp")
+    kinds = [type(m).__name__ for m in mlp.layers if not isinstance(m, torch.nn.Dropout)]
+    assert kinds == ["LayerNorm", "Linear", "LayerNorm", "GELU", "Linear"]
+    assert mlp.layers[2].weight.shape == (768, 768) and mlp.layers[3].normalized_shape == (768,)
+    assert mlp.layers[6].weight.shape == (2, 768) and not mlp.layers[6].bias.any()  # xavier weights, zero bias
+    assert ClassificationHead(768, 2, hidden=256, head="mlp").layers[2].weight.shape == (256, 768)
+    # the linear head keeps its keys (checkpoints of earlier fine-tunings load)
+    assert list(ClassificationHead(32, 2, head="linear").state_dict()) == [
+        "layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"]
+    assert ClassificationHead(32, 2).kind == "linear" and ClassificationHead(32, 2, hidden=8).kind == "mlp"
+    with pytest.raises(ValueError, match="head must be one of"):
+        ClassificationHead(32, 2, head="transformer")
+    with pytest.raises(ValueError, match="no hidden layer"):
+        ClassificationHead(32, 2, hidden=8, head="linear")
+
+
 def test_encoder_classifier(encoder: UnifiedEncoder) -> None:
     clf = EncoderClassifier(encoder, num_classes=4, hidden=32)
     ids = torch.randint(0, 8192, (2, 112))

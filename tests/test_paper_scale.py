@@ -144,3 +144,17 @@ def test_weight_decay_spares_biases_norms_and_embeddings(tmp_path):
     assert not any(("pos_embed" in n or "text_embed" in n or "mask_token" in n) for n in decayed)
     assert "encoder.blocks.0.attn.qkv.weight" in decayed or any(n.startswith("encoder.blocks.0") for n in decayed)
     assert any(n.endswith("norm.weight") or "norm" in n for n in spared) and any(n.endswith(".bias") for n in spared)
+
+
+def test_pathology_tiles_crop_bicubic_at_paper_scale():
+    # reference (MedCoSS dataloader/TCGA_dataset.py): RandomResizedCrop(224, scale=(0.2, 1.0), bicubic)
+    from medcoss_monai.transforms import RandResizedCropd
+
+    def crop(files):
+        parser = read_bundle([BUNDLES / f for f in files], {"output_dir": "/tmp/unused"})
+        parser.parse()
+        return next(t for t in parser.get_parsed_content("train#random_transforms") if isinstance(t, RandResizedCropd))
+
+    paper = crop(["stage_pathology.json", "paper_scale.json"])
+    assert paper.mode == ("bicubic",) and paper.cropper.scale == (0.2, 1.0) and paper.cropper.spatial_size == (224, 224)
+    assert crop(["stage_pathology.json"]).mode == ("bilinear",)  # the demo keeps its own

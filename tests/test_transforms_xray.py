@@ -121,3 +121,48 @@ def test_load_xrayd_replaces_paths(films):
     # the dictionary twin reads the same film as the array transform, not another one or a copy of the path
     assert torch.equal(torch.as_tensor(out["image"]), torch.as_tensor(LoadXRay()(films["tibia"])))
     assert not torch.equal(torch.as_tensor(out["image"])[:, :100, :100], torch.as_tensor(LoadXRay()(films["chest"]))[:, :100, :100])
+
+
+def paper_xray_chain() -> tuple:
+    """The X-ray stage's (deterministic, random) chains under the paper overlay ``bundles/paper_scale.json``."""
+    from stage_utils import BUNDLES
+
+    from medcoss_monai.layout import read_bundle
+
+    parser = read_bundle([BUNDLES / "stage_xray.json", BUNDLES / "paper_scale.json"], {"output_dir": "."})
+    parser.parse()
+    return tuple(parser.get_parsed_content(p) for p in ("train#deterministic_transforms", "train#random_transforms"))
+
+
+def test_paper_overlay_crops_as_the_reference(films):
+    """Reference (MedCoSS ``dataloader/mimic_cxr_image_dataset.py`` and ``dataloader/Jointly_Dataset.py``,
+    ``get_train_transform2D``): torchvision ``RandomResizedCrop(224, scale=(0.2, 1.0), interpolation=3)``
+    (bicubic, aspect ratio (3/4, 4/3)) then ``RandomHorizontalFlip()``. The demo keeps its own crop."""
+    from monai.transforms import Compose, RandFlipd
+
+    from medcoss_monai.transforms import RandResizedCropd
+
+    deterministic, random = paper_xray_chain()
+    crops = [t for t in random if isinstance(t, RandResizedCropd)]
+    assert len(crops) == 1
+    crop = crops[0].cropper
+    assert crop.spatial_size == (224, 224) and crop.scale == (0.2, 1.0)
+    assert crop.ratio == pytest.approx((3 / 4, 4 / 3)) and crops[0].mode == ("bicubic",)  # the per-key resize
+    flips = [t for t in random if isinstance(t, RandFlipd)]
+    assert len(flips) == 1 and flips[0].prob == 0.5 and flips[0].flipper.spatial_axis == 1  # left-right
+    demo = next(t for t in xray_chain()[1] if isinstance(t, RandResizedCropd))
+    assert demo.cropper.scale == (0.05, 0.5) and demo.mode == ("bilinear",)
+
+    # on the real chest film: 224 x 224 crops whose share of the film varies over the whole range
+    film = Compose(deterministic)({"image": str(films["chest"])})
+    height, width = (max(s, 224) for s in film["image"].shape[1:])  # the crop pads a film smaller than 224 first
+    chain = Compose(random)
+    chain.set_random_state(0)
+    fractions = []
+    for _ in range(60):
+        out = chain(dict(film))
+        assert tuple(out["image"].shape) == (3, 224, 224)
+        top, left, h, w = crop._box
+        fractions.append(h * w / (height * width))
+    assert all(0.2 - 0.01 <= f <= 1.0 for f in fractions)
+    assert min(fractions) < 0.35 and max(fractions) > 0.8 and np.std(fractions) > 0.15

@@ -9,6 +9,12 @@ Layout::
     }
 
 A random buffer has ``"cluster": -1`` and ``"distance": null`` on its items.
+
+A buffer of 3D crops (bundle switch ``buffer_crops``) chose among the crops of a grid over each volume:
+its items add ``"crop_start"``, ``"crop_size"`` and ``"volume_shape"`` (voxels of the preprocessed
+volume, see :mod:`medcoss_monai.buffer.crops`), ``n_total`` counts crops, and the manifest adds
+``"crop_grid": {"roi_size": [...], "overlap": [...], "n_volumes": N}``. Items without these keys are
+whole items (every buffer.json written before crops existed).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from medcoss_monai.utils import atomic_write_json, to_jsonable
 
-__all__ = ["BUFFER_FIELDS", "FILE_KEYS", "load_buffer_manifest", "missing_files", "write_buffer_manifest"]
+__all__ = ["BUFFER_FIELDS", "FILE_KEYS", "check_crop_items", "load_buffer_manifest", "missing_files", "write_buffer_manifest"]
 
 BUFFER_FIELDS = ("modality", "n_total", "n_clusters", "buffer_ratio", "cluster_ratio", "sampler", "items")
 """Top-level fields every buffer.json has."""
@@ -44,6 +50,7 @@ def write_buffer_manifest(
     sampler: str,
     cluster_ids: Sequence[int] | np.ndarray | None = None,
     distances: Sequence[float] | np.ndarray | None = None,
+    crop_grid: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes buffer.json atomically (a temporary file in the same folder, then ``os.replace``).
 
@@ -59,6 +66,8 @@ def write_buffer_manifest(
         sampler: the sampler's name ("kmeans", "random").
         cluster_ids: cluster of each chosen item (aligned with ``indices``); -1 when None.
         distances: distance of each chosen item to its centre (aligned with ``indices``); null when None.
+        crop_grid: for a buffer of 3D crops (``items`` are then the crop candidates), the grid they were
+            cut on (``roi_size``, ``overlap``, ``n_volumes``), written as ``"crop_grid"``.
 
     Returns:
         The path written.
@@ -88,6 +97,9 @@ def write_buffer_manifest(
         "sampler": str(sampler),
         "items": chosen,
     }
+    if crop_grid is not None:
+        manifest["crop_grid"] = dict(crop_grid)
+    check_crop_items(path, chosen)
     # a reader (or a killed run) never sees half a file
     return atomic_write_json(to_jsonable(manifest), path, indent=1)
 
@@ -116,6 +128,41 @@ def missing_files(items: Sequence[Mapping[str, Any]]) -> list[str]:
     return missing
 
 
+def _voxel_list(value: Any, positive: bool) -> bool:
+    """Whether ``value`` is a list of integers (>= 1 when ``positive``, else >= 0)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    low = 1 if positive else 0
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in value)
+
+
+def check_crop_items(path: str | os.PathLike, items: Sequence[Mapping[str, Any]]) -> None:
+    """Refuses malformed crop locations: a buffer is all crops or all whole items, each crop inside its volume.
+
+    Args:
+        path: the buffer.json, for messages.
+        items: its items.
+
+    Raises:
+        ValueError: some items have a crop location and others not, or a location is malformed or
+            reaches outside the recorded ``volume_shape``.
+    """
+    located = [i for i, it in enumerate(items) if "crop_start" in it]
+    if not located:
+        return  # whole items: a buffer written before crops existed, or of a 2D / text stage
+    if len(located) != len(items):
+        whole = sorted(set(range(len(items))) - set(located))
+        raise ValueError(f"{path}: items {whole[:10]} have no crop location but others do; a buffer is all crops or all whole items.")
+    for i, it in enumerate(items):
+        start, size, shape = it.get("crop_start"), it.get("crop_size"), it.get("volume_shape")
+        if not (_voxel_list(start, False) and _voxel_list(size, True) and len(start) == len(size)):
+            raise ValueError(f"{path}: item {i} has a malformed crop location (start {start!r}, size {size!r}).")
+        if shape is None:
+            continue
+        if not _voxel_list(shape, True) or len(shape) != len(start) or any(s + z > n for s, z, n in zip(start, size, shape)):
+            raise ValueError(f"{path}: item {i}: the crop at {start} of size {size} is outside its volume {shape!r}.")
+
+
 def load_buffer_manifest(path: str | os.PathLike, check_files: bool = True) -> dict[str, Any]:
     """Reads and validates a buffer.json.
 
@@ -129,7 +176,8 @@ def load_buffer_manifest(path: str | os.PathLike, check_files: bool = True) -> d
     Raises:
         FileNotFoundError: the manifest is missing, or (``check_files``) files of its items are; the
             message names the buffer.json and lists every missing path.
-        ValueError: the manifest is not valid JSON or lacks fields / has malformed items.
+        ValueError: the manifest is not valid JSON or lacks fields / has malformed items or crop locations
+            (:func:`check_crop_items`).
     """
     path = Path(path)
     if not path.is_file():
@@ -155,6 +203,7 @@ def load_buffer_manifest(path: str | os.PathLike, check_files: bool = True) -> d
     no_data = [i for i, it in enumerate(items) if not any(k in it for k in (*FILE_KEYS, "text"))]
     if no_data:
         raise ValueError(f"{path}: items {no_data[:10]} have none of {[*FILE_KEYS, 'text']}.")
+    check_crop_items(path, items)
     if check_files:
         missing = missing_files(items)
         if missing:

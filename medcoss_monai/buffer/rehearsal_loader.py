@@ -24,7 +24,11 @@ class RehearsalLoader:
     visited in proportion to their sizes, a buffer of 5% of a modality adds 5% of that modality's
     batches), or ``ratio * len(current)`` batches (``relative_to="current"``: every earlier modality
     gets the same share of the stage, whatever its size; for data of very different sizes, such as
-    thousands of reports beside a handful of volumes); the batches are
+    thousands of reports beside a handful of volumes). ``relative_to="buffer"`` with ``ratio=1`` is the
+    reference's rule, each buffer item about once per epoch (reference: ``dataloader/Jointly_Dataset.py``,
+    ``Buffer_Dataset`` adds ``len(buffer) // batch_size`` batches of each buffer to the epoch, each batch
+    drawn with replacement; here the count is rounded up, so a buffer smaller than a batch still
+    contributes one, and a buffer is visited without replacement). The batches are
     placed at random positions among the current ones, with an order drawn from ``seed`` and the epoch
     number so a resumed run sees the same order. Each batch gains ``source`` (its modality) and
     ``is_buffer``; buffer loaders are cycled when one epoch needs more batches than they hold.

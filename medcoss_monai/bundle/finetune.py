@@ -56,7 +56,7 @@ def load_task(dataset_dir: str | os.PathLike | None, task: str) -> dict[str, Any
         the datalist dict with ``training`` / ``validation`` / ``test``.
 
     Raises:
-        FileNotFoundError: the named datalist does not exist.
+        BadInputError: the named datalist does not exist.
         BadInputError: the datalist misses a split.
     """
     if not dataset_dir:
@@ -67,7 +67,7 @@ def load_task(dataset_dir: str | os.PathLike | None, task: str) -> dict[str, Any
         if p.is_dir():
             p = p / "datalist.json"
         if not p.is_file():
-            raise FileNotFoundError(f"Task datalist '{p}' does not exist.")
+            raise BadInputError(f"Task datalist '{p}' does not exist: check --dataset_dir (a datalist JSON, or a folder holding datalist.json).")
         with open(p, encoding="utf-8") as f:
             data = json.load(f)
         path = str(p)

@@ -144,6 +144,26 @@ def _final_loss(stage_dir: Path) -> str:
     return f"{float(rows[0]['loss']):.4f} -> {float(rows[-1]['loss']):.4f} ({len(rows)} epochs)"
 
 
+def _first_previous_stage(
+    output_dir: str | os.PathLike, stages: Sequence[str], method: str, previous_stage: str | None
+) -> str:
+    """The ``previous_stage`` of the first listed stage; refuses to guess in a run folder used before.
+
+    Starting ``--stages ct,mri`` in a folder that holds stage_report and stage_xray would otherwise
+    train ct as a first stage, without teacher or buffers, beside a chain it was likely meant to continue.
+    """
+    if previous_stage is not None:
+        return previous_stage
+    ours = {layout.stage_dir(output_dir, s).name for s in (*stages, "joint" if method == "joint" else "")}
+    foreign = [p.name for p in layout.other_stage_folders(output_dir) if p.name not in ours]
+    if foreign:
+        raise BadInputError(
+            f"{output_dir} already holds {', '.join(foreign)}: pass --previous_stage <modality> to continue that chain "
+            f"with --stages {','.join(stages)}, or --previous_stage '' to start a new chain beside it on purpose."
+        )
+    return ""
+
+
 def run_pipeline(
     stages: Sequence[str],
     output_dir: str | os.PathLike,
@@ -151,6 +171,7 @@ def run_pipeline(
     overrides: Sequence[str] = (),
     bundle_dir: str | os.PathLike | None = None,
     method: str = "medcoss",
+    previous_stage: str | None = None,
 ) -> list[dict]:
     """Run the stages in order; stop at the first that fails.
 
@@ -161,9 +182,14 @@ def run_pipeline(
         overrides: ``--id value`` arguments passed to every stage.
         bundle_dir: where the bundles are.
         method: one of :func:`~medcoss_monai.layout.methods` (a ``bundles/method_<name>.json``).
+        previous_stage: the stage the first listed stage continues from (``""``: a new chain). None: a
+            new chain, refused when ``output_dir`` already holds stages outside ``stages``.
 
     Returns:
         One summary dict per stage (``stage``, ``folder``, ``seconds``, ``loss``).
+
+    Raises:
+        BadInputError: ``previous_stage`` is None and the run folder holds other stages.
     """
     folder_of_bundles = Path(bundle_dir) if bundle_dir else layout.bundles_dir()
     known = layout.methods(folder_of_bundles)
@@ -171,6 +197,7 @@ def run_pipeline(
         raise SystemExit(f"unknown --method '{method}': choose one of {', '.join(known)}")
     _check_working_dir(folder_of_bundles)
     overlays = [layout.method_bundle(method, folder_of_bundles), *overlays]
+    first_previous = _first_previous_stage(output_dir, stages, method, previous_stage)
     if method == "joint":
         # one stage: the last modality's bundle, with the others' training data interleaved
         joint = "[" + ",".join(repr(s) for s in stages) + "]"
@@ -178,7 +205,7 @@ def run_pipeline(
         stage_dir = "$medcoss_monai.bundle.claim_stage_dir(@output_dir, 'joint')"
         plan = [(stages[-1], "", ["--joint_modalities", joint, "--stage_dir", stage_dir])]
     else:
-        plan = [(m, stages[i - 1] if i else "", []) for i, m in enumerate(stages)]
+        plan = [(m, stages[i - 1] if i else first_previous, []) for i, m in enumerate(stages)]
     summary = []
     for modality, previous, extra in plan:
         cmd = stage_command(modality, output_dir, previous, overlays, list(overrides) + extra, bundle_dir)
@@ -211,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seed", type=int, default=None,
         help="seed of every stage and of the forgetting matrix (its randomly initialised encoder); default: the bundles' 0",
     )
+    parser.add_argument(
+        "--previous_stage", default=None,
+        help="the stage in --output_dir the first listed stage continues from ('' starts a new chain); needed when "
+        "--output_dir already holds stages that are not listed",
+    )
     parser.add_argument("--config_file", action="append", default=[], help="extra overlay merged onto every stage")
     parser.add_argument("--bundles_dir", default=None, help="folder of the stage bundles")
     parser.add_argument(
@@ -225,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed is not None:
         overrides += ["--seed", str(args.seed)]
     start = time.time()
-    summary = run_pipeline(stages, args.output_dir, args.config_file, overrides, args.bundles_dir, args.method)
+    summary = run_pipeline(
+        stages, args.output_dir, args.config_file, overrides, args.bundles_dir, args.method, args.previous_stage
+    )
     print(f"\n=== curriculum finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
     for row in summary:
         print(f"  stage_{row['stage']:<10} {row['seconds']:7.1f} s  loss {row['loss']}  -> {row['folder']}")

@@ -96,7 +96,8 @@ def buffer_loaders(
     training, over the whole training data of the other modalities).
 
     Each buffer's items go through the training transforms of their own stage bundle
-    (``bundles/stage_<modality>.json``), with this stage's shared sizes (``img_size_2d``...). Buffers
+    (``bundles/stage_<modality>.json``), with this stage's shared sizes (``img_size_2d``...); buffer items
+    that are 3D crops (file + location) go through its ``buffer_crop_preprocessing`` instead. Buffers
     whose files vanished are refused before training, with the missing paths listed.
 
     Args:
@@ -125,7 +126,7 @@ def buffer_loaders(
     """
     if not enabled:
         return {}
-    from medcoss_monai.buffer import load_buffer_manifest
+    from medcoss_monai.buffer import crop_rehearsal_transform, has_crops, load_buffer_manifest
     folder = Path(bundles) if bundles else layout.bundles_dir()
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -146,6 +147,8 @@ def buffer_loaders(
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
         parser = _parse_stage_bundle(mod, output_dir, shared or {}, tokenizer, bundles=folder)
         transform, crops = parser.get_parsed_content("train#preprocessing"), parser.get("crops_per_volume", 1)
+        if has_crops(items):  # 3D crops chosen at paper scale: each is rehearsed as exactly that crop, one sample
+            transform, crops = crop_rehearsal_transform(parser, items, path), 1
         settings = dict(parser.get_parsed_content("settings"), modality=mod)
         dataset = stage_dataset(items, transform, dataset_cache, cache_dir, settings)
         per_batch = max(1, int(batch_size) // max(1, int(crops)))

@@ -21,6 +21,7 @@ __all__ = [
     "resolve_datalist",
     "load_stage_datalist",
     "init_from_previous_stage",
+    "refuse_missing_previous_stage",
     "previous_stage_dir",
     "claim_stage_dir",
     "volumes_per_batch",
@@ -186,6 +187,34 @@ def previous_stage_dir(output_dir: str | os.PathLike, previous_stage: str | None
     return folder if (folder / layout.MODEL_FILE).is_file() else None
 
 
+def refuse_missing_previous_stage(output_dir: str | os.PathLike, previous_stage: str | None, modality: str = "") -> None:
+    """Refuse a stage whose previous stage is missing from a run folder that holds other stages.
+
+    A typo in ``--output_dir`` or a deleted stage would otherwise turn a MedCoSS stage into training
+    from scratch without teacher or buffer. Only an empty run folder (a stage run alone) starts from
+    scratch with a configured ``previous_stage``; ``previous_stage`` empty always means a first stage.
+
+    Args:
+        output_dir: the run folder.
+        previous_stage: the previous stage's modality (bundle id ``previous_stage``).
+        modality: this stage's modality.
+
+    Raises:
+        CheckpointError: ``previous_stage`` is set, its ``model.pt`` is missing, and the run folder
+            holds another stage.
+    """
+    if not previous_stage or previous_stage_dir(output_dir, previous_stage) is not None:
+        return
+    others = layout.other_stage_folders(output_dir, modality)
+    if others:
+        raise CheckpointError(
+            f"{layout.stage_model(output_dir, previous_stage)} not found, but {output_dir} holds "
+            f"{', '.join(p.name for p in others)}: this stage would start from scratch without its teacher and buffers. "
+            f"Finish stage '{previous_stage}' first, correct --output_dir or --previous_stage, or pass "
+            "--previous_stage '' to train this stage as a first stage on purpose."
+        )
+
+
 def init_from_previous_stage(
     network: torch.nn.Module,
     output_dir: str | os.PathLike,
@@ -217,8 +246,15 @@ def init_from_previous_stage(
     folder = previous_stage_dir(output_dir, previous_stage)
     name = f"stage '{modality}'" if modality else "this stage"
     if folder is None:
-        why = "no previous stage configured" if not previous_stage else f"{layout.stage_model(output_dir, previous_stage)} does not exist"
-        logger.info(f"{name} runs as a first stage ({why}): encoder initialised from scratch.")
+        refuse_missing_previous_stage(output_dir, previous_stage, modality)
+        if previous_stage:
+            logger.warning(
+                f"{name} runs as a first stage: {layout.stage_model(output_dir, previous_stage)} does not exist and "
+                f"{output_dir} holds no other stage, so the encoder starts from scratch, with no teacher and no buffer "
+                "(set --previous_stage '' to say so and silence this)."
+            )
+        else:
+            logger.info(f"{name} runs as a first stage (no previous stage configured): encoder initialised from scratch.")
         return network
     prefixes = None if flag(inherit_pretext_heads) else (ENCODER_PREFIX,)
     report = load_adapted(network, folder / layout.MODEL_FILE, f"model.pt of stage '{previous_stage}'", prefixes)
@@ -247,7 +283,7 @@ def flag(value: Any) -> bool:
         The truth value.
 
     Raises:
-        ValueError: for a string that is not a recognised yes/no word.
+        BadInputError: for a string that is not a recognised yes/no word (a ``ValueError``).
     """
     if isinstance(value, str):
         word = value.strip().lower()
@@ -255,7 +291,7 @@ def flag(value: Any) -> bool:
             return True
         if word in ("false", "0", "no", "n", "off", "", "none", "null"):
             return False
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise BadInputError(f"expected true or false (a bundle switch such as --rehearsal), got {value!r}")
     return bool(value)
 
 

@@ -15,16 +15,17 @@ import torch.distributed as dist
 from monai.utils import optional_import
 
 from medcoss_monai import layout
-from medcoss_monai.buffer import SAMPLERS, write_buffer_manifest
+from medcoss_monai.buffer import SAMPLERS, VolumeCropsDataset, write_buffer_manifest
+from medcoss_monai.buffer.crops import CROP_KEYS, CROP_ROW, CROP_START, crop_candidates
 from medcoss_monai.networks.checkpoint import unwrap_network
 
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["BufferSelectionHandler", "embed_dataset"]
+__all__ = ["BufferSelectionHandler", "embed_crops", "embed_dataset"]
 
-INDEX_KEY = "index"
+INDEX_KEY = CROP_ROW
 """Optional batch key holding each item's row in the dataset; lets shuffled or sharded loaders be reassembled."""
 
 
@@ -47,16 +48,29 @@ def _forward(network: torch.nn.Module, batch: Mapping[str, Any], device: torch.d
     return out.float()
 
 
-def _batch_rows(batch: Mapping[str, Any], n: int) -> np.ndarray | None:
-    """Dataset rows of a batch from its ``"index"`` key, or None when it has none."""
-    if INDEX_KEY not in batch:
+def _forward_chunks(
+    network: torch.nn.Module, batch: Mapping[str, Any], device: torch.device, input_keys: Sequence[str], chunk_size: int | None
+) -> torch.Tensor:
+    """:func:`_forward` on at most ``chunk_size`` samples at a time (a volume's crops can be many more than a batch)."""
+    n = batch[input_keys[0]].shape[0] if input_keys[0] in batch else 0
+    if not chunk_size or n <= chunk_size:
+        return _forward(network, batch, device, input_keys)
+    keys = [k for k in (*input_keys, "attention_mask") if k in batch]
+    parts = [_forward(network, {k: batch[k][s : s + chunk_size] for k in keys}, device, input_keys) for s in range(0, n, chunk_size)]
+    return torch.cat(parts)
+
+
+def _batch_values(batch: Mapping[str, Any], key: str, n: int) -> np.ndarray | None:
+    """A batch's values of ``key`` as an int64 array with one row per sample, or None when it has none."""
+    if key not in batch:
         return None
-    rows = batch[INDEX_KEY]
-    rows = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-    rows = rows.reshape(-1).astype(np.int64)
-    if rows.shape[0] != n:
-        raise ValueError(f"buffer selection: batch has {rows.shape[0]} '{INDEX_KEY}' values for {n} samples.")
-    return rows
+    values = batch[key]
+    values = values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    values = values.astype(np.int64)
+    values = values.reshape(-1) if key == INDEX_KEY else values.reshape(values.shape[0] if values.ndim else 1, -1)
+    if values.shape[0] != n:
+        raise ValueError(f"buffer selection: batch has {values.shape[0]} '{key}' values for {n} samples.")
+    return values
 
 
 def _sampler_rows(dataloader: Any) -> np.ndarray | None:
@@ -67,11 +81,65 @@ def _sampler_rows(dataloader: Any) -> np.ndarray | None:
     return None
 
 
+def _frozen_features(
+    network: torch.nn.Module,
+    dataloader: Any,
+    device: str | torch.device | None,
+    input_keys: Sequence[str],
+    chunk_size: int | None,
+    keys: Sequence[str] = (INDEX_KEY,),
+) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:
+    """Features of every sample of a loader with the frozen network, and the batches' values of ``keys``.
+
+    The network runs in ``eval()`` mode under ``torch.no_grad()``; every module's own train/eval mode
+    is restored afterwards (MONAI's ``eval_mode`` would set the whole tree to train, and a frozen part,
+    a teacher or a frozen encoder, must come back in eval mode).
+
+    Args:
+        network: the encoder (``.module`` of a DDP wrapper is used).
+        dataloader: the loader.
+        device: where to run; default the network's parameters' device.
+        input_keys: batch key of the input, optionally the attention mask's.
+        chunk_size: at most this many samples per forward pass (None: whole batches).
+        keys: batch keys whose per-sample integer values are returned alongside.
+
+    Returns:
+        float32 (M, hidden) features in loader order, and ``{key: values (M, ...) or None}`` (None when a
+        batch lacked the key).
+    """
+    net = unwrap_network(network)
+    if device is None:
+        param = next(net.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    modes = {m: m.training for m in net.modules()}
+    feats: list[np.ndarray] = []
+    values: dict[str, list[np.ndarray] | None] = {k: [] for k in keys}
+    net.eval()
+    try:
+        with torch.no_grad():
+            for batch in dataloader:
+                out = _forward_chunks(net, batch, device, input_keys, chunk_size).cpu().numpy()
+                feats.append(out)
+                for k in keys:
+                    v = _batch_values(batch, k, out.shape[0])
+                    if v is None:
+                        values[k] = None  # one batch without the key: the key is not used
+                    elif values[k] is not None:
+                        values[k].append(v)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+    local = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, 0), np.float32)
+    return local, {k: (np.concatenate(v) if v else None) for k, v in values.items()}
+
+
 def embed_dataset(
     network: torch.nn.Module,
     dataloader: Any,
     device: str | torch.device | None = None,
     input_keys: Sequence[str] = ("image",),
+    chunk_size: int | None = None,
 ) -> np.ndarray:
     """Pooled features of every item of a loader's dataset with the frozen network, in dataset order.
 
@@ -89,39 +157,16 @@ def embed_dataset(
         device: where to run; default the network's parameters' device.
         input_keys: batch key of the network input, optionally followed by the attention-mask key
             (otherwise ``"attention_mask"`` is passed when the batch has it).
+        chunk_size: run the network on at most this many samples at a time (None: whole batches).
 
     Returns:
         float32 (N, hidden), row i for dataset item i.
     """
-    net = unwrap_network(network)
-    if device is None:
-        param = next(net.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
     sampler_rows = _sampler_rows(dataloader)
-    # MONAI's eval_mode would call train() on the whole tree afterwards; a frozen part (a teacher, a
-    # frozen encoder) must come back in eval mode, so every module's own mode is restored
-    modes = {m: m.training for m in net.modules()}
-    feats: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
-    has_rows = True
-    net.eval()
-    try:
-        with torch.no_grad():
-            for batch in dataloader:
-                out = _forward(net, batch, device, input_keys).cpu().numpy()
-                r = _batch_rows(batch, out.shape[0])
-                has_rows = has_rows and r is not None
-                feats.append(out)
-                if r is not None:
-                    rows.append(r)
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
-
-    local = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, 0), np.float32)
-    if has_rows and rows:
-        local_rows = np.concatenate(rows)
+    local, values = _frozen_features(network, dataloader, device, input_keys, chunk_size)
+    rows = values[INDEX_KEY]
+    if rows is not None and rows.shape[0]:
+        local_rows = rows
     elif sampler_rows is not None:
         local_rows = sampler_rows[: local.shape[0]]
         if local_rows.shape[0] != local.shape[0]:
@@ -155,6 +200,46 @@ def embed_dataset(
     return out
 
 
+def embed_crops(
+    network: torch.nn.Module,
+    dataloader: Any,
+    device: str | torch.device | None = None,
+    input_keys: Sequence[str] = ("image",),
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Pooled features of every crop a :class:`~medcoss_monai.buffer.VolumeCropsDataset` loader gives.
+
+    Under torch.distributed with a ``DistributedSampler`` the ranks' crops are gathered; crops are
+    ordered by (volume row, crop start) and the sampler's padding repeats dropped, so every rank holds
+    the same candidates in the same order.
+
+    Args:
+        network: the encoder (see :func:`embed_dataset`).
+        dataloader: a loader over a ``VolumeCropsDataset``.
+        device: where to run; default the network's parameters' device.
+        input_keys: batch key of the network input.
+        chunk_size: run the network on at most this many crops at a time.
+
+    Returns:
+        ``(features (M, hidden), rows (M,) the volume of each crop, {crop key: (M, ndim) voxels})``.
+    """
+    keys = (CROP_ROW, *CROP_KEYS)
+    local, values = _frozen_features(network, dataloader, device, input_keys, chunk_size, keys)
+    absent = [k for k in keys if values[k] is None]
+    if local.shape[0] and absent:
+        raise ValueError(f"buffer selection: crop batches carry no {absent}; use a VolumeCropsDataset.")
+    if _distributed() and isinstance(getattr(dataloader, "sampler", None), torch.utils.data.DistributedSampler):
+        gathered = [g for g in idist.all_gather((local, *(values[k] for k in keys))) if g[0].size]  # every rank joins
+        if gathered:
+            local = np.concatenate([g[0] for g in gathered])
+            values = {k: np.concatenate([g[1 + i] for g in gathered]) for i, k in enumerate(keys)}
+    if local.shape[0] == 0:
+        return local, np.zeros(0, np.int64), {k: np.zeros((0, 0), np.int64) for k in CROP_KEYS}
+    where = np.concatenate([values[CROP_ROW][:, None], values[CROP_START]], axis=1)
+    _, first = np.unique(where, axis=0, return_index=True)  # sorted by (row, start), each crop once
+    return local[first], values[CROP_ROW][first], {k: values[k][first] for k in CROP_KEYS}
+
+
 class BufferSelectionHandler:
     """Chooses the stage's rehearsal buffer when training completes and writes ``buffer.json``.
 
@@ -164,6 +249,9 @@ class BufferSelectionHandler:
     cluster and distance, are written by :func:`medcoss_monai.buffer.write_buffer_manifest`.
     Under torch.distributed, rank 0 chooses, the choice is broadcast (so every rank holds the same
     ``selected`` indices) and only rank 0 writes.
+    When the loader's dataset is a :class:`~medcoss_monai.buffer.VolumeCropsDataset` (bundle switch
+    ``buffer_crops``), the candidates are the crops of a grid over every volume (:func:`embed_crops`),
+    ``N`` counts crops, and each chosen item is its volume's datalist item plus the crop location.
 
     Args:
         dataloader: a deterministic loader over the stage's training items (no augmentation, no
@@ -181,6 +269,8 @@ class BufferSelectionHandler:
         epoch_level: True: select once, when the stage completes (``Events.COMPLETED``); False: after
             every epoch (``Events.EPOCH_COMPLETED``), so a stage stopped part-way still leaves a buffer.
         sampler_kwargs: extra options of the sampler (e.g. ``{"niter": 20}`` for k-means).
+        chunk_size: embed at most this many samples at a time (a loader of volume crops gives all the
+            crops of a volume in one batch); None: whole batches.
     """
 
     def __init__(
@@ -198,6 +288,7 @@ class BufferSelectionHandler:
         input_keys: Sequence[str] = ("image",),
         epoch_level: bool = True,
         sampler_kwargs: Mapping[str, Any] | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         if isinstance(sampler, str) and sampler not in SAMPLERS:
             raise ValueError(f"unknown buffer sampler {sampler!r}; choose one of {sorted(SAMPLERS)}.")
@@ -217,6 +308,7 @@ class BufferSelectionHandler:
         self.input_keys = tuple(input_keys)
         self.epoch_level = epoch_level
         self.sampler_kwargs = dict(sampler_kwargs or {})
+        self.chunk_size = int(chunk_size) if chunk_size else None
         self.selected: np.ndarray | None = None
         self.logger = logging.getLogger(__name__)
 
@@ -238,6 +330,20 @@ class BufferSelectionHandler:
             raise ValueError("BufferSelectionHandler: pass items= (the loader's dataset has no .data list).")
         return data
 
+    def _embed(
+        self, network: torch.nn.Module, device: Any, items: Sequence[Mapping[str, Any]]
+    ) -> tuple[np.ndarray, Sequence[Mapping[str, Any]], dict[str, Any] | None]:
+        """Features of the candidates, the candidates (items, or crops of them) and the crop grid (None for items)."""
+        dataset = getattr(self.dataloader, "dataset", None)
+        if isinstance(dataset, VolumeCropsDataset):  # the stage chooses among crops (bundle switch buffer_crops)
+            feats, rows, crops = embed_crops(network, self.dataloader, device, self.input_keys, self.chunk_size)
+            grid = {"roi_size": list(dataset.roi_size), "overlap": dataset.overlap, "axes": dataset.axes, "n_volumes": len(items)}
+            return feats, crop_candidates(items, rows, crops), grid
+        feats = embed_dataset(network, self.dataloader, device=device, input_keys=self.input_keys, chunk_size=self.chunk_size)
+        if feats.shape[0] != len(items):
+            raise ValueError(f"BufferSelectionHandler: {feats.shape[0]} embeddings for {len(items)} items; the loader must follow the items.")
+        return feats, items, None
+
     def __call__(self, engine: Engine | None = None) -> Path | None:
         """Embeds, selects and writes buffer.json.
 
@@ -255,9 +361,7 @@ class BufferSelectionHandler:
         if device is None and engine is not None:
             device = getattr(getattr(engine, "state", None), "device", None)
         items = self._items()
-        feats = embed_dataset(network, self.dataloader, device=device, input_keys=self.input_keys)
-        if feats.shape[0] != len(items):
-            raise ValueError(f"BufferSelectionHandler: {feats.shape[0]} embeddings for {len(items)} items; the loader must follow the items.")
+        feats, candidates, crop_grid = self._embed(network, device, items)
 
         rank = idist.get_rank()
         payload: list[Any] = [None]
@@ -279,19 +383,21 @@ class BufferSelectionHandler:
             written = write_buffer_manifest(
                 self.output_path,
                 modality=self.modality,
-                items=items,
+                items=candidates,
                 indices=picked,
-                n_total=len(items),
+                n_total=len(candidates),
                 n_clusters=int(details.get("n_clusters", 0)),
                 buffer_ratio=self.buffer_ratio,
                 cluster_ratio=self.cluster_ratio,
                 sampler=name,
                 cluster_ids=details.get("cluster"),
                 distances=details.get("distance"),
+                crop_grid=crop_grid,
             )
+            unit = f"crops of {len(items)} volumes" if crop_grid else "items"
             log = getattr(engine, "logger", None) or self.logger
             log.info(
-                f"buffer selection ({name}): {len(picked)} of {len(items)} '{self.modality}' items, "
+                f"buffer selection ({name}): {len(picked)} of {len(candidates)} '{self.modality}' {unit}, "
                 f"{int(details.get('n_clusters', 0))} clusters, features {feats.shape[1]}-d -> {written}"
             )
         if _distributed():

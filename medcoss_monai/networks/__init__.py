@@ -12,6 +12,7 @@ from medcoss_monai.networks.pos_embed import (
     resize_pos_embed,
     sincos_pos_embed,
 )
+from medcoss_monai.networks.reference_encoder import MedCoSSReferenceEncoder
 from medcoss_monai.networks.segmentation import UNETRStyleSegmenter
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "MAEDecoder",
     "MLMHead",
     "MedCoSSModel",
+    "MedCoSSReferenceEncoder",
     "ClassificationHead",
     "EncoderClassifier",
     "UNETRStyleSegmenter",

@@ -113,6 +113,26 @@ class MedCoSSModel(nn.Module):
         """
         return {f"{prefix}{k}": v.detach().cpu() for k, v in self.encoder.state_dict().items()}
 
+    def encode_tokens(self, x: torch.Tensor, kind: str, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final token features of an unmasked input (the interface shared with the reference encoder).
+
+        Args:
+            x: ``"text"``: (B, L) token ids; ``"2d"``: (B, C, H, W) images (C = ``in_channels_2d``, 1 in the
+                bundles); ``"3d"``: (B, 1, H, W, D) volumes.
+            kind: ``"text"``, ``"2d"`` or ``"3d"``; must be what the input is.
+            attention_mask: (B, L) 1 = token, 0 = padding, for text.
+
+        Returns:
+            (B, N, hidden) normed tokens of the last block; this architecture has no class token.
+
+        Raises:
+            ValueError: ``kind`` is not the kind of ``x``.
+        """
+        found = self.encoder.kind_of(x)
+        if kind != found:
+            raise ValueError(f"kind {kind!r} was given for a {found} input of shape {tuple(x.shape)}.")
+        return self.encoder(x, attention_mask=attention_mask)["tokens"]
+
     def patch_target(self, x: torch.Tensor) -> torch.Tensor:
         """The MAE target of images: their patches, per-patch normalised when ``norm_pix_loss``.
 

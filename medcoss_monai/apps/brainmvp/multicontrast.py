@@ -6,7 +6,7 @@ lifts them to top-level keys so MONAI's ``LoadImaged`` / ``Orientationd`` / ``Sp
 ``image`` on the first contrast's grid. Per-contrast percentile scaling is MONAI's
 ``ScaleIntensityRangePercentilesd(channel_wise=True)``. For pre-training, :class:`RandContrastPaird`
 picks the input contrast and another one of the study, and :class:`RandBlockMaskd` draws the blocks
-to replace. The fine-tuning side (templates filling missing contrasts, random substitution) is in
+to replace: one mask per view, drawn independently as in the reference. The fine-tuning side (templates filling missing contrasts, random substitution) is in
 :mod:`medcoss_monai.apps.brainmvp.template_fill`. Every crop keeps its ``MetaTensor`` affine: templates
 are read at the crop's physical position.
 """
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
+
+import zlib
 
 import numpy as np
 import torch
@@ -30,6 +32,8 @@ __all__ = [
     "StackContrastsd",
     "RandContrastPaird",
     "CentreOnPointd",
+    "REGISTERED_KEY",
+    "STUDY_ID_KEY",
     "block_mask",
     "RandBlockMaskd",
 ]
@@ -39,6 +43,10 @@ CONTRASTS = ("t1", "t1ce", "t2", "flair", "pd", "mra", "dwi", "adc")
 
 PRESENT_KEY = "present"
 """Item key: per channel of the stacked ``image``, whether the study had that contrast."""
+REGISTERED_KEY = "registered"
+"""Study key: True when the study is already in the template space (its affine is kept, never centred)."""
+STUDY_ID_KEY = "study_id"
+"""Item key: an integer id of the crop's study (crops of one study are not each other's InfoNCE negatives)."""
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -119,19 +127,26 @@ class CentreOnPointd(MapTransform):
     """Translate a volume's affine so its centre lies at ``point`` (mm): a crude alignment to the template space.
 
     For studies not registered to the template space (scanner coordinates), so that their crops read the
-    templates where a brain is; registered studies (MNI, SRI24) should keep their affine.
+    templates where a brain is. A study flagged ``registered`` (:data:`REGISTERED_KEY`, e.g. the MNI
+    slabs of the sample fine-tuning task) keeps its affine. Pre-training and fine-tuning take the one
+    ``centre_studies`` of ``bundles/common/brainmvp.json``, so a study is read at the template positions
+    the same way in both.
 
     Args:
         keys: the images (their ``MetaTensor`` affine is changed, not their voxels).
         point: world position (mm) the centre is moved to (the template box's centre).
+        registered_key: item key of the flag that leaves a study as it is.
     """
 
-    def __init__(self, keys: KeysCollection, point: Sequence[float]) -> None:
+    def __init__(self, keys: KeysCollection, point: Sequence[float], registered_key: str = REGISTERED_KEY) -> None:
         super().__init__(keys)
         self.point = torch.as_tensor(point, dtype=torch.float64)
+        self.registered_key = registered_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if bool(d.get(self.registered_key, False)):
+            return d
         for key in self.key_iterator(d):
             img = d[key]
             affine = torch.as_tensor(img.affine, dtype=torch.float64).clone()
@@ -147,8 +162,9 @@ class RandContrastPaird(RandomizableTransform, MapTransform):
     """Pick the input contrast of a study and another one to fill view B.
 
     Writes ``image`` (the input contrast, 1 channel, affine kept), ``other`` (another contrast, or
-    zeros for a single-contrast study), ``has_other``, ``contrast`` (index into ``contrasts``) and
-    ``affine`` (the crop's voxel -> world affine as a plain tensor, for batching).
+    zeros for a single-contrast study), ``has_other``, ``contrast`` (index into ``contrasts``),
+    ``affine`` (the crop's voxel -> world affine as a plain tensor, for batching) and ``study_id``
+    (a hash of the item's ``study`` name; an item without one gets a random id of its own).
 
     Args:
         contrasts: the model's contrast list (indices point into it).
@@ -176,7 +192,13 @@ class RandContrastPaird(RandomizableTransform, MapTransform):
         d["has_other"] = torch.tensor(o is not None)
         d["contrast"] = torch.tensor(self.contrasts.index(names[m]))
         d["affine"] = affine
+        d[STUDY_ID_KEY] = torch.tensor(self._study_id(d.get("study")), dtype=torch.int64)
         return d
+
+    def _study_id(self, study: Any) -> int:
+        if study is None:
+            return -1 - int(self.R.randint(2**31 - 1))  # negative: never equal to a name's hash
+        return zlib.crc32(str(study).encode("utf-8"))
 
 
 def block_mask(size: Sequence[int], block: int, ratio: float, rng: np.random.RandomState) -> np.ndarray:
@@ -192,7 +214,7 @@ def block_mask(size: Sequence[int], block: int, ratio: float, rng: np.random.Ran
         ``(1, *size)`` bool array.
     """
     if any(s % block for s in size):
-        raise ValueError(f"crop size {tuple(size)} is not a multiple of the block size {block}")
+        raise BadInputError(f"crop size {tuple(size)} (roi_size) is not a multiple of the block size {block} (block_size)")
     grid = [s // block for s in size]
     n = int(np.prod(grid))
     flat = np.zeros(n, bool)
@@ -204,23 +226,40 @@ def block_mask(size: Sequence[int], block: int, ratio: float, rng: np.random.Ran
 
 
 class RandBlockMaskd(RandomizableTransform, MapTransform):
-    """Draw the blocks a view replaces (BrainMVP: 8^3 blocks, 80%) into ``mask_key``.
+    """Draw the blocks each view replaces (BrainMVP: 8^3 blocks, 80%) into ``mask_key`` and ``mask_b_key``.
+
+    The reference draws the mask anew for every view (BrainMVP ``utils/ops.py``: ``Uniform_block_replace``
+    calls ``torch.randperm`` per call), so view A and view B hide different blocks.
 
     Args:
-        keys: the image whose spatial size the mask takes.
+        keys: the image whose spatial size the masks take.
         block: block side.
         ratio: fraction of blocks replaced.
-        mask_key: output key.
+        mask_key: output key of view A's mask.
+        independent: draw view B's mask independently (reference); False: view B reuses view A's.
+        mask_b_key: output key of view B's mask.
     """
 
-    def __init__(self, keys: KeysCollection = "image", block: int = 8, ratio: float = 0.8, mask_key: str = "mask") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        block: int = 8,
+        ratio: float = 0.8,
+        mask_key: str = "mask",
+        independent: bool = True,
+        mask_b_key: str = "mask_b",
+    ) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=1.0)
         if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+            raise BadInputError(f"--mask_ratio must be in [0, 1], got {ratio}")
         self.block, self.ratio, self.mask_key = int(block), float(ratio), mask_key
+        self.independent, self.mask_b_key = bool(independent), mask_b_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        d[self.mask_key] = torch.from_numpy(block_mask(d[self.keys[0]].shape[1:], self.block, self.ratio, self.R))
+        size = d[self.keys[0]].shape[1:]
+        mask = torch.from_numpy(block_mask(size, self.block, self.ratio, self.R))
+        d[self.mask_key] = mask
+        d[self.mask_b_key] = torch.from_numpy(block_mask(size, self.block, self.ratio, self.R)) if self.independent else mask.clone()
         return d

@@ -268,7 +268,8 @@ def icbm_slab_task(
 
     Returns:
         ``{"training": [...], "validation": [...], "test": [...], "classes": [...], "cut": {...}}``:
-        studies with ``t1`` and ``t2``, the class names and how the volume was cut.
+        studies with ``t1`` and ``t2`` (flagged ``registered``: in the templates' MNI space), the class
+        names and how the volume was cut.
     """
     import nibabel as nib
 
@@ -296,7 +297,9 @@ def icbm_slab_task(
             path = out / f"slab{k}_{name}.nii.gz"
             nib.save(nib.Nifti1Image(data[:, :, window].astype(np.uint8 if name == "seg" else np.float32), shifted), str(path))
             files[name] = str(path)
-        study = {"image": {"t1": files["t1"], "t2": files["t2"]}, "label": files["seg"], "study": f"icbm2009c_slab{k}"}
+        # in MNI space, as the templates: read where they lie, never centred (CentreOnPointd)
+        study = {"image": {"t1": files["t1"], "t2": files["t2"]}, "label": files["seg"], "study": f"icbm2009c_slab{k}",
+                 "registered": True}
         task[splits[k % len(splits)]].append(study)
     task["classes"] = ["background", *CEREBRA_GROUPS]
     task["cut"] = _slab_cut(slab_mm, gap_mm, splits)
@@ -305,7 +308,7 @@ def icbm_slab_task(
 
 
 def _slab_cut(slab_mm: float, gap_mm: float, splits: Sequence[str]) -> dict[str, Any]:
-    return {"slab_mm": float(slab_mm), "gap_mm": float(gap_mm), "splits": list(splits)}
+    return {"slab_mm": float(slab_mm), "gap_mm": float(gap_mm), "splits": list(splits), "registered": True}
 
 
 SLAB_TASK = "brainmvp_seg"

@@ -14,9 +14,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
-from medcoss_monai.errors import BadInputError
 from medcoss_monai.apps.brainmvp.templates import sample_at
 from medcoss_monai.apps.brainmvp.multicontrast import PRESENT_KEY
+from medcoss_monai.errors import BadInputError
 
 __all__ = ["TemplateBank", "TemplateFilld", "RandTemplateSubstituted"]
 
@@ -68,9 +68,9 @@ class TemplateFilld(MapTransform):
     def __init__(self, templates: TemplateBank | None, mode: str = "template", image_key: str = "image") -> None:
         super().__init__([image_key])
         if mode not in ("template", "zero"):
-            raise ValueError(f"fill mode must be 'template' or 'zero', got {mode!r}")
+            raise BadInputError(f"--fill must be 'template' or 'zero', got {mode!r}")
         if mode == "template" and templates is None:
-            raise ValueError("template filling needs the templates (--templates_ckpt)")
+            raise BadInputError("--fill template needs the templates: give --templates_ckpt (a BrainMVP stage's model.pt)")
         self.templates, self.mode = templates, mode
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

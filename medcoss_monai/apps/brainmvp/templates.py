@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcoss_monai.errors import BadInputError
+
 __all__ = ["template_space_affine", "sample_at", "ModalityTemplates"]
 
 
@@ -90,7 +92,7 @@ class ModalityTemplates(nn.Module):
     ) -> None:
         super().__init__()
         if len(set(contrasts)) != len(contrasts) or not contrasts:
-            raise ValueError(f"contrasts must be distinct names, got {list(contrasts)}")
+            raise BadInputError(f"--contrasts must be distinct names, got {list(contrasts)}")
         self.contrasts = tuple(contrasts)
         self.shape = tuple(int(s) for s in shape)
         self.templates = nn.ParameterDict(

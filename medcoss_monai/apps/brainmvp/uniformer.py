@@ -6,6 +6,13 @@ each block preceded by a depth-wise convolutional position embedding. UniFormer-
 64/128/320/512, depths 3/4/8/3, head dimension 64 and strides 4/2/2/2; every choice is a
 constructor argument so a demo can run a small one. The attention blocks are MONAI's
 ``TransformerBlock``; the decoder is MONAI's ``UnetrBasicBlock`` / ``UnetrUpBlock`` / ``UnetOutBlock``.
+
+Pre-training uses the decoder **without skip connections** (``skips=False``): a skip, above all the one
+from the full-resolution input, lets the network copy the visible voxels of a masked view through to
+its reconstruction. As in the reference (BrainMVP ``models/Uniformer.py``, ``UniSegDecoder.forward``:
+only the ``transp_conv`` of each up block), that decoder is the chain of transposed convolutions and the
+output block; its modules carry the names of the fine-tuning decoder's (``decoder.<i>.transp_conv``), so
+a fine-tuning network with skips loads them and starts its skip paths fresh.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from typing import Any
 
 import torch
 from monai.networks.blocks import TransformerBlock, UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+from monai.networks.blocks.dynunet_block import get_conv_layer
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
-__all__ = ["ConvRelationBlock", "AttentionRelationBlock", "UniFormer3D", "UniFormerUNETR"]
+from medcoss_monai.errors import BadInputError
+
+__all__ = ["ConvRelationBlock", "AttentionRelationBlock", "UniFormer3D", "UpsampleOnly", "UniFormerUNETR"]
 
 
 def _mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
@@ -64,7 +74,7 @@ class AttentionRelationBlock(nn.Module):
     def __init__(self, dim: int, head_dim: int = 64, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         if dim % head_dim:
-            raise ValueError(f"width {dim} is not a multiple of head_dim {head_dim}")
+            raise BadInputError(f"backbone: width {dim} is not a multiple of head_dim {head_dim}")
         self.pos_embed = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
         self.transformer = TransformerBlock(dim, int(dim * mlp_ratio), dim // head_dim, qkv_bias=True)
 
@@ -102,7 +112,7 @@ class UniFormer3D(nn.Module):
     ) -> None:
         super().__init__()
         if not len(widths) == len(depths) == len(strides) == len(block_types):
-            raise ValueError("widths, depths, strides and block_types need one entry per stage")
+            raise BadInputError("backbone: widths, depths, strides and block_types need one entry per stage")
         self.widths, self.strides = tuple(widths), tuple(strides)
         self.embeddings, self.stages = nn.ModuleList(), nn.ModuleList()
         previous = in_channels
@@ -118,7 +128,7 @@ class UniFormer3D(nn.Module):
             elif kind == "attention":
                 blocks = [AttentionRelationBlock(width, head_dim, mlp_ratio) for _ in range(depth)]
             else:
-                raise ValueError(f"block type must be 'conv' or 'attention', got {kind!r}")
+                raise BadInputError(f"backbone: block type must be 'conv' or 'attention', got {kind!r}")
             self.stages.append(nn.Sequential(*blocks))
             previous = width
 
@@ -138,7 +148,7 @@ class UniFormer3D(nn.Module):
         """
         bad = [s for s in x.shape[2:] if s % self.divisor]
         if bad:
-            raise ValueError(f"input size {tuple(x.shape[2:])} is not a multiple of {self.divisor} (the product of the strides)")
+            raise BadInputError(f"input size {tuple(x.shape[2:])} (roi_size) is not a multiple of {self.divisor} (the product of the backbone's strides)")
         features = []
         for embed, stage in zip(self.embeddings, self.stages):
             x = stage(embed(x))
@@ -146,16 +156,41 @@ class UniFormer3D(nn.Module):
         return features
 
 
-class UniFormerUNETR(nn.Module):
-    """UniFormer encoder with a UNETR-style decoder: each stage's features are a skip connection.
+class UpsampleOnly(nn.Module):
+    """The transposed convolution of a MONAI ``UnetrUpBlock`` alone: a decoder level without a skip.
 
-    Used for BrainMVP's reconstruction (``out_channels=1``) and for segmentation fine-tuning.
+    Its one submodule has the name and shape of ``UnetrUpBlock.transp_conv``, so its weights load into
+    the fine-tuning decoder's up block.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: up-sampling factor (kernel size and stride of the transposed convolution).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.transp_conv = get_conv_layer(3, in_channels, out_channels, kernel_size=stride, stride=stride,
+                                          conv_only=True, is_transposed=True)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        return self.transp_conv(x)
+
+
+class UniFormerUNETR(nn.Module):
+    """UniFormer encoder with a UNETR-style decoder: each stage's features (and the input) a skip connection.
+
+    Used for BrainMVP's reconstruction (``out_channels=1``, ``skips=False``) and for segmentation
+    fine-tuning (``skips=True``).
 
     Args:
         in_channels: input channels.
         out_channels: output channels (1 for reconstruction, classes for segmentation).
         feature_size: channels of the full-resolution decoder level.
         norm_name: norm of the decoder blocks.
+        skips: decoder with skip connections from every encoder stage and from the input (UNETR);
+            False: only the deepest features reach the output, through transposed convolutions
+            (:class:`UpsampleOnly`), the reference's pre-training decoder.
         encoder_kwargs: :class:`UniFormer3D` arguments (``widths``, ``depths``, ``strides``...).
     """
 
@@ -165,18 +200,22 @@ class UniFormerUNETR(nn.Module):
         out_channels: int = 1,
         feature_size: int = 16,
         norm_name: str | tuple = "instance",
+        skips: bool = True,
         **encoder_kwargs: Any,
     ) -> None:
         super().__init__()
+        self.skips = bool(skips)
         self.config = {"in_channels": in_channels, "out_channels": out_channels, "feature_size": feature_size,
-                       "norm_name": norm_name, **encoder_kwargs}
+                       "norm_name": norm_name, "skips": self.skips, **encoder_kwargs}
         self.encoder = UniFormer3D(in_channels=in_channels, **encoder_kwargs)
         widths, strides = self.encoder.widths, self.encoder.strides
-        self.image_skip = UnetrBasicBlock(3, in_channels, feature_size, 3, 1, norm_name, res_block=True)
-        ups = []
-        for k in range(len(widths) - 1, 0, -1):  # coarsest to finest: stage k up to stage k-1's size
-            ups.append(UnetrUpBlock(3, widths[k], widths[k - 1], 3, strides[k], norm_name, res_block=True))
-        ups.append(UnetrUpBlock(3, widths[0], feature_size, 3, strides[0], norm_name, res_block=True))
+        levels = [(widths[k], widths[k - 1], strides[k]) for k in range(len(widths) - 1, 0, -1)]  # coarsest first
+        levels.append((widths[0], feature_size, strides[0]))
+        if self.skips:
+            self.image_skip = UnetrBasicBlock(3, in_channels, feature_size, 3, 1, norm_name, res_block=True)
+            ups = [UnetrUpBlock(3, i, o, 3, s, norm_name, res_block=True) for i, o, s in levels]
+        else:
+            ups = [UpsampleOnly(i, o, s) for i, o, s in levels]
         self.decoder = nn.ModuleList(ups)
         self.out = UnetOutBlock(3, feature_size, out_channels)
 
@@ -190,8 +229,12 @@ class UniFormerUNETR(nn.Module):
             ``(B, out_channels, D, H, W)`` and the four stage features (finest first).
         """
         features = self.encoder(x)
-        skips = [self.image_skip(x)] + features[:-1]
         y = features[-1]
+        if not self.skips:
+            for up in self.decoder:
+                y = up(y)
+            return self.out(y), features
+        skips = [self.image_skip(x)] + features[:-1]
         for up, skip in zip(self.decoder, reversed(skips)):
             y = up(y, skip)
         return self.out(y), features

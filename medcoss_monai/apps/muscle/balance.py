@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medcoss_monai.errors import BadInputError
+
 __all__ = ["dataset_balance_weights"]
 
 
@@ -27,7 +29,7 @@ def dataset_balance_weights(items: Sequence[Mapping[str, Any]], key: str = "data
         One weight per item, in order.
     """
     if not items:
-        raise ValueError("no items to weight.")
+        raise BadInputError("no items to weight: the MD-MoCo datalist is empty.")
     names = [str(it.get(key, "")) for it in items]
     counts = Counter(names)
     return [1.0 / (len(counts) * counts[n]) for n in names]

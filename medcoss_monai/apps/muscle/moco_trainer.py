@@ -11,6 +11,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
 from medcoss_monai.engines.steps import OptimizationStep
+from medcoss_monai.errors import BadInputError
 
 __all__ = ["MoCoTrainer", "MoCoKeys"]
 
@@ -59,7 +60,7 @@ class MoCoTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         for name in (MoCoKeys.QUERY, MoCoKeys.KEY):
             if name not in batchdata:
-                raise KeyError(f"a MoCo batch needs '{MoCoKeys.QUERY}' and '{MoCoKeys.KEY}', got {sorted(batchdata)}")
+                raise BadInputError(f"a MoCo batch needs '{MoCoKeys.QUERY}' and '{MoCoKeys.KEY}', got {sorted(batchdata)}")
         query = batchdata[MoCoKeys.QUERY].to(engine.state.device, non_blocking=engine.non_blocking)
         key = batchdata[MoCoKeys.KEY].to(engine.state.device, non_blocking=engine.non_blocking)
         engine.state.output = out = {MoCoKeys.QUERY: query, MoCoKeys.KEY: key, MoCoKeys.LOSS_TERMS: {}}

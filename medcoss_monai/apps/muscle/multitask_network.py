@@ -43,7 +43,7 @@ class MultiTaskResNet(nn.Module):
     def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module]) -> None:
         super().__init__()
         if not heads:
-            raise ValueError("MultiTaskResNet needs at least one head.")
+            raise BadInputError("MultiTaskResNet needs at least one head.")
         self.backbone = backbone
         self.heads = nn.ModuleDict(dict(heads))
 
@@ -72,7 +72,7 @@ class MultiTaskResNet(nn.Module):
         """
         if task is None:
             if len(self.heads) != 1:
-                raise ValueError(f"Name the task: this network has heads {self.tasks}.")
+                raise BadInputError(f"Name the task: this network has heads {self.tasks}.")
             task = self.tasks[0]
         head = self.heads[task]
         if head.kind == DETECTION:

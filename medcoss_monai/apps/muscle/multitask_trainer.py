@@ -23,6 +23,7 @@ from monai.utils import CommonKeys
 from torch.optim import Optimizer
 
 from medcoss_monai.engines.steps import OptimizationStep
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import unwrap_network
 from medcoss_monai.apps.muscle.task_heads import DETECTION
 
@@ -111,7 +112,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         model = unwrap_network(network)
         for task in model.tasks:
             if model.kind(task) != DETECTION and task_losses.get(task) is None:
-                raise ValueError(f"Task '{task}' ({model.kind(task)}) has no loss in task_losses.")
+                raise BadInputError(f"Task '{task}' ({model.kind(task)}) has no loss in task_losses.")
         self.task_losses = dict(task_losses)
         self.state.task = None
 
@@ -139,7 +140,7 @@ class MultiTaskTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         task = engine.state.task
         if task is None:
-            raise RuntimeError("No task is being visited: attach a task schedule (CyclicTaskSchedule) to the trainer.")
+            raise BadInputError("No task is being visited: attach a task schedule (CyclicTaskSchedule) to the trainer.")
         k = MultiTaskKeys
         engine.network.train()
         engine.optimization.zero_grad(engine)

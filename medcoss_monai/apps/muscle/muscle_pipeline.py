@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcoss_monai.errors import install_run_hooks
+from medcoss_monai.errors import BadInputError, install_run_hooks
 from medcoss_monai import layout
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
 from medcoss_monai.utils import atomic_write_text
@@ -50,7 +50,17 @@ _FAILED = "this step failed and later steps were not run"
 
 def _check_working_dir() -> None:
     if not (Path.cwd() / "bundles" / "common" / "muscle_tasks.json").is_file():
-        raise SystemExit("Run from the repository root (the folder holding bundles/): the bundles read bundles/common/ from there.")
+        raise BadInputError("Run from the repository root (the folder holding bundles/): the bundles read bundles/common/ from there.")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BadInputError(f"--seeds '{text}': give comma-separated integers, e.g. 0,1,2.") from None
+    if not seeds:
+        raise BadInputError("--seeds is empty: give comma-separated integers, e.g. 0,1,2.")
+    return seeds
 
 
 def run_steps(
@@ -186,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_working_dir()
     start = time.time()
     if args.compare:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = _parse_seeds(args.seeds)
         compare(args.output_dir, seeds, args.step1.split(), args.step2.split(), args.step2_minus.split(), args.step3.split())
         print((Path(args.output_dir) / "comparison.md").read_text())
     else:

@@ -10,6 +10,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from medcoss_monai.apps.muscle.multitask_trainer import MultiTaskKeys
+from medcoss_monai.errors import BadInputError
 
 __all__ = ["memory_items", "TaskReplay"]
 
@@ -30,7 +31,7 @@ def memory_items(items: Sequence[Mapping[str, Any]], size: int, seed: int = 0) -
         Copies of the chosen items, in their datalist order.
     """
     if size < 0:
-        raise ValueError(f"The replay memory size must be >= 0, got {size}.")
+        raise BadInputError(f"The replay memory size must be >= 0, got {size}.")
     keep = np.sort(np.random.default_rng(int(seed)).permutation(len(items))[: int(size)])
     return [dict(items[i]) for i in keep]
 

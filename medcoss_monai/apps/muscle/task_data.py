@@ -104,7 +104,7 @@ def checked_task_items(
         BadInputError: bad items (and ``skip_bad_inputs`` is False), each named with its problem.
     """
     if kind not in KINDS:
-        raise ValueError(f"Task '{task}': kind '{kind}' is not one of {KINDS}.")
+        raise BadInputError(f"Task '{task}': kind '{kind}' is not one of {KINDS}.")
     return checked_items(
         task_items(dataset_dir, task, split, max_items, seed), num_classes,
         mask_values if kind == "segmentation" else None, task=task, skip_bad_inputs=skip_bad_inputs,

@@ -55,7 +55,8 @@ def resnet_feature_maps(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tens
         x: images ``(B, C, H, W)``.
 
     Returns:
-        The four maps, strides 4, 8, 16, 32.
+        The four maps, strides 4, 8, 16, 32 (4, 8, 16, 16 or 4, 8, 8, 8 for a backbone dilated to output
+        stride 16 or 8, see :func:`~medcoss_monai.apps.muscle.dilation.dilate_resnet`).
     """
     x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
     maps = []
@@ -95,7 +96,8 @@ class PooledClassificationHead(nn.Module):
 class DeepLabSegmentationHead(nn.Module):
     """torchvision's DeepLab-v3 head on the last feature map, logits upsampled to the image (as ``DeepLabV3`` does).
 
-    The backbone is not dilated (it is shared with the other tasks), so the head sees the stride-32 map.
+    The head sees the backbone's last map: stride 32 for a plain ResNet, 8 for DeepLab-v3's dilated
+    backbone (``resnet_backbone(name, output_stride=8)``), the size torchvision's rates 12, 24, 36 are for.
     The ASPP's image-pooling branch normalises a 1x1 map over the batch: in training a batch needs two
     or more images (the training loaders of :func:`medcoss_monai.apps.muscle.task_data.task_loaders` drop a
     last batch of one).
@@ -103,8 +105,8 @@ class DeepLabSegmentationHead(nn.Module):
     Args:
         in_channels: channels of the last feature map.
         num_classes: number of classes (background included).
-        atrous_rates: dilations of the three atrous branches (torchvision: 12, 24, 36, for output stride 8
-            on crops of several hundred pixels; the bundle sets rates that fit the small stride-32 maps).
+        atrous_rates: dilations of the three atrous branches (torchvision and DeepLab-v3: 12, 24, 36, for
+            output stride 8; the demo bundles set 2, 4, 6 for the small stride-32 maps).
     """
 
     kind = SEGMENTATION

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from ignite.engine import Engine, Events
 
+from medcoss_monai.errors import BadInputError
+
 __all__ = ["visit_order", "CyclicTaskSchedule"]
 
 
@@ -27,7 +29,7 @@ def visit_order(tasks: Sequence[str], rounds: int, seed: int = 0, reshuffle: boo
         ``rounds * len(tasks)`` task names.
     """
     if rounds < 1 or not tasks:
-        raise ValueError(f"A schedule needs at least one round and one task, got rounds={rounds}, tasks={list(tasks)}.")
+        raise BadInputError(f"A schedule needs at least one round and one task, got rounds={rounds}, tasks={list(tasks)}.")
     order: list[str] = []
     for r in range(int(rounds)):
         perm = np.random.default_rng([int(seed), r]).permutation(len(tasks)) if reshuffle else range(len(tasks))
@@ -71,12 +73,13 @@ class CyclicTaskSchedule:
             engine: the multi-task trainer.
 
         Raises:
-            ValueError: ``max_epochs`` differs from the number of visits.
+            BadInputError: ``max_epochs`` differs from the number of visits.
         """
         if engine.state.max_epochs is not None and engine.state.max_epochs != len(self.order):
-            raise ValueError(
+            raise BadInputError(
                 f"The trainer runs {engine.state.max_epochs} epochs but the schedule has {len(self.order)} visits "
-                "(rounds x tasks): set max_epochs to their product."
+                "(rounds x tasks): set max_epochs to their product, or change --rounds and leave max_epochs to the bundle "
+                "(bundles/muscle_multitask.json computes it)."
             )
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 

@@ -19,6 +19,8 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import ensure_tuple
 
+from medcoss_monai.errors import BadInputError
+
 __all__ = ["TwoViews", "TwoViewsd"]
 
 
@@ -71,7 +73,7 @@ class TwoViewsd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.names = ensure_tuple(names)
         if len(self.names) != len(self.keys):
-            raise ValueError(f"TwoViewsd needs one name per key, got keys {self.keys} and names {self.names}.")
+            raise BadInputError(f"TwoViewsd needs one name per key, got keys {self.keys} and names {self.names}.")
         self.views = TwoViews(transform)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViewsd:

@@ -134,7 +134,8 @@ def find_finetuned(
 
     The task is the ``"task"`` of the folder's ``metrics.json`` (or ``overrides["task"]``); its bundle
     is ``bundles/finetune_<task>.json`` unless ``config_file`` names it. Overrides used at training
-    time that change the architecture (``num_classes``, sizes) must be given again.
+    time that change the architecture (``num_classes``, sizes) must be given again; the classifier
+    ``head`` is read from ``metrics.json``.
 
     Args:
         finetune_dir: the task's output folder (``model_best.pt``, ``metrics.json``).
@@ -173,6 +174,8 @@ def find_finetuned(
         overrides.setdefault("task", task)  # a bundle run for another task (--task mri_tissue_seg)
     if metrics.get("pretrained_ckpt") is not None:
         overrides.setdefault("pretrained_ckpt", metrics["pretrained_ckpt"])  # where its tokenizer was found
+    if isinstance(metrics.get("head"), str):
+        overrides.setdefault("head", metrics["head"])  # the classifier it was trained with (--head mlp)
     parser = layout.read_bundle(config_file, {"output_dir": str(folder), **overrides})
     if net_id not in parser:
         raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
