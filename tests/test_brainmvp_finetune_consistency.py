@@ -95,7 +95,7 @@ def test_finetuning_with_the_consistency_loss_trains(stage_model, tmp_path, samp
     path, _ = stage_model
     out = tmp_path / "consistency"
     workflow = ConfigWorkflow(
-        config_file=str(FINETUNE), output_dir=str(out), pretrained_ckpt=str(path), consistency_weight=1.0, substitute_prob=1.0,
+        config_file=str(FINETUNE), output_dir=str(out), pretrained_ckpt=str(path), substitute_prob=1.0,
         repeats=2, crops_per_study=2, batch_size=2, **{"train#trainer#max_epochs": 2},
     )
     workflow.initialize()
@@ -113,4 +113,5 @@ def test_finetuning_with_the_consistency_loss_trains(stage_model, tmp_path, samp
     assert len(losses) == 2 * 4 and all(math.isfinite(v) for v in losses)  # 2 epochs of 2 studies x 2 repeats
     assert sum(losses[-2:]) < sum(losses[:2]), losses  # it learns
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["consistency_weight"] == 1.0 and 0.0 <= metrics["metrics"]["mean_dice"] <= 1.0
+    # the bundle's default: the reference's 0.1 x MSE of the deepest features (Downstream trainer.py)
+    assert metrics["consistency_weight"] == 0.1 and 0.0 <= metrics["metrics"]["mean_dice"] <= 1.0
