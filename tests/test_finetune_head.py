@@ -65,3 +65,14 @@ def test_mlp_head_exports(mlp_run: Path, tasks_ready: Path, tmp_path: Path) -> N
     inference = json.loads((bundle / "configs/inference.json").read_text())
     assert inference["network_def"]["network"]["head"] == "mlp"
     check_task_bundle(mlp_run, bundle, tmp_path, tasks_ready / "tasks" / "pathology_cls" / "datalist.json")
+
+
+def test_an_unknown_head_or_crop_mode_is_the_users_error():
+    from medcoss_monai.errors import BadInputError
+    from medcoss_monai.networks.heads import ClassificationHead
+    from medcoss_monai.transforms import RandResizedCropd
+
+    with pytest.raises(BadInputError, match="head must be one of"):
+        ClassificationHead(32, 2, head="mlpp")
+    with pytest.raises(BadInputError, match="'bicubc' is not one of"):
+        RandResizedCropd("image", (32, 32), mode="bicubc")

@@ -19,6 +19,8 @@ from monai.utils import ensure_tuple_rep
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import resized_crop
 
+from medcoss_monai.errors import BadInputError
+
 from .twins import RandomizableTwind
 
 __all__ = ["RandResizedCrop", "RandResizedCropd"]
@@ -147,6 +149,10 @@ class RandResizedCropd(RandomizableTwind):
         RandomizableTransform.__init__(self, prob=1.0)
         self.cropper = RandResizedCrop(spatial_size, scale, ratio, anti_aliasing=anti_aliasing, pad_mode=pad_mode)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
+        known = [m.value for m in InterpolationMode]
+        unknown = [m for m in self.mode if m not in known]
+        if unknown:  # a bundle override such as --crop_mode: the user's to fix, before any data is read
+            raise BadInputError(f"crop interpolation mode {unknown[0]!r} is not one of {known} (e.g. --crop_mode).")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

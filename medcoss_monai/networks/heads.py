@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.blocks import init_mae_weights
 from medcoss_monai.networks.encoder import UnifiedEncoder
 
@@ -56,9 +57,9 @@ class ClassificationHead(nn.Module):
         super().__init__()
         head = head or ("mlp" if hidden else "linear")
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got '{head}'.")
+            raise BadInputError(f"head must be one of {HEADS}, got '{head}' (--head).")
         if head == "linear" and hidden:
-            raise ValueError(f"a linear head has no hidden layer (hidden={hidden}): use head='mlp'.")
+            raise BadInputError(f"a linear head has no hidden layer (hidden={hidden}): use head='mlp'.")
         self.kind = head
         layers: list[nn.Module] = [nn.LayerNorm(hidden_size), nn.Dropout(dropout)]
         width = hidden_size
