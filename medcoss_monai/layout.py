@@ -17,11 +17,11 @@ A fine-tuning run (a task bundle's ``output_dir``) holds ``model_best.pt``, ``me
 
 Every module that reads or writes these names takes them from here.
 
-Stage and fine-tuning bundles write their shared recipe once, in ``bundles/common/``, and take it
-with MONAI macros (``"%bundles/common/pretrain.json#optimizer"``). MONAI reads a macro's file from
-the working directory, so ``python -m monai.bundle run --config_file bundles/stage_ct.json`` is run
-from the repository root, like a Model Zoo bundle from its bundle root; :func:`read_bundle` reads
-the macros from :func:`bundles_dir` wherever Python runs.
+Stage and fine-tuning bundles write their shared recipe once, in ``bundles/common/``, and hold a
+copy of it (kept up to date by ``python -m medcoss_monai.bundle.render``, which records the links in
+``bundles/common/links.json``), so every bundle is self-contained and runs from any working
+directory, in the checkout or installed. :func:`read_bundle` still resolves ``%bundles/...`` macros
+(a user's own bundle may use them) from :func:`bundles_dir`, wherever Python runs.
 """
 
 from __future__ import annotations
@@ -81,20 +81,23 @@ METRICS_FILE = "metrics.json"
 """A fine-tuning run's test metrics."""
 
 MACRO_PREFIX = "%bundles/"
-"""How bundles name a file of the bundles folder in a macro (read from the repository root)."""
+"""How a bundle names a file of the bundles folder in a macro (MONAI reads it from the working directory;
+:func:`read_bundle` and ``python -m medcoss_monai.bundle.render`` from :func:`bundles_dir`)."""
 
 
 def bundles_dir() -> Path:
-    """The folder holding the bundles: ``$MEDCOSS_BUNDLES``, the repository's ``bundles/``, or ``./bundles``.
+    """The folder holding the bundles: ``$MEDCOSS_BUNDLES``, else the installed package's ``bundles``
+    (``medcoss_monai/bundles`` after ``pip install``), else the checkout's ``bundles/``.
 
     Returns:
-        The folder path.
+        The folder path (absolute unless ``$MEDCOSS_BUNDLES`` is relative).
     """
     env = os.environ.get("MEDCOSS_BUNDLES")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[1] / "bundles"
-    return repo if repo.is_dir() else Path.cwd() / "bundles"
+    package = Path(__file__).resolve().parent
+    installed = package / "bundles"
+    return installed if installed.is_dir() else package.parent / "bundles"
 
 
 def stage_bundle(modality: str, bundles: str | os.PathLike | None = None) -> Path:

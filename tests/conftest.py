@@ -20,8 +20,7 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # bundles take their shared recipe from bundles/common/ relative to the working directory (MONAI
-    # macros), so tests run bundles from the repository root, as users do
+    # relative paths in tests (runs/, bundles/) are the checkout's; the bundles themselves run from anywhere
     os.chdir(Path(__file__).resolve().parents[1])
     # the test machines have 2 cores; more threads only contend
     try:

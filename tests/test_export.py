@@ -16,6 +16,7 @@ import torch
 
 from medcoss_monai import layout
 from medcoss_monai.bundle.export import PRETRAIN_WEIGHTS, find_trained_network, main
+from medcoss_monai.bundle.export.portable import needs_medcoss
 from medcoss_monai.networks.checkpoint import load_state
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -24,6 +25,7 @@ from test_export_zoo import (
     check_layout_and_metadata,
     check_trained_network,
     check_zoo_network,
+    read_csv_rows,
     run_inference,
 )
 
@@ -53,7 +55,8 @@ def test_layout_weights_and_readme(ct: tuple[Path, Path]) -> None:
     inference = json.loads((bundle / "configs/inference.json").read_text())
     for key in ("bundle_root", "device", "network_def", "dataset", "inferer", "evaluator", "output_dir", "run"):
         assert key in inference, key
-    assert inference["network_def"]["_target_"] == "medcoss_monai.networks.inference.FeatureExtractor"
+    # MONAI and PyTorch only: the network is the TorchScript models/model.ts
+    assert inference["network_def"].startswith("$torch.jit.load(") and not needs_medcoss(inference)
     # model.pt: the encoder's weights as the stage saved them; pretrain_model.pt: the whole stage network
     original = load_state(find_trained_network(stage)[1])
     exported, whole = load_state(bundle / "models/model.pt"), load_state(bundle / PRETRAIN_WEIGHTS)
@@ -99,10 +102,11 @@ def test_zoo_checks_and_inference_on_held_out_file(ct: tuple[Path, Path], datali
     args, _, expected = check_zoo_network(bundle, tmp_path, held_out)
     check_trained_network(bundle, bundle / PRETRAIN_WEIGHTS, args, {}, expected)
     run_inference(bundle, held_out, tmp_path / "eval")
-    feats = np.load(tmp_path / "eval/features.npy")
+    rows = read_csv_rows(tmp_path / "eval/features.csv")
+    assert [r[0] for r in rows] == [held_out]
+    feats = np.array([[float(v) for v in r[1:]] for r in rows])
     assert feats.shape == (1, 192)
     np.testing.assert_allclose(feats[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
-    assert json.loads((tmp_path / "eval/features.json").read_text())["items"] == [{"image": held_out}]
 
 
 @pytest.mark.slow
@@ -115,7 +119,7 @@ def test_image_stage_exports(modality: str, sample_data: Path, datalist, tmp_pat
     args, _, expected = check_zoo_network(bundle, tmp_path, sample)
     check_trained_network(bundle, bundle / PRETRAIN_WEIGHTS, args, {}, expected)
     run_inference(bundle, sample, tmp_path / "eval")
-    feats = np.load(tmp_path / "eval/features.npy")
+    feats = np.array([[float(v) for v in r[1:]] for r in read_csv_rows(tmp_path / "eval/features.csv")])
     n_test = len(datalist(modality)["test"])
     assert feats.shape == (n_test, meta["network_data_format"]["outputs"]["pred"]["num_channels"])
     assert np.isfinite(feats).all()

@@ -114,7 +114,8 @@ def check_zoo_network(bundle: Path, tmp_path: Path, dataset_dir: str | Path) -> 
     """
     from monai.bundle import ckpt_export, verify_net_in_out
 
-    files = {"meta_file": str(bundle / "configs/metadata.json"), "config_file": str(bundle / "configs/inference.json")}
+    files = {"meta_file": str(bundle / "configs/metadata.json"), "config_file": str(bundle / "configs/inference.json"),
+             "bundle_root": str(bundle)}
     if not is_text(bundle):  # it feeds random float images: token ids are checked below instead
         verify_net_in_out(net_id="network_def", device="cpu", **files)
     ts = tmp_path / "model.ts"
@@ -134,11 +135,24 @@ def check_zoo_network(bundle: Path, tmp_path: Path, dataset_dir: str | Path) -> 
     return args, kwargs, expected
 
 
+def trained_network_config(bundle: Path) -> torch.nn.Module:
+    """The training class of the bundle's network, unloaded: from ``inference.json`` when ``network_def`` wraps it
+    (text bundles), else from ``train.json`` (``model_def`` of a task, ``network_def`` of a stage)."""
+    from monai.bundle import ConfigParser
+
+    if isinstance(json.loads((bundle / "configs/inference.json").read_text())["network_def"], dict):
+        return parse_inference(bundle).get_parsed_content("network_def#network")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs/train.json"))
+    parser.update({"bundle_root": str(bundle), "device": "$torch.device('cpu')"})
+    return parser.get_parsed_content("model_def" if "model_def" in parser else "network_def")
+
+
 def check_trained_network(bundle: Path, weights: Path, args: tuple, kwargs: dict, expected: torch.Tensor) -> None:
     """The trained network (``network_def#network``, the training class) with its own weights gives ``expected``."""
     from medcoss_monai.networks.checkpoint import state_dict_of
 
-    trained = parse_inference(bundle).get_parsed_content("network_def#network").eval()
+    trained = trained_network_config(bundle).eval()
     trained.load_state_dict(state_dict_of(load_state(weights), weights), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(trained(*args, **kwargs), expected, rtol=1e-4, atol=1e-5)
@@ -151,6 +165,12 @@ def run_inference(bundle: Path, dataset_dir: str | Path, output_dir: Path, **ove
     with inside(bundle):
         run(config_file="configs/inference.json", meta_file="configs/metadata.json", logging_file=False,
             dataset_dir=str(dataset_dir), output_dir=str(output_dir), device="$torch.device('cpu')", **overrides)
+
+
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """Rows of MONAI's ``ClassificationSaver`` CSV: the input file, then the values."""
+    with open(path, newline="") as f:
+        return [row for row in csv.reader(f) if row]
 
 
 def read_predictions(path: Path) -> list[dict[str, str]]:

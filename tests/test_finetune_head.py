@@ -28,7 +28,7 @@ def test_cls_bundles_take_the_head_option(task: str, tmp_path: Path) -> None:
     assert linear.get_parsed_content("model_def").head.kind == "linear"
     mlp = read_bundle(BUNDLES / f"finetune_{task}.json", {"output_dir": str(tmp_path), "head": "mlp"})
     head = mlp.get_parsed_content("model_def").head
-    hidden = int(mlp.get_parsed_content("hidden_size"))
+    hidden = int(mlp.get_parsed_content("encoder_spec")["sizes"]["hidden_size"])
     assert head.kind == "mlp" and head.layers[2].weight.shape == (hidden, hidden)
 
 
@@ -62,8 +62,10 @@ def test_mlp_head_exports(mlp_run: Path, tasks_ready: Path, tmp_path: Path) -> N
     from medcoss_monai.bundle.export import main
 
     bundle = main(["--finetune_dir", str(mlp_run), "--out", str(tmp_path / "zoo" / "medcoss_pathology_cls")])
-    inference = json.loads((bundle / "configs/inference.json").read_text())
-    assert inference["network_def"]["network"]["head"] == "mlp"
+    train = json.loads((bundle / "configs/train.json").read_text())
+    assert train["model_def"]["head"] == "mlp"  # inference.json runs the TorchScript of this network
+    scripted = torch.jit.load(str(bundle / "models/model.ts"), map_location="cpu")
+    assert any(name.endswith("head.layers.2.weight") for name, _ in scripted.named_parameters())  # the MLP's hidden layer
     check_task_bundle(mlp_run, bundle, tmp_path, tasks_ready / "tasks" / "pathology_cls" / "datalist.json")
 
 

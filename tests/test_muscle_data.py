@@ -292,3 +292,23 @@ def test_mdmoco_items_refuse_a_bad_datalist(tmp_path):
     bad.write_text(json.dumps({"training": [{"image": "missing.png"}]}))
     with pytest.raises(BadInputError, match="list.json.*missing.png"):
         load_mdmoco_items(str(bad))
+
+
+def test_segmentation_masks_are_read_in_the_images_orientation(muscle):
+    """Image and mask of a lung-segmentation item come out of the task's chain on the same pixel grid (a mask
+    read column-first by MONAI's default PNG reader would be the transpose of its image's)."""
+    from PIL import Image
+
+    from medcoss_monai.layout import bundles_dir, read_bundle
+
+    parser = read_bundle(bundles_dir() / "finetune_muscle_seg.json", {"output_dir": "/tmp/unused", "image_size": 128})
+    chain = parser.get_parsed_content("eval_transforms#segmentation")
+    item = muscle["muscle_lung_seg"]["training"][0]
+    out = dict(item)
+    for transform in chain:
+        out = transform(out)
+    mask = np.asarray(Image.open(item["label"])) > 0
+    assert mask.shape[0] == mask.shape[1] and not np.array_equal(mask, mask.T)  # a transpose would show
+    assert np.array_equal(np.asarray(out["label"][0]) > 0.5, mask)
+    film = np.asarray(Image.open(item["image"]).convert("L"), dtype=np.float32)
+    assert np.corrcoef(np.asarray(out["image"][0]).ravel(), film.ravel())[0, 1] > 0.99  # the image is not transposed

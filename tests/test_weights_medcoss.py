@@ -26,7 +26,7 @@ import medcoss_monai
 from medcoss_monai.errors import CheckpointError
 from medcoss_monai.networks import MedCoSSModel, MedCoSSReferenceEncoder
 from medcoss_monai.networks.reference_encoder import reference_text_attention_bias
-from medcoss_monai.weights import FormatNotImplementedError, convert_medcoss, import_checkpoint, load_pretrained
+from medcoss_monai.weights import convert_medcoss, import_checkpoint, load_pretrained
 
 SMALL = dict(c=48, layers=2, mlp=96, vocab=600, text_len=64, rows_2d=64, rows_3d=27)
 """12 heads of 4 channels; 2D images up to 128x128 (64 patches), volumes up to 48^3 (27 patches)."""
@@ -326,6 +326,7 @@ def test_cli_refusals_name_the_problem(tmp_path, monkeypatch):
     bad = save_released(state, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="'token_embed.embeddings_pos.position_embeddings.weight'"):
         cli.main(["import", "--format", "medcoss", "--checkpoint", str(bad), "--out", str(tmp_path / "bad")])
-    with pytest.raises(FormatNotImplementedError, match=re.escape("not implemented yet (issue 25)")):
+    # a MedCoSS file given as BrainMVP's is refused by the BrainMVP converter, naming what it lacks
+    with pytest.raises(CheckpointError, match="not a BrainMVP UniFormer checkpoint.*'encoder.uniformer.patch_embed1.proj.weight'"):
         cli.main(["import", "--format", "brainmvp_uniformer", "--checkpoint", str(bad), "--out", str(tmp_path / "brain")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth"]

@@ -22,7 +22,7 @@ from monai.data import PILReader, WSIReader
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import ensure_tuple_rep
 
-from .tissue import SLIDE_SUFFIXES, tissue_tile_locations
+from .tissue import is_slide, tissue_tile_locations
 
 __all__ = ["LoadSlideTile", "LoadSlideTiled", "RandLoadSlideTile", "RandLoadSlideTiled"]
 
@@ -98,7 +98,7 @@ class LoadSlideTile(Transform):
         path = Path(filename)
         if not path.is_file():
             raise FileNotFoundError(f"Pathology file '{path}' does not exist.")
-        if path.suffix.lower() not in SLIDE_SUFFIXES:
+        if not is_slide(path):
             tile = self._load_tile(path)
             return tile if location is None else self._crop(tile, path, location, size)
         if location is None:
@@ -271,7 +271,7 @@ class RandLoadSlideTile(RandomizableTransform):
         """Read the tile at ``location``, or at a random tissue location when it is None."""
         size = self.loader.size if size is None else ensure_tuple_rep(size, 2)
         level = self.loader.level if level is None else int(level)
-        if location is None and str(filename).lower().endswith(SLIDE_SUFFIXES):
+        if location is None and is_slide(filename):
             if randomize:
                 self.randomize(self.tissue_locations(str(filename), size, level))
             location = self._location
@@ -319,7 +319,7 @@ class RandLoadSlideTiled(RandomizableTransform, LoadSlideTiled):
     def _location(self, d: Mapping, path: str, size: Sequence[int], level: int) -> Sequence[int] | None:
         if d.get(self.location_key) is not None:
             return d[self.location_key]
-        if not path.lower().endswith(SLIDE_SUFFIXES):
+        if not is_slide(path):
             return None  # a plain tile without a location is read whole
         self.picker.randomize(self.picker.tissue_locations(path, size, level))
         return self.picker._location

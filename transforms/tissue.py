@@ -17,10 +17,34 @@ from monai.utils import optional_import
 # openslide-python is the backend of WSIReader(backend="openslide"); openslide-bin ships the C library.
 _, has_openslide = optional_import("openslide")
 
-__all__ = ["SLIDE_SUFFIXES", "tissue_mask", "tissue_tile_locations", "otsu_threshold"]
+__all__ = ["SLIDE_SUFFIXES", "is_slide", "tissue_mask", "tissue_tile_locations", "otsu_threshold"]
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
-"""Suffixes read as whole-slide images; anything else is read as a plain tile with PIL."""
+"""Suffixes of whole-slide images; a ``.tif`` / ``.tiff`` is one only when OpenSlide opens it (:func:`is_slide`)."""
+PLAIN_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def is_slide(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole-slide image (read in tiles with WSIReader) rather than a plain tile.
+
+    A TIFF is both a slide format and a tile format (NCT-CRC-HE-100K's 224 x 224 tiles are plain,
+    striped TIFFs that OpenSlide does not open): it is a slide when OpenSlide recognises it (a tiled,
+    pyramidal TIFF), else a tile that MONAI's ``LoadImage`` reads whole.
+
+    Args:
+        path: the file.
+
+    Returns:
+        True for a slide.
+    """
+    lower = str(path).lower()
+    if not lower.endswith(SLIDE_SUFFIXES):
+        return False
+    if not lower.endswith(PLAIN_TIFF_SUFFIXES) or not has_openslide or not os.path.isfile(path):
+        return True  # a missing file or library is reported by the slide reader, which names it
+    import openslide
+
+    return openslide.OpenSlide.detect_format(str(path)) is not None
 
 
 def _reader():

@@ -25,9 +25,12 @@ from medcoss_monai.data.checks import (
     item_problems,
 )
 from medcoss_monai.data.folder_datalists import label_problems
+from medcoss_monai.data.label_fraction import label_fraction_items
+from medcoss_monai.errors import CheckpointError
 from medcoss_monai.samples.tasks import load_task_datalist
 from medcoss_monai.networks.checkpoint import load_state, state_dict_of
 from medcoss_monai.networks.pos_embed import StateDictReport, adapt_state_dict
+from medcoss_monai.utils import remove_stale_temp_files
 
 __all__ = [
     "load_task",
@@ -36,7 +39,10 @@ __all__ = [
     "split_sizes",
     "default_tokenizer_dir",
     "load_pretrained",
+    "pretrained_weights",
     "TextPrepareBatch",
+    "resumable_evaluator",
+    "prepare_output_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,21 +84,30 @@ def load_task(dataset_dir: str | os.PathLike | None, task: str) -> dict[str, Any
 
 
 def task_items(
-    dataset_dir: str | os.PathLike | None, task: str, split: str, max_items: int | None = None, seed: int = 0
+    dataset_dir: str | os.PathLike | None,
+    task: str,
+    split: str,
+    max_items: int | None = None,
+    seed: int = 0,
+    label_fraction: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """The items of one split, optionally a fixed random subset of ``max_items`` (tiny demo runs).
+    """The items of one split: for training, ``label_fraction`` of each class; at most ``max_items`` (tiny runs).
 
     Args:
         dataset_dir: see :func:`load_task`.
         task: the task name.
         split: ``training``, ``validation`` or ``test``.
         max_items: keep at most this many items (None or <= 0: all), drawn with ``seed``.
-        seed: the subset seed.
+        seed: the subsets' seed.
+        label_fraction: the fraction of each class of the training split to keep
+            (:func:`~medcoss_monai.data.label_fraction.label_fraction_items`); other splits are whole.
 
     Returns:
         a list of datalist items (copies).
     """
     items = [dict(i) for i in load_task(dataset_dir, task)[split]]
+    if split == "training":
+        items = label_fraction_items(items, label_fraction, seed)
     if max_items and 0 < int(max_items) < len(items):
         keep = np.sort(np.random.default_rng(seed).choice(len(items), int(max_items), replace=False))
         items = [items[i] for i in keep]
@@ -162,17 +177,36 @@ def default_tokenizer_dir(pretrained_ckpt: str | None, output_dir: str | os.Path
     A fine-tune from scratch (or from a stage without a tokenizer) trains one into ``output_dir/tokenizer``.
     """
     if pretrained_ckpt:
-        stage_tok = Path(pretrained_ckpt).parent / layout.TOKENIZER_DIR
+        path = Path(pretrained_ckpt)
+        stage_tok = (path if path.is_dir() else path.parent) / layout.TOKENIZER_DIR
         if (stage_tok / "tokenizer.json").is_file():
             return str(stage_tok)
         logger.warning(f"No tokenizer next to '{pretrained_ckpt}'; a new one is trained into {output_dir}/tokenizer.")
     return str(Path(output_dir) / layout.TOKENIZER_DIR)
 
 
-def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_prefix: str = "encoder.") -> nn.Module:
-    """Load a stage's ``model.pt`` into the encoder of a downstream network; ``ckpt`` empty = from scratch.
+def pretrained_weights(ckpt: str | os.PathLike) -> Path:
+    """The weights file of ``--pretrained_ckpt``: the file itself, or the ``model.pt`` of a stage folder.
 
-    Keys are matched and position embeddings resized by :func:`~medcoss_monai.networks.adapt_state_dict`;
+    Raises:
+        CheckpointError: a folder without its weights file, naming it.
+    """
+    path = Path(ckpt)
+    if not path.is_dir():
+        return path
+    weights = path / str(layout.read_stage_record(path).get("model") or layout.MODEL_FILE)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: the stage folder holds no weights (pretrained_ckpt '{path}').")
+    return weights
+
+
+def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_prefix: str = "encoder.") -> nn.Module:
+    """Load a stage's weights into the encoder of a downstream network; ``ckpt`` empty = from scratch.
+
+    ``ckpt`` is a stage folder (trained here or imported with ``python -m medcoss_monai.weights import``)
+    or a weights file (``model.pt``). The weights of an encoder saved alone (an imported stage) get the
+    ``encoder.`` prefix of the downstream network. Keys are matched and position embeddings resized by
+    :func:`~medcoss_monai.networks.adapt_state_dict`;
     pretext heads and other extra keys are dropped, and what was skipped or missing is logged. The
     report is kept on ``network.pretrained_report``.
 
@@ -193,7 +227,7 @@ def load_pretrained(network: nn.Module, ckpt: str | os.PathLike | None, encoder_
     if not ckpt:
         logger.info("No pretrained_ckpt: the encoder is trained from scratch.")
         return network
-    path = str(ckpt)
+    path = str(pretrained_weights(ckpt))
     obj = load_state(path, "pretrained checkpoint")
     state, report = adapt_state_dict(state_dict_of(obj, path), network)
     encoder_loaded = [k for k in report.loaded if k.startswith(encoder_prefix)]
@@ -216,6 +250,59 @@ def _log_report(path: str, report: StateDictReport, encoder_prefix: str) -> None
     missing_encoder = [k for k in report.missing if k.startswith(encoder_prefix)]
     if missing_encoder:
         logger.warning(f"'{path}' lacks {len(missing_encoder)} encoder tensors, kept at init: {missing_encoder[:4]}")
+
+
+BEST_METRIC_KEYS = ("best_metric", "best_metric_epoch")
+"""The validator's state a fine-tuning checkpoint keeps, so a resumed run keeps the same best model."""
+
+
+def resumable_evaluator(evaluator: Any) -> Any:
+    """The validator, with its best metric and epoch in its ``state_dict()`` (Ignite ``state_dict_user_keys``).
+
+    A fine-tuning checkpoint (``checkpoint_epoch=N.pt``) holds the validator beside the network and
+    optimizer: resumed, it compares the next epochs with the best metric of the epochs before the kill,
+    so ``model_best.pt`` is the one an uninterrupted run keeps.
+
+    Args:
+        evaluator: the bundle's ``validate#evaluator`` (an Ignite engine).
+
+    Returns:
+        The same evaluator.
+    """
+    from ignite.engine import Events
+
+    def plain_best(engine: Any) -> None:
+        # metrics may give NumPy scalars, which a weights_only checkpoint cannot hold; float() keeps the value
+        engine.state.best_metric = float(engine.state.best_metric)
+
+    keys = evaluator.state_dict_user_keys
+    if not all(k in keys for k in BEST_METRIC_KEYS):
+        keys.extend(k for k in BEST_METRIC_KEYS if k not in keys)
+        evaluator.add_event_handler(Events.EPOCH_COMPLETED, plain_best)  # after MONAI's comparison, attached earlier
+    return evaluator
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, resume: bool) -> None:
+    """Make ``output_dir`` ready: temporary files of a killed run removed; without ``--resume``, its old checkpoints too.
+
+    A killed run leaves at most a half-written ``.<name>.<random>.tmp`` (the files themselves are written
+    atomically). A run without ``--resume`` replaces the earlier one: its ``checkpoint_epoch=N.pt`` would
+    otherwise outrank the new run's (the saver keeps the newest epochs) and a later ``--resume`` would
+    continue the old run.
+
+    Args:
+        output_dir: the task's output folder (created).
+        resume: the bundle's ``resume`` switch.
+    """
+    from medcoss_monai.handlers.stage_outputs import latest_checkpoint
+
+    os.makedirs(output_dir, exist_ok=True)
+    stale = remove_stale_temp_files(output_dir)
+    if stale:
+        logger.info(f"removed {len(stale)} temporary file(s) a killed run left in {output_dir}: {[p.name for p in stale]}")
+    while not resume and (old := latest_checkpoint(output_dir)) is not None:
+        logger.info(f"not resuming: removing {old} of an earlier run (pass --resume true to continue it)")
+        old.unlink(missing_ok=True)  # ranks of one multi-GPU run share the folder
 
 
 class TextPrepareBatch:

@@ -9,9 +9,10 @@ Each stage runs ``python -m monai.bundle run`` on ``bundles/stage_<modality>.jso
 ``bundles/curriculum_<name>.json`` where one exists: ``brainmvp``, BrainMVP's pretext on the unified
 encoder) merged with the method's overlay ``bundles/method_<method>.json``, exactly as a user would
 run it alone, with ``previous_stage`` set to the stage before it; then the forgetting matrix of the run is written by
-``python -m medcoss_monai.evaluation.forgetting`` (``--forgetting false`` skips it). Run it from the
-repository root, as the stage bundles are (MONAI reads their ``%bundles/common/...`` macros from the
-working directory). Methods are switches of the same bundles, one ``bundles/method_<name>.json``
+``python -m medcoss_monai.evaluation.forgetting`` (``--forgetting false`` skips it). After a kill, the same
+command with ``--resume true`` skips the finished stages, resumes the interrupted one from its last
+checkpoint and runs the rest. It runs from any working directory (the bundles are self-contained;
+``--output_dir`` is relative to it). Methods are switches of the same bundles, one ``bundles/method_<name>.json``
 each: ``medcoss`` (k-means buffer, mixup, feature distillation), ``sequential`` (no buffer), ``er``
 (buffer batches get the pretext loss), ``random_buffer`` (random sampler) and ``joint`` (one stage,
 ``stage_joint``, over all the listed modalities, each batch single-modality).
@@ -31,17 +32,15 @@ from pathlib import Path
 from medcoss_monai import layout
 from medcoss_monai.errors import BadInputError, install_run_hooks
 
-__all__ = ["bundle_command", "stage_command", "forgetting_command", "run_command", "run_pipeline", "main"]
-
-
-def _check_working_dir(folder: Path) -> None:
-    """Refuse to start when MONAI would not find the bundles' shared recipe from this working directory."""
-    common = folder / "common" / "pretrain.json"
-    if common.is_file() and not (Path.cwd() / "bundles" / "common" / "pretrain.json").resolve() == common.resolve():
-        raise BadInputError(
-            f"Run the pipeline from {folder.resolve().parent} (the folder holding bundles/): the stage bundles take "
-            f"their shared recipe from 'bundles/common/' relative to the working directory, as MONAI reads macros."
-        )
+__all__ = [
+    "bundle_command",
+    "stage_command",
+    "forgetting_command",
+    "run_command",
+    "stage_complete",
+    "run_pipeline",
+    "main",
+]
 
 
 def stage_command(
@@ -164,6 +163,36 @@ def _first_previous_stage(
     return ""
 
 
+def stage_complete(folder: str | os.PathLike) -> bool:
+    """Whether a stage folder holds everything its stage writes at its end.
+
+    ``model.pt`` and ``stage.json`` are written first when the stage completes, then its buffer
+    (``buffer.json``) is chosen: a stage killed in between is not complete. A stage that chooses no buffer
+    records ``"select_buffer": false`` in its ``stage.json``.
+
+    Args:
+        folder: a ``stage_<name>`` folder.
+
+    Returns:
+        True when ``model.pt``, ``stage.json`` and (unless it chose none) ``buffer.json`` are there.
+    """
+    folder = Path(folder)
+    if not (folder / layout.MODEL_FILE).is_file() or not (folder / layout.STAGE_RECORD_FILE).is_file():
+        return False
+    return (folder / layout.BUFFER_FILE).is_file() or layout.read_stage_record(folder).get("select_buffer") is False
+
+
+def _check_recorded_previous(folder: Path, previous: str) -> None:
+    """Refuse to skip a finished stage that continued another stage than the one the pipeline now lists before it."""
+    recorded = str(layout.read_stage_record(folder).get("previous_stage") or "")
+    if recorded != previous:
+        raise BadInputError(
+            f"{folder} was trained after stage '{recorded or 'none'}', but the pipeline lists it after "
+            f"'{previous or 'none'}': --resume continues the same curriculum; list the stages as they ran, or use "
+            "another --output_dir."
+        )
+
+
 def run_pipeline(
     stages: Sequence[str],
     output_dir: str | os.PathLike,
@@ -172,8 +201,13 @@ def run_pipeline(
     bundle_dir: str | os.PathLike | None = None,
     method: str = "medcoss",
     previous_stage: str | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Run the stages in order; stop at the first that fails.
+
+    With ``resume``, the run continues after a kill: a stage whose folder is complete
+    (:func:`stage_complete`) is skipped, and the others run with ``--resume true`` (the interrupted one
+    continues from its newest ``checkpoint_epoch=N.pt``; one that never started starts at epoch 1).
 
     Args:
         stages: modalities in curriculum order.
@@ -184,18 +218,19 @@ def run_pipeline(
         method: one of :func:`~medcoss_monai.layout.methods` (a ``bundles/method_<name>.json``).
         previous_stage: the stage the first listed stage continues from (``""``: a new chain). None: a
             new chain, refused when ``output_dir`` already holds stages outside ``stages``.
+        resume: continue an interrupted run (see above).
 
     Returns:
         One summary dict per stage (``stage``, ``folder``, ``seconds``, ``loss``).
 
     Raises:
-        BadInputError: ``previous_stage`` is None and the run folder holds other stages.
+        BadInputError: ``previous_stage`` is None and the run folder holds other stages, or (``resume``) a
+            finished stage continued another stage than the one listed before it.
     """
     folder_of_bundles = Path(bundle_dir) if bundle_dir else layout.bundles_dir()
     known = layout.methods(folder_of_bundles)
     if method not in known:
         raise SystemExit(f"unknown --method '{method}': choose one of {', '.join(known)}")
-    _check_working_dir(folder_of_bundles)
     overlays = [layout.method_bundle(method, folder_of_bundles), *overlays]
     first_previous = _first_previous_stage(output_dir, stages, method, previous_stage)
     if method == "joint":
@@ -208,13 +243,19 @@ def run_pipeline(
         plan = [(m, stages[i - 1] if i else first_previous, []) for i, m in enumerate(stages)]
     summary = []
     for modality, previous, extra in plan:
-        cmd = stage_command(modality, output_dir, previous, overlays, list(overrides) + extra, bundle_dir)
         name = "joint" if method == "joint" else modality
+        folder = layout.stage_dir(output_dir, name)
+        if resume and stage_complete(folder):
+            _check_recorded_previous(folder, previous)
+            print(f"\n=== stage {name}: complete in {folder} (model.pt, stage.json, buffer): skipped (--resume) ===")
+            summary.append({"stage": name, "folder": str(folder), "seconds": 0.0, "loss": _final_loss(folder)})
+            continue
+        extra = [*extra, "--resume", "true"] if resume else extra
+        cmd = stage_command(modality, output_dir, previous, overlays, list(overrides) + extra, bundle_dir)
         seconds = run_command(
             f"stage {name} (previous: {previous or 'none'}, method: {method})", cmd,
             f"stage '{name}' failed and later stages were not run",
         )
-        folder = layout.stage_dir(output_dir, name)
         summary.append({"stage": name, "folder": str(folder), "seconds": seconds, "loss": _final_loss(folder)})
     return summary
 
@@ -243,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the stage in --output_dir the first listed stage continues from ('' starts a new chain); needed when "
         "--output_dir already holds stages that are not listed",
     )
+    parser.add_argument(
+        "--resume", default="false", choices=("true", "false"),
+        help="continue an interrupted run: skip complete stages, resume the interrupted one from its last checkpoint",
+    )
     parser.add_argument("--config_file", action="append", default=[], help="extra overlay merged onto every stage")
     parser.add_argument("--bundles_dir", default=None, help="folder of the stage bundles")
     parser.add_argument(
@@ -258,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides += ["--seed", str(args.seed)]
     start = time.time()
     summary = run_pipeline(
-        stages, args.output_dir, args.config_file, overrides, args.bundles_dir, args.method, args.previous_stage
+        stages, args.output_dir, args.config_file, overrides, args.bundles_dir, args.method, args.previous_stage,
+        resume=args.resume == "true",
     )
     print(f"\n=== curriculum finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
     for row in summary:

@@ -15,6 +15,7 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader
 
 from medcoss_monai import layout
+from medcoss_monai.bundle.encoder_chain import follow_previous_encoder, previous_encoder_def
 from medcoss_monai.bundle.stage import previous_stage_dir
 from medcoss_monai.data.caching import stage_dataset
 from medcoss_monai.handlers.feature_distillation import freeze_teacher
@@ -52,7 +53,17 @@ def find_buffers(output_dir: str | os.PathLike, modality: str, previous_stage: s
             logger.warning(f"rehearsal: {folder} does not exist; the chain of earlier stages of '{modality}' ends there")
             break
         chain.append(current)
-        current = str(layout.read_stage_record(folder).get("previous_stage") or "")
+        record = layout.read_stage_record(folder)
+        if record.get("imported") and not (folder / layout.BUFFER_FILE).is_file():
+            source = record["imported"].get("checkpoint") or folder
+            logger.warning(
+                f"rehearsal: stage '{current}' was imported from {source} ({record['imported'].get('format')} format): "
+                f"its authors did not release the buffer of its data, so '{modality}' rehearses nothing of it (and of "
+                "the stages before it). Its encoder and the distillation teacher are the imported weights; without "
+                "buffer batches no distillation term is computed here (MedCoSS distils on rehearsal batches only), "
+                "and this stage's own buffer is chosen for the stages after it."
+            )
+        current = str(record.get("previous_stage") or "")
     found = {m: layout.stage_dir(root, m) / layout.BUFFER_FILE for m in reversed(chain)}
     return {m: p for m, p in found.items() if p.is_file()}
 
@@ -199,6 +210,9 @@ def load_teacher(
 ) -> torch.nn.Module | None:
     """The previous stage's network, frozen in ``eval()`` mode, for feature distillation.
 
+    A previous stage of another encoder (imported weights, :mod:`~medcoss_monai.bundle.encoder_chain`) gives
+    a teacher of its encoder: an imported stage's ``model.pt`` (the bare encoder) loads into its ``encoder``.
+
     Args:
         network: a network of the stage's architecture (copied; it is not modified).
         output_dir: the run folder.
@@ -212,7 +226,14 @@ def load_teacher(
     folder = previous_stage_dir(output_dir, previous_stage)
     if not enabled or folder is None:
         return None
-    teacher = copy.deepcopy(unwrap_network(network)).cpu()
-    load_strict(teacher, folder / layout.MODEL_FILE, f"model.pt of stage '{previous_stage}'", "The previous stage was trained with another network_def.")
-    logger.info(f"distillation teacher: {folder / layout.MODEL_FILE} (frozen, eval mode)")
+    teacher = follow_previous_encoder(copy.deepcopy(unwrap_network(network)).cpu(), folder, "the distillation teacher")
+    record = layout.read_stage_record(folder)
+    encoder_def = previous_encoder_def(folder)
+    bare = encoder_def is not None and encoder_def == record.get("network")  # an imported encoder alone
+    what = f"model.pt of stage '{previous_stage}'"
+    load_strict(teacher.encoder if bare else teacher, folder / layout.MODEL_FILE, what,
+                "The previous stage was trained with another network_def.")
+    imported = record.get("imported") or {}
+    source = f" (imported {imported.get('format')} weights of {imported.get('checkpoint')})" if imported else ""
+    logger.info(f"distillation teacher: {folder / layout.MODEL_FILE}{source} (frozen, eval mode)")
     return freeze_teacher(teacher.to(device))

@@ -14,6 +14,12 @@ from monai.data import load_decathlon_datalist
 from medcoss_monai import layout
 from medcoss_monai.data.checks import BadInputError, check_datalist, item_problems
 from medcoss_monai.errors import CheckpointError, RunLockedError
+from medcoss_monai.bundle.encoder_chain import (
+    ENCODER_PREFIX,
+    follow_previous_encoder,
+    load_previous_weights,
+    previous_encoder_def,
+)
 from medcoss_monai.networks.checkpoint import load_adapted
 from medcoss_monai.utils import remove_stale_temp_files
 
@@ -108,9 +114,6 @@ def load_stage_datalist(
         )
     return items
 
-
-ENCODER_PREFIX = "encoder."
-"""State-dict prefix of the shared encoder and its tokenizers (what one stage hands to the next)."""
 
 _HELD_LOCKS: dict[str, int] = {}
 """Stage folders this process holds the writer lock of: path -> open file descriptor."""
@@ -245,6 +248,9 @@ def init_from_previous_stage(
     """
     folder = previous_stage_dir(output_dir, previous_stage)
     name = f"stage '{modality}'" if modality else "this stage"
+    if folder is not None and previous_encoder_def(folder) is not None:
+        network = follow_previous_encoder(network, folder, name)
+        return load_previous_weights(network, folder, f"stage '{previous_stage}'", name, flag(inherit_pretext_heads))
     if folder is None:
         refuse_missing_previous_stage(output_dir, previous_stage, modality)
         if previous_stage:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from medcoss_monai.errors import BadInputError
-from medcoss_monai.transforms.tissue import SLIDE_SUFFIXES
+from medcoss_monai.transforms.tissue import is_slide
 from medcoss_monai.utils import atomic_write_json, is_rank0
 
 __all__ = ["BadInputError", "check_datalist", "item_problems", "EXPECTED_SPATIAL_DIMS"]
@@ -21,6 +21,10 @@ __all__ = ["BadInputError", "check_datalist", "item_problems", "EXPECTED_SPATIAL
 EXPECTED_SPATIAL_DIMS = {"xray": 2, "pathology": 2, "ct": 3, "mri": 3}
 """Spatial dimensionality each image modality must have."""
 
+
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""Formats whose third axis is spatial, however short."""
 
 
 def _spatial_dims_of(path: str, problems: list[str] | None = None) -> int:
@@ -31,7 +35,7 @@ def _spatial_dims_of(path: str, problems: list[str] | None = None) -> int:
     from monai.transforms import LoadImage
 
     lower = path.lower()
-    if lower.endswith(SLIDE_SUFFIXES):
+    if is_slide(path):
         from monai.data import WSIReader
 
         reader = WSIReader(backend="openslide")
@@ -62,7 +66,8 @@ def _spatial_dims_of(path: str, problems: list[str] | None = None) -> int:
     # drop singleton trailing dims (single-frame DICOM, NIfTI with a time axis of 1) and RGB channels
     while len(shape) > 2 and shape[-1] == 1:
         shape = shape[:-1]
-    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:
+    # an RGB(A) tile (TIFF...) has 3 or 4 trailing channels; a volume of 3 or 4 slices does not
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4 and not lower.endswith(VOLUME_SUFFIXES):
         shape = shape[:-1]
     return len(shape)
 

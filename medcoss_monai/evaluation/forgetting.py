@@ -14,7 +14,9 @@ every finished stage (rows ``stage_<m>``, in curriculum order) with
 
 Each modality is prepared as the run's stage of that modality recorded in its ``stage.json``
 (``--ct_spacing``, ``--hu_window``... given to a stage apply here too). A joint run is evaluated with
-``--stages joint --joint_modalities report xray ...``.
+``--stages joint --joint_modalities report xray ...``. A first stage imported from released weights
+(``python -m medcoss_monai.weights import --out <run>/stage_<name>``) is a row like the others: its
+encoder's probes (it has no pretext column of its own).
 """
 
 from __future__ import annotations
@@ -209,7 +211,9 @@ def evaluate_run(
     for name in stages:
         if not stage_model(run_dir, name).is_file():
             raise FileNotFoundError(f"Stage weights '{stage_model(run_dir, name)}' do not exist.")
-    config = stage_network_config(run_dir, stages)
+    # the architecture the run trains (its last recorded network): a first stage imported from released
+    # weights records its bare encoder, the stages after it a MedCoSSModel around that encoder
+    config = stage_network_config(run_dir, list(reversed(stages)))
     if config is None:
         msg = f"no stage.json in {run_dir} gives the network config; using MedCoSSModel() defaults"
         logger.warning(msg)
@@ -228,7 +232,9 @@ def evaluate_run(
             network, scratch = scratch, None  # held by the loop only: freed after its row
             trained, current, after = [], None, SCRATCH_ROW
         else:
-            network = load_stage_network(config, stage_model(run_dir, name), seed)
+            # each stage with the network its own stage.json records (the run's when it records none)
+            own = stage_network_config(run_dir, [name]) or config
+            network = load_stage_network(own, stage_model(run_dir, name), seed)
             trained, current, after = stages[:index], name, row_name(name)
             if name == "joint":
                 trained = current = list(joint_modalities)

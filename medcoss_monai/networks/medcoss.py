@@ -12,10 +12,44 @@ from torch import nn
 from medcoss_monai.networks.encoder import UnifiedEncoder
 from medcoss_monai.networks.mae import MAEDecoder
 from medcoss_monai.networks.mlm import MLM_IGNORE_INDEX, MLMHead
+from medcoss_monai.networks.reference_encoder import MedCoSSReferenceEncoder
 
-__all__ = ["MedCoSSModel", "PRETEXTS"]
+__all__ = ["MedCoSSModel", "PRETEXTS", "ENCODERS", "build_encoder"]
 
 PRETEXTS = (None, "encode", "mae", "mlm")
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    f"{c.__module__}.{c.__name__}": c for c in (UnifiedEncoder, MedCoSSReferenceEncoder)
+}
+"""The encoders an ``encoder_def`` may name (a config names a class, it never runs code)."""
+
+
+def build_encoder(encoder_def: Mapping[str, Any] | nn.Module) -> nn.Module:
+    """An encoder from ``{"_target_": <a name of ENCODERS>, **arguments}`` (a stage's ``stage.json`` ``network``).
+
+    An encoder already built from it (MONAI's ``ConfigParser`` instantiates a nested ``_target_``) is
+    taken as it is, when it is one of :data:`ENCODERS`.
+
+    Raises:
+        ValueError: the target is not one of :data:`ENCODERS`.
+    """
+    if isinstance(encoder_def, nn.Module):
+        if type(encoder_def) not in ENCODERS.values():
+            raise ValueError(f"encoder_def is a {type(encoder_def).__name__}; one of {sorted(ENCODERS)} is needed.")
+        return encoder_def
+    target = str(encoder_def.get("_target_", ""))
+    if target not in ENCODERS:
+        raise ValueError(f"encoder_def names {target!r}; a MedCoSSModel encoder is one of {sorted(ENCODERS)}.")
+    cls = ENCODERS[target]
+    kwargs = {k: v for k, v in encoder_def.items() if k != "_target_"}
+    builder = getattr(cls, "from_config", None)
+    return builder(kwargs) if callable(builder) else cls(**kwargs)
+
+
+def _token_table(encoder: nn.Module) -> nn.Embedding:
+    """The text token embedding of an encoder (the MLM output weights are tied to it)."""
+    table = encoder.text_embed
+    return table.token if isinstance(table, nn.Module) and hasattr(table, "token") else table
 
 
 class MedCoSSModel(nn.Module):
@@ -42,6 +76,12 @@ class MedCoSSModel(nn.Module):
         decoder_heads: MAE decoder attention heads.
         norm_pix_loss: MAE targets normalised per patch (mean/variance over the patch, eps 1e-6).
         tie_mlm_weights: share the MLM output weights with the text token embedding.
+        encoder_def: another encoder than :class:`~medcoss_monai.networks.UnifiedEncoder`, as
+            ``{"_target_": ..., **arguments}`` (one of :data:`ENCODERS`; e.g. the ``network`` of an imported
+            stage's ``stage.json``, :class:`~medcoss_monai.networks.MedCoSSReferenceEncoder`): its weights
+            continue pre-training with fresh pretext heads. ``encoder_args`` must then be empty. Its
+            ``latent`` (distilled) tokens include its class token (reference: the distilled features are
+            the whole encoder output).
         encoder_args: the arguments of :class:`~medcoss_monai.networks.UnifiedEncoder` (``hidden_size``,
             ``num_layers``, image and patch sizes...); its ``mlp_ratio``, ``qkv_bias``, ``pos_embed_type``
             and ``use_flash_attention`` apply to the MAE decoder too.
@@ -57,14 +97,24 @@ class MedCoSSModel(nn.Module):
         decoder_heads: int = 4,
         norm_pix_loss: bool = True,
         tie_mlm_weights: bool = True,
+        encoder_def: Mapping[str, Any] | nn.Module | None = None,
         **encoder_args: Any,
     ) -> None:
         super().__init__()
-        bound = inspect.signature(UnifiedEncoder).bind(**encoder_args)  # TypeError names an unknown argument
-        bound.apply_defaults()
-        e = bound.arguments
+        if encoder_def is not None and encoder_args:
+            raise TypeError(f"give encoder_def or encoder arguments, not both (got {sorted(encoder_args)} too).")
+        if encoder_def is not None:
+            enc = build_encoder(encoder_def)
+            e = {"mlp_ratio": 4.0, "qkv_bias": True, "pos_embed_type": "sincos", "use_flash_attention": True}
+            e.update(hidden_size=enc.hidden_size, vocab_size=_token_table(enc).num_embeddings)
+            head = {"encoder_def": {"_target_": f"{type(enc).__module__}.{type(enc).__name__}", **enc.config}}
+        else:
+            bound = inspect.signature(UnifiedEncoder).bind(**encoder_args)  # TypeError names an unknown argument
+            bound.apply_defaults()
+            e = bound.arguments
+            enc, head = UnifiedEncoder(**e), dict(e)
         args = {
-            **e,
+            **head,
             "decoder_hidden_size": decoder_hidden_size,
             "decoder_layers": decoder_layers,
             "decoder_heads": decoder_heads,
@@ -73,7 +123,7 @@ class MedCoSSModel(nn.Module):
         }
         self.config: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in args.items()}
         self.norm_pix_loss = norm_pix_loss
-        self.encoder = enc = UnifiedEncoder(**e)
+        self.encoder = enc
         self.mae_decoder = MAEDecoder(
             e["hidden_size"],
             decoder_hidden_size=decoder_hidden_size,
@@ -90,7 +140,7 @@ class MedCoSSModel(nn.Module):
         )
         self.mlm_head = MLMHead(e["hidden_size"], e["vocab_size"])
         if tie_mlm_weights:
-            self.mlm_head.tie_to(enc.text_embed)
+            self.mlm_head.tie_to(_token_table(enc))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MedCoSSModel:
@@ -123,15 +173,39 @@ class MedCoSSModel(nn.Module):
             attention_mask: (B, L) 1 = token, 0 = padding, for text.
 
         Returns:
-            (B, N, hidden) normed tokens of the last block; this architecture has no class token.
+            (B, N, hidden) final tokens: normed tokens of the last block for this project's encoder (no
+            class token), the encoder's own ``encode_tokens`` for another (``encoder_def``).
 
         Raises:
             ValueError: ``kind`` is not the kind of ``x``.
         """
+        if hasattr(self.encoder, "encode_tokens"):
+            return self.encoder.encode_tokens(x, kind, attention_mask)
         found = self.encoder.kind_of(x)
         if kind != found:
             raise ValueError(f"kind {kind!r} was given for a {found} input of shape {tuple(x.shape)}.")
         return self.encoder(x, attention_mask=attention_mask)["tokens"]
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_ratio: float = 0.0,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """The encoder's dict output (:meth:`UnifiedEncoder.forward`), the visible patches only when masked.
+
+        An encoder whose ``forward`` returns pooled features (the reference encoder) gives it with
+        ``forward_masked``.
+        """
+        run = getattr(self.encoder, "forward_masked", None) or self.encoder
+        return run(x, attention_mask=attention_mask, mask_ratio=mask_ratio, noise=noise)
+
+    @staticmethod
+    def latent(out: dict[str, Any]) -> torch.Tensor:
+        """The distilled tokens of an encoder output: the class token first where the encoder has one."""
+        cls_token = out.get("cls_token")
+        return out["tokens"] if cls_token is None else torch.cat([cls_token[:, None], out["tokens"]], dim=1)
 
     def patch_target(self, x: torch.Tensor) -> torch.Tensor:
         """The MAE target of images: their patches, per-patch normalised when ``norm_pix_loss``.
@@ -142,7 +216,7 @@ class MedCoSSModel(nn.Module):
         Returns:
             (B, L, patch_dim) targets.
         """
-        target = self.encoder.patchify(x)
+        target = self.encoder.patchify(x)  # a grey 2D image is read with the channels the projection takes
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
@@ -175,13 +249,13 @@ class MedCoSSModel(nn.Module):
             raise ValueError(f"pretext must be one of {PRETEXTS}, got {pretext!r}.")
         kind = self.encoder.kind_of(x)
         if pretext is None:
-            out = self.encoder(x, attention_mask=attention_mask)
+            out = self.encode(x, attention_mask=attention_mask)
             return self.encoder.pool(out["tokens"], out["attention_mask"])
         if pretext == "encode":
             ratio = mask_ratio if kind != "text" else 0.0  # text is masked at the token level, by the transforms
-            out = self.encoder(x, attention_mask=attention_mask, mask_ratio=ratio, noise=noise)
+            out = self.encode(x, attention_mask=attention_mask, mask_ratio=ratio, noise=noise)
             return {
-                "latent": out["tokens"],
+                "latent": self.latent(out),
                 "mask": out["mask"],
                 "ids_restore": out["ids_restore"],
                 "noise": out["noise"],
@@ -191,18 +265,18 @@ class MedCoSSModel(nn.Module):
                 raise ValueError(
                     "pretext 'mae' needs a (B, C, H, W) or (B, C, H, W, D) float image; got token ids (use 'mlm')."
                 )
-            out = self.encoder(x, mask_ratio=mask_ratio, noise=noise)
+            out = self.encode(x, mask_ratio=mask_ratio, noise=noise)
             pred = self.mae_decoder(out["tokens"], out["ids_restore"], kind, out["grid"])
             return {
                 "pred": pred,
                 "target": self.patch_target(x),
                 "mask": out["mask"],
-                "latent": out["tokens"],
+                "latent": self.latent(out),
                 "noise": out["noise"],
             }
         if kind != "text":
             raise ValueError(f"pretext 'mlm' needs (B, L) integer token ids; got a {kind} image (use 'mae').")
-        out = self.encoder(x, attention_mask=attention_mask)
+        out = self.encode(x, attention_mask=attention_mask)
         if labels is None:
             return {"logits": self.mlm_head(out["tokens"]), "latent": out["tokens"]}
         if tuple(labels.shape) != tuple(x.shape):

@@ -1,4 +1,9 @@
-"""UNETR-style segmentation: a convolutional decoder on intermediate tokens of the unified encoder."""
+"""UNETR-style segmentation: a convolutional decoder on intermediate tokens of a ViT encoder.
+
+The encoder is this project's :class:`~medcoss_monai.networks.UnifiedEncoder` or the MedCoSS reference
+encoder of an imported stage (:class:`~medcoss_monai.networks.MedCoSSReferenceEncoder`, a ViT whose
+``forward_features`` gives every block's tokens without the class token, as UNETR taps them).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,39 @@ import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-from medcoss_monai.networks.heads import as_encoder
+from medcoss_monai.networks.heads import as_encoder, encoder_outputs
 
-__all__ = ["UNETRStyleSegmenter"]
+__all__ = ["UNETRStyleSegmenter", "encoder_geometry"]
+
+
+def encoder_geometry(encoder: nn.Module, kind: str) -> tuple[tuple[int, ...], int, int]:
+    """Patch size, number of blocks and image channels of an encoder for ``kind`` (``"2d"`` / ``"3d"``).
+
+    Read from ``patch_size(kind)`` / ``num_layers`` / ``in_channels_<kind>`` where the encoder has them
+    (:class:`~medcoss_monai.networks.UnifiedEncoder`), else from its ``patch_embed_<kind>`` and ``blocks``
+    (the reference encoder).
+
+    Raises:
+        TypeError: the encoder has no patch embedding of that kind or no blocks.
+    """
+    patch_embed = getattr(encoder, f"patch_embed_{kind}", None)
+    blocks = getattr(encoder, "blocks", None)
+    size_of = getattr(encoder, "patch_size", None)
+    if callable(size_of):
+        patch = tuple(int(p) for p in size_of(kind))
+    elif patch_embed is not None:
+        patch = tuple(int(p) for p in patch_embed.patch_size)
+    else:
+        raise TypeError(f"{type(encoder).__name__} has no {kind} patch embedding: it cannot feed a {kind} segmenter.")
+    layers = getattr(encoder, "num_layers", None)
+    if not isinstance(layers, int):
+        if blocks is None:
+            raise TypeError(f"{type(encoder).__name__} has no blocks whose outputs a UNETR decoder can tap.")
+        layers = len(blocks)
+    channels = getattr(encoder, f"in_channels_{kind}", None)
+    if not isinstance(channels, int):
+        channels = int(patch_embed.in_channels)
+    return patch, layers, channels
 
 
 def _upsampling_plan(patch_size: Sequence[int]) -> tuple[tuple[int, ...], bool]:
@@ -39,7 +74,9 @@ class UNETRStyleSegmenter(nn.Module):
     input interpolated to ``grid * 16`` and the logits are interpolated back to the input size.
 
     Args:
-        encoder: a :class:`~medcoss_monai.networks.UnifiedEncoder` or a network holding one as ``.encoder``.
+        encoder: a :class:`~medcoss_monai.networks.UnifiedEncoder`, a network holding one as ``.encoder``, or an
+            encoder whose ``forward_features(x)`` gives ``tokens``, ``hidden_states`` (one per block) and ``grid``
+            with no class token (``MedCoSSReferenceEncoder``; it reads 2D images as 3 channels).
         out_channels: segmentation classes (logit channels).
         spatial_dims: 2 (2D tokenizer) or 3 (3D tokenizer).
         feature_size: channels of the finest decoder level (UNETR's ``feature_size``).
@@ -70,15 +107,14 @@ class UNETRStyleSegmenter(nn.Module):
         self.encoder = as_encoder(encoder)
         self.spatial_dims = spatial_dims
         kind = f"{spatial_dims}d"
-        self.patch_size = self.encoder.patch_size(kind)
-        n = self.encoder.num_layers
+        self.patch_size, n, encoder_channels = encoder_geometry(self.encoder, kind)
         if hidden_layers is None:
             hidden_layers = tuple(min(n - 1, k * n // 4) for k in (1, 2, 3))
         self.hidden_layers = tuple(int(i) for i in hidden_layers)
         if len(self.hidden_layers) != 3 or not all(0 <= i < n for i in self.hidden_layers):
             raise ValueError(f"hidden_layers must be 3 block indices in [0, {n}), got {hidden_layers}.")
         if in_channels is None:
-            in_channels = self.encoder.in_channels_2d if spatial_dims == 2 else self.encoder.in_channels_3d
+            in_channels = encoder_channels
         self.freeze_encoder = freeze_encoder
         if freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -131,7 +167,7 @@ class UNETRStyleSegmenter(nn.Module):
             axes = "H, W" if self.spatial_dims == 2 else "H, W, D"
             raise ValueError(f"expected a float (B, C, {axes}) image batch, got {tuple(x.shape)}.")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            out = self.encoder(x)
+            out = encoder_outputs(self.encoder, x)
         grid = out["grid"]
         hs = out["hidden_states"]
         image = x

@@ -23,18 +23,13 @@ from typing import Any
 import torch
 
 from medcoss_monai import layout
-from medcoss_monai.errors import BadInputError, MedcossError
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import load_state, state_dict_of
 from medcoss_monai.utils import atomic_torch_save, atomic_write_json, to_jsonable
+from medcoss_monai.weights.brainmvp_format import convert_brainmvp_unet, convert_brainmvp_uniformer
 from medcoss_monai.weights.medcoss_format import convert_medcoss
 
-__all__ = ["WeightFormat", "FORMATS", "FormatNotImplementedError", "import_checkpoint", "read_checkpoint"]
-
-ISSUE = "issue 25"
-
-
-class FormatNotImplementedError(MedcossError, NotImplementedError):
-    """A checkpoint format that is named but whose importer is not written yet."""
+__all__ = ["WeightFormat", "FORMATS", "import_checkpoint", "read_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -42,18 +37,22 @@ class WeightFormat:
     """A released checkpoint format.
 
     Args:
-        convert: ``convert(state_dict, where, **options) -> {"network", "state_dict", "ignored_keys"}``;
-            None while the importer is not written.
+        convert: ``convert(state_dict, where, **options) -> {"network", "state_dict", "ignored_keys"}``.
         text: whether the network reads text (a tokenizer may be saved with it).
         source: where the weights come from.
         licence: the weights' licence, repeated to the user and into ``stage.json``.
     """
 
-    convert: Callable[..., dict[str, Any]] | None
+    convert: Callable[..., dict[str, Any]]
     text: bool
     source: str
     licence: str
 
+
+BRAINMVP_LICENCE = (
+    "BrainMVP weights: no licence is stated by shaohao011/BrainMVP (no LICENSE file); ask its authors before any "
+    "use beyond research, and cite Rui et al., CVPR 2025"
+)
 
 FORMATS: dict[str, WeightFormat] = {
     "medcoss": WeightFormat(
@@ -62,9 +61,18 @@ FORMATS: dict[str, WeightFormat] = {
         source="MedCoSS_Report_Xray_CT_MR_Path_Buffer0.05 (yeerwen/MedCoSS, README 'Pre-trained Model')",
         licence="MedCoSS licence: non-commercial use only (yeerwen/MedCoSS LICENSE)",
     ),
-    # the importers of BrainMVP are still to be written (issue 25)
-    "brainmvp_uniformer": WeightFormat(None, False, "BrainMVP_uniformer.pt (shaohao011/BrainMVP)", "its authors' licence"),
-    "brainmvp_unet": WeightFormat(None, False, "BrainMVP_unet.pt (shaohao011/BrainMVP)", "its authors' licence"),
+    "brainmvp_uniformer": WeightFormat(
+        convert_brainmvp_uniformer,
+        text=False,
+        source="BrainMVP_uniformer.pt (shaohao011/BrainMVP, README 'Download Model')",
+        licence=BRAINMVP_LICENCE,
+    ),
+    "brainmvp_unet": WeightFormat(
+        convert_brainmvp_unet,
+        text=False,
+        source="BrainMVP_unet.pt (shaohao011/BrainMVP, README 'Download Model')",
+        licence=BRAINMVP_LICENCE,
+    ),
 }
 """The importable formats, by the name the command line takes."""
 
@@ -143,15 +151,12 @@ def import_checkpoint(
         ``out``.
 
     Raises:
-        FormatNotImplementedError: the format's importer is not written yet.
         CheckpointError: the file is not of the format (naming the first missing or misshaped key).
         BadInputError: ``out`` is not empty, or the tokenizer cannot be used.
     """
     if fmt not in FORMATS:
         raise BadInputError(f"unknown format {fmt!r}; one of {sorted(FORMATS)}.")
     spec = FORMATS[fmt]
-    if spec.convert is None:
-        raise FormatNotImplementedError(f"importing the {fmt} format is not implemented yet ({ISSUE}).")
     if tokenizer is not None and not spec.text:
         raise BadInputError(f"the {fmt} network reads no text; --tokenizer does not apply.")
     checkpoint, out = Path(checkpoint), Path(out)

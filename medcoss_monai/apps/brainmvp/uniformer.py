@@ -13,6 +13,11 @@ its reconstruction. As in the reference (BrainMVP ``models/Uniformer.py``, ``Uni
 only the ``transp_conv`` of each up block), that decoder is the chain of transposed convolutions and the
 output block; its modules carry the names of the fine-tuning decoder's (``decoder.<i>.transp_conv``), so
 a fine-tuning network with skips loads them and starts its skip paths fresh.
+
+Three options give the reference's exact computation, which the authors' released weights need
+(``medcoss_monai.weights``, format ``brainmvp_uniformer``): a channel-wise layer norm after each patch
+embedding (``embed_norm="layer"``, the reference's ``PatchEmbed``), a batch norm on the last stage's output
+(``final_norm=True``) and layer norms of eps 1e-6 in the attention blocks (``attention_norm_eps``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,19 @@ from torch import nn
 
 from medcoss_monai.errors import BadInputError
 
-__all__ = ["ConvRelationBlock", "AttentionRelationBlock", "UniFormer3D", "UpsampleOnly", "UniFormerUNETR"]
+__all__ = ["ChannelLayerNorm", "ConvRelationBlock", "AttentionRelationBlock", "UniFormer3D", "UpsampleOnly", "UniFormerUNETR"]
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the channels of a ``(B, C, *spatial)`` feature map (each voxel normalised alone)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _norm(name: str | tuple, channels: int) -> nn.Module:
+    # "layer" is the channel-wise layer norm of the reference's patch embedding; other names are MONAI's
+    return ChannelLayerNorm(channels) if name == "layer" else get_norm_layer(name, spatial_dims=3, channels=channels)
 
 
 def _mlp(dim: int, mlp_ratio: float) -> nn.Sequential:
@@ -69,14 +86,16 @@ class AttentionRelationBlock(nn.Module):
         dim: channels (token size).
         head_dim: channels per attention head.
         mlp_ratio: MLP hidden size over ``dim``.
+        norm_eps: eps of the block's two layer norms (the reference's: 1e-6).
     """
 
-    def __init__(self, dim: int, head_dim: int = 64, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, head_dim: int = 64, mlp_ratio: float = 4.0, norm_eps: float = 1e-5) -> None:
         super().__init__()
         if dim % head_dim:
             raise BadInputError(f"backbone: width {dim} is not a multiple of head_dim {head_dim}")
         self.pos_embed = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
         self.transformer = TransformerBlock(dim, int(dim * mlp_ratio), dim // head_dim, qkv_bias=True)
+        self.transformer.norm1.eps = self.transformer.norm2.eps = float(norm_eps)  # TransformerBlock has no eps argument
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
@@ -96,7 +115,11 @@ class UniFormer3D(nn.Module):
         block_types: ``"conv"`` or ``"attention"`` per stage.
         head_dim: channels per attention head.
         mlp_ratio: MLP hidden size over the width.
-        norm_name: norm of the convolutional blocks and patch embeddings.
+        norm_name: norm of the convolutional blocks (and of the patch embeddings unless ``embed_norm``).
+        embed_norm: norm after each patch embedding; None: ``norm_name``; ``"layer"``: a channel-wise
+            layer norm (the reference's).
+        final_norm: a batch norm on the last stage's output (the reference's).
+        attention_norm_eps: eps of the attention blocks' layer norms (the reference's: 1e-6).
     """
 
     def __init__(
@@ -109,6 +132,9 @@ class UniFormer3D(nn.Module):
         head_dim: int = 64,
         mlp_ratio: float = 4.0,
         norm_name: str | tuple = "batch",
+        embed_norm: str | tuple | None = None,
+        final_norm: bool = False,
+        attention_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if not len(widths) == len(depths) == len(strides) == len(block_types):
@@ -120,17 +146,18 @@ class UniFormer3D(nn.Module):
             self.embeddings.append(
                 nn.Sequential(
                     nn.Conv3d(previous, width, kernel_size=stride, stride=stride),
-                    get_norm_layer(norm_name, spatial_dims=3, channels=width),
+                    _norm(norm_name if embed_norm is None else embed_norm, width),
                 )
             )
             if kind == "conv":
                 blocks = [ConvRelationBlock(width, mlp_ratio, norm_name) for _ in range(depth)]
             elif kind == "attention":
-                blocks = [AttentionRelationBlock(width, head_dim, mlp_ratio) for _ in range(depth)]
+                blocks = [AttentionRelationBlock(width, head_dim, mlp_ratio, attention_norm_eps) for _ in range(depth)]
             else:
                 raise BadInputError(f"backbone: block type must be 'conv' or 'attention', got {kind!r}")
             self.stages.append(nn.Sequential(*blocks))
             previous = width
+        self.norm = nn.BatchNorm3d(previous) if final_norm else None
 
     @property
     def divisor(self) -> int:
@@ -153,6 +180,8 @@ class UniFormer3D(nn.Module):
         for embed, stage in zip(self.embeddings, self.stages):
             x = stage(embed(x))
             features.append(x)
+        if self.norm is not None:
+            features[-1] = self.norm(features[-1])
         return features
 
 

@@ -48,11 +48,6 @@ MDMOCO_DIR, MULTITASK_DIR = "muscle_mdmoco", "muscle_multitask"
 _FAILED = "this step failed and later steps were not run"
 
 
-def _check_working_dir() -> None:
-    if not (Path.cwd() / "bundles" / "common" / "muscle_tasks.json").is_file():
-        raise BadInputError("Run from the repository root (the folder holding bundles/): the bundles read bundles/common/ from there.")
-
-
 def _parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -193,7 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step2_minus", default="", help="more overrides of step 2 as MUSCLE-- (--compare), e.g. its budget")
     parser.add_argument("--step3", default="", help="overrides of every fine-tuning, e.g. \"--train#trainer#max_epochs 3\"")
     args = parser.parse_args(argv)
-    _check_working_dir()
     start = time.time()
     if args.compare:
         seeds = _parse_seeds(args.seeds)

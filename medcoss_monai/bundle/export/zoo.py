@@ -9,11 +9,15 @@ with scripting), ``docs/README.md``, ``LICENSE``, ``models/tokenizer/`` for text
 exceeds 25 MB, ``large_files.yml``. A stage bundle also keeps the whole pre-training network
 (``models/pretrain_model.pt``: encoder, MAE decoder, MLM head) for its ``train.json``.
 
-``network_def`` builds a tensor-only network of :mod:`medcoss_monai.networks.inference` around the
-trained one: pooled features (stage), logits (classification) or per-voxel logits (segmentation).
-``configs/inference.json`` reads the user's files (``--dataset_dir``: a file, a folder or a
-datalist) with the trained bundle's preprocessing and writes features, a CSV of class probabilities,
-or label maps on the input's grid. The configs are self-contained (no macro into the repository).
+``models/model.ts`` is a tensor-only network of :mod:`medcoss_monai.networks.inference` around the
+trained one, scripted: pooled features (stage), logits (classification) or per-voxel logits
+(segmentation). ``configs/inference.json`` loads it as ``network_def`` and needs MONAI and PyTorch only
+(:mod:`.portable`; text and slide bundles still use medcoss_monai): it reads the user's files
+(``--dataset_dir``: a file, a folder or a datalist) with the trained bundle's preprocessing and writes
+features or class probabilities (CSV) or label maps on the input's grid. A task also gets
+``configs/evaluate.json`` (metrics on a labelled datalist), every bundle ``configs/multi_gpu_train.json``
+(``torchrun`` overlay of ``train.json``). BrainMVP and MUSCLE folders are exported by :mod:`.app_configs`.
+The configs are self-contained (no macro into the repository).
 """
 
 from __future__ import annotations
@@ -32,9 +36,18 @@ import torch
 
 from medcoss_monai import layout
 from medcoss_monai.bundle.export import zoo_configs as configs
+from medcoss_monai.bundle.export.app_configs import write_app_bundle
+from medcoss_monai.bundle.export.portable import (
+    ddp_overlay,
+    make_portable,
+    make_portable_transforms,
+    portable_evaluate,
+    save_torchscript,
+)
 from medcoss_monai.bundle.export.zoo_configs import ZOO_TOKENIZER, ZOO_TORCHSCRIPT, ZOO_WEIGHTS
 from medcoss_monai.bundle.export.zoo_docs import bundle_license, bundle_readme
 from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata
+from medcoss_monai.bundle.export.zoo_apps import app_kind, find_app_model
 from medcoss_monai.bundle.export.zoo_sources import Trained, find_finetuned, find_stage
 from medcoss_monai.errors import install_run_hooks
 from medcoss_monai.networks.checkpoint import check_state_fits
@@ -110,7 +123,7 @@ def _inference(trained: Trained, net: torch.nn.Module, output: str, kind: str, p
         sample = f"$str(medcoss_monai.samples.sample_data.datalist_path('{trained.modality}'))"
     if text:
         raw = {**raw, "tokenizer": tokenizer}
-    ids = configs.referenced_ids(raw, transforms, inferer or {})
+    ids = _inlined_ids(parser, configs.referenced_ids(raw, transforms, inferer or {}), transforms, inferer or {})
     encoder = trained.network.get("encoder", trained.network)
     _sizes_from_encoder(ids, encoder if isinstance(encoder, Mapping) else trained.network)
     network_def = {"_target_": f"medcoss_monai.networks.inference.{type(net).__name__}", "network": trained.network}
@@ -130,6 +143,18 @@ def _inference(trained: Trained, net: torch.nn.Module, output: str, kind: str, p
     mask_values = raw.get("mask_values")
     ext = ".nii.gz" if kind == "3d" else ".png"
     return configs.add_segmentation_output(cfg, names, ext, mask_values if isinstance(mask_values, list) else None), names
+
+
+def _inlined_ids(parser: Any, ids: Mapping[str, Any], *fragments: Any) -> dict[str, Any]:
+    """The ids with their values computed at export time where they are expressions of JSON values (a spacing the
+    pre-training stage recorded...), and only those the fragments still reach: the bundle needs no medcoss_monai for them."""
+    inlined = {}
+    for key, value in ids.items():
+        try:
+            inlined[key] = configs.inline_config(parser, key)
+        except Exception:  # an object, not a JSON value: kept as written
+            inlined[key] = value
+    return configs.referenced_ids(inlined, *fragments)
 
 
 def _example(kind: str, encoder: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -193,11 +218,18 @@ def write_bundle(
     with torch.no_grad():
         pred = net(x, **kwargs)
     inference, class_names = _inference(trained, net, output, kind, pred)
+    portable = make_portable(inference, output, _sample_path(inference))
+    if portable is not None:
+        inference = portable
+    else:
+        logger.warning(f"the {trained.modality} bundle's inference needs medcoss_monai (text or slide inputs)")
     task = trained.info.get("task")
     name = name or (f"medcoss_{task}" if task else f"medcoss_{trained.modality}_encoder")
     metadata = bundle_metadata(name=name, version=version, card=trained.card, output=output, encoder=encoder,
                                pred=pred, info=trained.info, class_names=class_names,
                                value_range=_value_range(inference["preprocessing"]))
+    if portable is not None:  # inference needs MONAI and PyTorch only (train.json still needs medcoss-monai)
+        metadata["required_packages_version"].pop("medcoss-monai", None)
     for sub in ("configs", "models", "docs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _write_json(out / "configs" / "metadata.json", metadata)
@@ -216,13 +248,43 @@ def write_bundle(
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / ZOO_WEIGHTS)  # a plain state dict
     if trained.tokenizer is not None:
         shutil.copytree(trained.tokenizer, out / ZOO_TOKENIZER, dirs_exist_ok=True)
-    if torchscript:
+    if torchscript and portable is not None:  # network_def is the TorchScript itself: script the network here
+        save_torchscript(net, x, out / ZOO_TORCHSCRIPT, metadata, inference)
+    elif torchscript:
         _torchscript(out)
+    _write_overlays(out, trained, train, inference if portable is not None else None, output, int(pred.shape[1]))
     (out / "docs" / "README.md").write_text(bundle_readme(name, trained.card, trained.info, metadata, output))
     repo_license = Path(__file__).resolve().parents[3] / "LICENSE"
     (out / "LICENSE").write_text(bundle_license(repo_license))
     _large_files(out)
     return out
+
+
+def _sample_path(inference: Mapping[str, Any]) -> str:
+    """The sample data's held-out datalist the inference config reads by default ("" when it is not there)."""
+    from monai.bundle import ConfigParser
+
+    try:
+        path = ConfigParser({"imports": configs.IMPORTS, "s": inference["sample_datalist"]}).get_parsed_content("s")
+    except Exception as e:  # the default input is a convenience: a missing sample must not stop the export
+        logger.warning(f"no sample datalist for the default input ({e})")
+        return ""
+    return str(path) if Path(str(path)).is_file() else ""
+
+
+def _write_overlays(out: Path, trained: Trained, train: Mapping[str, Any], inference: Mapping[str, Any] | None,
+                    output: str, channels: int) -> None:
+    """``configs/multi_gpu_train.json`` (the project's overlay of the bundle kind) and, for a task whose inference
+    is MONAI-only, ``configs/evaluate.json`` (metrics on a labelled datalist)."""
+    overlay = layout.bundles_dir() / ("multi_gpu_finetune.json" if trained.info.get("task") else "multi_gpu.json")
+    _write_json(out / "configs" / "multi_gpu_train.json", ddp_overlay(train, json.loads(overlay.read_text())))
+    if inference is None or not trained.info.get("task"):
+        return
+    multilabel = any(isinstance(t, dict) and t.get("sigmoid") for t in inference["postprocessing"]["transforms"])
+    labelled = _resolve(trained.parser, trained.parser.get("validate#preprocessing#transforms"))
+    evaluate = portable_evaluate(inference, "multilabel" if multilabel else output, make_portable_transforms(labelled), channels)
+    if evaluate is not None:
+        _write_json(out / "configs" / "evaluate.json", evaluate)
 
 
 def _torchscript(out: Path) -> None:
@@ -277,15 +339,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--no_torchscript", action="store_true", help="do not write models/model.ts")
     args, extra = ap.parse_known_args(argv)
     overrides = _overrides(extra)
-    if overrides and not args.finetune_dir:
+    app = app_kind(args.finetune_dir or args.stage_dir)
+    if overrides and not args.finetune_dir and app is None:
         ap.error(f"unknown arguments {extra} (overrides apply to --finetune_dir only)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_run_hooks()
-    if args.finetune_dir:
+    if app is not None:  # BrainMVP and MUSCLE models
+        model = find_app_model(args.finetune_dir or args.stage_dir, args.config_file or args.bundle_file, overrides, args.model)
+        out = write_app_bundle(model, Path(args.out), args.name, args.version)
+        _large_files(out)
+    elif args.finetune_dir:
         trained = find_finetuned(args.finetune_dir, args.config_file, overrides, args.net_id, args.model)
+        out = write_bundle(trained, args.out, args.name, args.version, not args.no_torchscript)
     else:
         trained = find_stage(args.stage_dir, args.bundle_file)
-    out = write_bundle(trained, args.out, args.name, args.version, not args.no_torchscript)
+        out = write_bundle(trained, args.out, args.name, args.version, not args.no_torchscript)
     logger.info(f"exported {args.finetune_dir or args.stage_dir} to the bundle {out}")
     print(out)
     return out

@@ -14,8 +14,10 @@ from medcoss_monai.layout import LOSS_HISTORY_FILE
 __all__ = ["bundle_license", "bundle_readme"]
 
 _OUTPUTS = {
-    "features": "`features.npy` (one row of pooled features per input) and `features.json` (which input is which row)",
-    "classification": "`predictions.csv`: one row per input, one column of probability per class and the predicted class",
+    "features": ("`features.csv` (one row per input: its file, then its pooled features; text bundles: `features.npy` "
+                 "and `features.json`)"),
+    "classification": ("`predictions.csv`: one row per input, its file then one probability per class (MONAI "
+                       "`ClassificationSaver`; text bundles add a header and the predicted class)"),
     "segmentation": ("one label map per input, `<input name>_seg<ext>` (NIfTI for volumes, PNG for 2D images), on the "
                      "input's grid: same shape and affine, the preprocessing being inverted with MONAI `Invertd` "
                      "before `SaveImaged`"),
