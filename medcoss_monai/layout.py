@@ -26,15 +26,17 @@ directory, in the checkout or installed. :func:`read_bundle` still resolves ``%b
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 
-from medcoss_monai.errors import BadInputError
+from medcoss_monai.errors import BadInputError, CheckpointError
 from medcoss_monai.networks.encoder import KINDS
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "recorded_settings",
     "read_bundle",
     "read_stage_bundle",
+    "stage_network_class",
 ]
 
 MODEL_FILE = "model.pt"
@@ -370,3 +373,33 @@ def read_stage_bundle(
     own = ConfigParser.load_config_file(str(path))
     pairs = {k: v for k, v in {**(settings or {}), **(overrides or {})}.items() if k.split("#")[0] in own}
     return read_bundle(path, pairs, bundles)
+
+
+TRUSTED_PREFIX = "medcoss_monai."
+"""Only networks of this package are built from a ``stage.json``: a record names a class, never runs code."""
+
+
+def stage_network_class(target: str, record_path: Path) -> type[torch.nn.Module]:
+    """The network class a ``stage.json`` names in ``network._target_``.
+
+    Args:
+        target: the recorded ``_target_``.
+        record_path: the ``stage.json``, named in messages.
+
+    Returns:
+        The class.
+
+    Raises:
+        CheckpointError: the name is outside this package or names no network class.
+    """
+    module_name, _, name = str(target).rpartition(".")
+    if not target.startswith(TRUSTED_PREFIX) or not module_name:
+        raise CheckpointError(f"{record_path}: network '{target}' is not a network of medcoss_monai; it is not built.")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        missing = f"network '{target}' does not exist in this version of medcoss_monai"
+        raise CheckpointError(f"{record_path}: {missing}.") from e
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise CheckpointError(f"{record_path}: '{target}' is not a network class.")
+    return cls

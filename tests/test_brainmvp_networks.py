@@ -27,7 +27,7 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("name", ["unet", pytest.param("swinunetr", marks=pytest.mark.slow)])  # SwinUNETR at 64^3
+@pytest.mark.parametrize("name", ["unet", pytest.param("swinunetr", marks=[pytest.mark.slow, pytest.mark.long])])  # SwinUNETR at 64^3
 def test_stage_trains_a_monai_network_and_fine_tuning_loads_it(tmp_path, sample_data, name):
     net_def, feature_module, channels, finetune_net, side = NETWORKS[name]  # SwinUNETR's instance norms need 64^3 (2^3 at the bottom)
     overrides = {"output_dir": str(tmp_path), "roi_size": [side] * 3, "crops_per_study": 2, "batch_size": 4, "repeats": 1,

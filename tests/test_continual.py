@@ -64,6 +64,7 @@ def test_other_methods_run(report_run, tmp_path, method):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_joint_is_one_stage_over_all_modalities(sample_data, tmp_path):
     from medcoss_monai.bundle.pipeline import main
 

@@ -23,7 +23,11 @@ CHESTXR_CLASSES = ("covid", "normal", "pneumonia")
 
 def chestxr_root(root: Path, sample_data: Path, per_class: tuple[int, int] = (3, 1)) -> Path:
     """``root/chestxr`` in the grand challenge's layout (train/ and validation/ class folders) of real radiographs."""
+    from medcoss_monai.samples.muscle_sample_tasks import load_mdmoco_items
+
+    load_mdmoco_items()  # renders the sample radiographs (DRRs of the real CTs) when the cache has none yet
     pngs = sorted((sample_data / "muscle_mdmoco" / "images").glob("drr_*.png"))
+    assert pngs, "no sample radiographs"
     k = 0
     for release, n in zip(("train", "validation"), per_class):
         for cls in CHESTXR_CLASSES:

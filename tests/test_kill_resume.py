@@ -37,6 +37,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sigkill_at_any_moment_then_resume_equals_uninterrupted_run(sample_data, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run_stage("xray", ref, previous_stage="")  # the stage whose buffer and weights the CT stage continues from

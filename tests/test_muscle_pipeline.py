@@ -26,6 +26,7 @@ def _rows(path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_one_command_runs_the_three_steps(tmp_path, sample_data):
     out = tmp_path / "run"
     assert main(["--output_dir", str(out), "--step1", STEP1, "--step2", STEP2, "--step3", STEP3]) == 0

@@ -56,6 +56,7 @@ def test_stage_complete_needs_the_buffer_unless_the_stage_chose_none(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_pipeline_killed_in_stage_one_resumes_to_the_uninterrupted_weights(sample_data, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     done = _pipeline(ref)

@@ -195,7 +195,7 @@ def build_encoder(
     Returns:
         The network (``MedCoSSModel``, ``MedCoSSReferenceEncoder``...).
     """
-    from medcoss_monai.weights.pretrained import stage_network_class
+    from medcoss_monai.layout import stage_network_class
 
     where = Path(spec.get("stage") or ".") / layout.STAGE_RECORD_FILE
     cls = stage_network_class(str(spec["target"]), where)

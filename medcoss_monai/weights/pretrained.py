@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,32 +11,10 @@ import torch
 
 from medcoss_monai import layout
 from medcoss_monai.errors import CheckpointError
-from medcoss_monai.layout import is_plain_value
+from medcoss_monai.layout import is_plain_value, stage_network_class
 from medcoss_monai.networks.checkpoint import load_strict
 
 __all__ = ["load_pretrained", "stage_network_class"]
-
-TRUSTED_PREFIX = "medcoss_monai."
-"""Only networks of this package are built from a ``stage.json``: a record names a class, never runs code."""
-
-
-def stage_network_class(target: str, record_path: Path) -> type[torch.nn.Module]:
-    """The network class a ``stage.json`` names in ``network._target_``.
-
-    Raises:
-        CheckpointError: the name is outside this package or names no network class.
-    """
-    module_name, _, name = str(target).rpartition(".")
-    if not target.startswith(TRUSTED_PREFIX) or not module_name:
-        raise CheckpointError(f"{record_path}: network '{target}' is not a network of medcoss_monai; it is not built.")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as e:
-        missing = f"network '{target}' does not exist in this version of medcoss_monai"
-        raise CheckpointError(f"{record_path}: {missing}.") from e
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise CheckpointError(f"{record_path}: '{target}' is not a network class.")
-    return cls
 
 
 def load_pretrained(path: str | os.PathLike) -> torch.nn.Module:

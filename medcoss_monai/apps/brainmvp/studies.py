@@ -26,6 +26,7 @@ import numpy as np
 
 from medcoss_monai.errors import BadInputError
 from medcoss_monai.utils import atomic_write_json
+from medcoss_monai.data.prepare.brain import BRATS_NAMES  # the BraTS releases' file naming, a fact of the data
 
 __all__ = [
     "CONTRASTS",
@@ -42,8 +43,6 @@ __all__ = [
 ]
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair", "pd", "mra", "dwi", "adc")
-BRATS_NAMES = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
-"""BraTS file suffix -> contrast (BraTS 2018-2021 names and the 2023 ones)."""
 LABEL_NAMES = ("seg", "label", "mask")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nii.bz2")
 SAMPLE_CONTRASTS = {

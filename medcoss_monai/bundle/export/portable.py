@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -270,7 +271,7 @@ def make_portable(cfg: Mapping[str, Any], output: str, dataset_dir: str = "") ->
         dataset_dir: the default input (the sample data's held-out split).
 
     Returns:
-        The new config, or None when something still needs medcoss_monai (text, slides).
+        The new config, or None when something still needs medcoss_monai (text, slides, DICOM radiographs).
     """
     keep = ("imports", "network_def", "datalist", "sample_datalist", "dataset_dir", "handlers", "prepare_batch")
     new = {k: _portable_value(copy.deepcopy(v)) for k, v in cfg.items() if k not in keep}
@@ -283,6 +284,25 @@ def make_portable(cfg: Mapping[str, Any], output: str, dataset_dir: str = "") ->
         filename = "features.csv" if output == "features" else "predictions.csv"
         new["handlers"].append({"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": filename,
                                 "batch_transform": _NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"})
-    if "prepare_batch" in cfg or needs_medcoss(new):
+    if "prepare_batch" in cfg or needs_medcoss(new) or (_reads_xray(cfg) and not _plain_images(dataset_dir)):
         return None
     return new
+
+
+def _reads_xray(cfg: Any) -> bool:
+    return "medcoss_monai.transforms.LoadXRayd" in json.dumps(cfg)
+
+
+def _plain_images(dataset_dir: str) -> bool:
+    """Whether the bundle's default inputs are PNG/JPEG files, which MONAI's portable X-ray chain reads.
+
+    ``LoadXRayd`` also reads DICOM radiographs (photometric interpretation, stored bits); the portable
+    chain does not, so a bundle whose inputs are DICOM (the X-ray stage's sample films) keeps ``LoadXRayd``.
+    """
+    if not dataset_dir or not str(dataset_dir).endswith(".json") or not os.path.isfile(dataset_dir):
+        return False
+    with open(dataset_dir, encoding="utf-8") as f:
+        data = json.load(f)
+    items = [i for split in ("test", "validation", "training") for i in data.get(split, []) if isinstance(i, dict)]
+    paths = [str(i.get("image", "")) for i in items]
+    return bool(paths) and all(p.lower().endswith((".png", ".jpg", ".jpeg")) for p in paths)

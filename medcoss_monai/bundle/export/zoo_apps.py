@@ -113,9 +113,10 @@ def _sample(path_fn: str, *args: Any) -> str:
     """An absolute path of the sample data (the default input of the bundle), or "" when it is not there."""
     try:
         if path_fn == "brainmvp":
-            from medcoss_monai.apps.brainmvp.studies import sample_task_datalist
+            from medcoss_monai.samples.sample_data import sample_dir
 
-            path = Path(sample_task_datalist())
+            # written by the sample fine-tuning the exported model came from (apps.brainmvp.studies, a layer above)
+            path = sample_dir() / "tasks" / "brainmvp_seg" / "datalist.json"
         else:
             from medcoss_monai.samples.tasks import task_datalist_path
 

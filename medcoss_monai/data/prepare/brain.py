@@ -20,14 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.apps.brainmvp.studies import BRATS_NAMES
 from medcoss_monai.data.prepare.common import DEFAULT_FRACTIONS, PrepareContext, find_file, seeded_split
 
 __all__ = [
-    "UCSF_NAMES", "convert_brats2021", "convert_brats2023", "convert_ucsf_pdgm", "convert_brats2018", "convert_upenn_gbm",
+    "BRATS_NAMES", "UCSF_NAMES", "convert_brats2021", "convert_brats2023", "convert_ucsf_pdgm", "convert_brats2018", "convert_upenn_gbm",
     "convert_isles22",
 ]
 
+BRATS_NAMES = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
+"""BraTS file suffix -> contrast (BraTS 2018-2021 names and the 2023 ones)."""
 UCSF_NAMES = {"T1": "t1", "T1c": "t1ce", "T2": "t2", "FLAIR": "flair", "ADC": "adc", "DWI": "dwi"}
 """UCSF-PDGM file suffix -> contrast (its other maps, SWI, DTI, ASL..., are not contrasts of the bundles)."""
 _BRATS2023_SETS = {"brats2023_ssa": "SSA", "brats2023_men": "MEN", "brats2023_ped": "PED", "brats2023_met": "MET"}
