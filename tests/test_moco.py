@@ -183,6 +183,7 @@ def test_keys_of_all_processes_enter_every_queue(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the overlay under torchrun is also run in CI by test_multi_gpu (MedCoSS stage, fine-tuning)
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_mdmoco_bundle_under_torchrun_with_the_multi_gpu_overlay(sample_data, tmp_path):
     """Two CPU processes (gloo) run step 1 with ``bundles/multi_gpu.json``: DDP encoder, keys gathered, files written once."""

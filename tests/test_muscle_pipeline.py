@@ -83,6 +83,7 @@ def test_pipeline_refuses_to_run_outside_the_repository_root(tmp_path, monkeypat
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the overlay under torchrun is also run in CI by test_multi_gpu (MedCoSS stage, fine-tuning)
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_step2_under_torchrun_with_the_multi_gpu_overlay(tmp_path, sample_data):
     """Two CPU processes (gloo) run the multi-task step with ``bundles/multi_gpu_muscle.json``: one schedule, files written once."""
