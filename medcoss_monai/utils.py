@@ -15,7 +15,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from medcoss_monai.errors import OutputWriteError
+from medcoss_monai.errors import BadInputError, OutputWriteError
 
 __all__ = [
     "atomic_torch_save",
@@ -25,6 +25,7 @@ __all__ = [
     "remove_stale_temp_files",
     "to_jsonable",
     "is_rank0",
+    "parse_seeds",
 ]
 
 
@@ -159,3 +160,26 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Pat
 def is_rank0() -> bool:
     """Whether this process should write files (rank 0 of ``ignite.distributed``, or not distributed)."""
     return idist.get_rank() == 0
+
+
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """Comma-separated seeds of a command line, e.g. ``"0,1,2"``.
+
+    Args:
+        text: the option's value.
+        option: the option's name, for the message.
+
+    Returns:
+        the seeds, in order.
+
+    Raises:
+        BadInputError: not a non-empty list of integers.
+    """
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise BadInputError(f"{option} '{text}': give comma-separated integers, e.g. 0,1,2.")
+    return seeds
+

@@ -93,4 +93,31 @@ def test_brats_region_finetuning_writes_per_region_dice(tmp_path, sample_data):
     assert len(dice) == 3 and all(d is None or 0.0 <= d <= 1.0 for d in dice)
     known = [d for d in dice if d is not None]
     assert min(known) - 1e-6 <= metrics["metrics"]["mean_dice"] <= max(known) + 1e-6  # a mean over slabs and regions
+    hd95 = metrics["metrics"]["channel_hd95"]  # the paper's second metric, per region as Dice is
+    assert len(hd95) == 3 and all(d is None or d >= 0.0 for d in hd95) and "hd95" in metrics["metrics"]
     assert metrics["best_validation"]["epoch"] in (1, 2) and (out / "model_best.pt").is_file()
+
+
+def test_test_metrics_include_hd95_per_channel_on_a_real_label_map(tmp_path, sample_data):
+    """The evaluator's HD95 (95th percentile, like Dice per channel and meaned): 0 for a perfect prediction
+    of a real test slab's CerebrA regions, at most the shift for the same map moved by 2 voxels."""
+    from ignite.engine import Engine
+
+    parser = read_bundle(FINETUNE, {"output_dir": str(tmp_path / "unused")})
+    parser.parse()
+    study = Compose(parser.get_parsed_content("validate#transforms"))(parser.get_parsed_content("evaluate#datalist")[0])
+    post = parser.get_parsed_content("labels")["postprocessing"]
+    num_classes = int(parser.get_parsed_content("num_classes"))
+    label = torch.as_tensor(study["label"]).long()
+
+    def scores(shift: int) -> dict:
+        logits = torch.nn.functional.one_hot(torch.roll(label[0], shift, dims=0), num_classes).permute(3, 0, 1, 2).float()
+        out = post({"pred": logits, "label": label.clone()})
+        engine = Engine(lambda e, b: {"pred": out["pred"][None], "label": out["label"][None]})
+        for name in ("hd95", "channel_hd95"):
+            parser.get_parsed_content(f"evaluate#evaluator#additional_metrics#{name}").attach(engine, name)
+        return engine.run([0], max_epochs=1).metrics
+
+    perfect, shifted = scores(0), scores(2)
+    assert perfect["hd95"] == 0.0 and len(perfect["channel_hd95"]) == num_classes - 1  # background left out
+    assert 0.0 < shifted["hd95"] <= 2.0 + 1e-6 and all(0.0 < float(d) <= 2.0 + 1e-6 for d in shifted["channel_hd95"])

@@ -87,7 +87,8 @@ def test_pipeline_runs_the_curriculum_and_writes_the_forgetting_matrix(sample_da
     out = tmp_path / "run"
     main(["--stages", "report,ct", "--method", "medcoss", "--output_dir", str(out), "--max_epochs", "1",
           "--max_items", "100", "--train#repeats", "1", "--batch_size", "2", "--crops_per_volume", "2",
-          "--rehearsal_ratio", "1.0", "--warmup_epochs", "0", "--progress_bar", "false"])
+          "--rehearsal_ratio", "1.0", "--warmup_epochs", "0", "--progress_bar", "false",
+          "--forgetting_args", "--text_n_test 200"])  # the probe's test reports: most of the matrix's time
     buf = json.loads((out / "stage_report" / "buffer.json").read_text())
     assert buf["n_total"] == 100 and len(buf["items"]) == 5
     assert float(read_history(out / "stage_ct")[0]["distill_loss"]) > 0
@@ -98,7 +99,7 @@ def test_pipeline_runs_the_curriculum_and_writes_the_forgetting_matrix(sample_da
     assert all(0.0 <= r["text"] <= 1.0 for r in matrix)
     assert (out / "forgetting.png").stat().st_size > 0
     printed = capfd.readouterr().out  # the matrix is written by a subprocess, as the stages are
-    assert "average forgetting" in printed and "stage_ct" in printed
+    assert "average forgetting" in printed and "stage_ct" in printed and "--text_n_test 200" in printed
 
 
 def test_vanished_buffer_files_are_refused(sample_data, tmp_path):

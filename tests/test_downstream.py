@@ -4,6 +4,7 @@ with a fake fine-tuning runner, and one end-to-end run on miniatures of publishe
 from __future__ import annotations
 
 import ast
+import importlib
 import csv
 import json
 import sys
@@ -112,6 +113,9 @@ def test_every_suite_names_existing_bundles_and_registered_sets():
             assert all(k.split("#")[0] in bundle for k in spec.overrides), (suite, name)
             if spec.converter.endswith(":prepare"):
                 assert name in DATASETS, (suite, name)
+            module, function = spec.converter.split(":")
+            assert callable(getattr(importlib.import_module(module), function)), (suite, name)
+    assert SUITES["brainmvp"]["vs"].converter.endswith(":prepare_vs_brainmvp")  # BrainMVP's VS task reads T2 studies
     assert list(MEDCOSS) == ["pudmed20k", "chestxr", "qata_cov19", "ricord", "lits", "vs", "la", "nct_crc_he", "glas"]
 
 
@@ -203,3 +207,53 @@ def test_command_line_end_to_end_on_a_chestxr_miniature(tmp_path: Path, sample_d
     for r in rows:
         assert float(r["mean"]) == pytest.approx(metrics["metrics"][r["metric"]])
     assert "| chestxr | xray_cls | ACC |" in (out / "downstream.md").read_text()
+
+
+def test_pudmed20k_overrides_switch_the_text_bundle_to_single_label(tasks_ready: Path, tmp_path: Path):
+    """The suite's ``multi_label false`` gives cross-entropy on class indices, softmax and multiclass scores;
+    the bundle's default stays multi-label (BCE on multi-hot labels, sigmoid). Real report texts, one batch."""
+    import torch
+
+    from medcoss_monai.bundle.finetune import load_task
+    from medcoss_monai.layout import bundles_dir, read_bundle
+
+    sample = load_task("", "text_cls")  # multi-hot labels; a single-label copy: each report's first label
+    single = {s: [{"text": i["text"], "label": int(np.argmax(i["label"])) % 5} for i in sample[s][:12]]
+              for s in ("training", "validation", "test")}
+    (tmp_path / "single.json").write_text(json.dumps(single))
+
+    def resolved(**overrides):
+        parser = read_bundle(bundles_dir() / "finetune_text_cls.json", {"output_dir": str(tmp_path / "out"),
+                             "max_text_len": 32, "batch_size": 4, **overrides})
+        parser.parse()
+        batch = next(iter(parser.get_parsed_content("train#dataloader")))
+        logits = parser.get_parsed_content("network")(batch["input_ids"], attention_mask=batch["attention_mask"])
+        post = parser.get_parsed_content("validate#postprocessing")({"pred": logits[0].detach(), "label": batch["label"][0]})
+        writer = parser.get_parsed_content("evaluate#handlers")[1]
+        return parser.get_parsed_content("loss"), batch["label"], logits, post, writer.classification
+
+    overrides = {k: v for k, v in MEDCOSS["pudmed20k"].overrides.items() if k not in ("max_train_items", "max_eval_items")}
+    loss, label, logits, post, mode = resolved(**overrides, dataset_dir=str(tmp_path / "single.json"))
+    assert isinstance(loss, torch.nn.CrossEntropyLoss) and mode == "multiclass"
+    assert label.dtype == torch.long and label.shape == (4,) and logits.shape == (4, 5)
+    assert torch.isfinite(loss(logits, label))
+    assert float(post["pred"].sum()) == pytest.approx(1.0, abs=1e-5)  # softmax
+    assert post["label"].tolist() == [1.0 if c == int(label[0]) else 0.0 for c in range(5)]  # one-hot for AUC
+
+    loss, label, logits, post, mode = resolved()  # the bundle's default on the multi-label sample task
+    assert isinstance(loss, torch.nn.BCEWithLogitsLoss) and mode == "multilabel"
+    assert label.dtype == torch.float32 and label.shape == logits.shape == (4, 8)
+    assert torch.isfinite(loss(logits, label))
+    assert torch.allclose(post["pred"], torch.sigmoid(logits[0].detach()))  # independent labels
+    # on the command line the switch arrives as text
+    assert arg(finetune_command(MEDCOSS["pudmed20k"], "/d.json", "", 0, tmp_path / "s0"), "--multi_label") == "False"
+    as_text = read_bundle(bundles_dir() / "finetune_text_cls.json", {"output_dir": str(tmp_path / "out"), "multi_label": "false"})
+    assert isinstance(as_text.get_parsed_content("loss"), torch.nn.CrossEntropyLoss)
+
+
+def test_brainmvp_rows_read_dice_and_hd95(tmp_path: Path):
+    from medcoss_monai.evaluation.downstream_suites import BRAINMVP
+
+    path = tmp_path / "metrics.json"  # as finetune_brainmvp_seg.json writes it
+    path.write_text(json.dumps({"metrics": {"mean_dice": 0.8, "channel_dice": [0.7, 0.9], "hd95": 3.5, "channel_hd95": [3, 4]}}))
+    assert read_metrics(path, BRAINMVP["isles22"]) == {"Dice": 0.8, "HD95": 3.5}

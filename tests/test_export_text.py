@@ -26,9 +26,16 @@ from test_export_zoo import (
     check_layout_and_metadata,
     check_trained_network,
     check_zoo_network,
-    read_predictions,
+    read_csv_rows,
     run_inference,
 )
+from test_export_apps import run_without_medcoss  # noqa: E402
+
+
+def csv_features(path: Path) -> tuple[list[str], np.ndarray]:
+    """The rows of MONAI's ``ClassificationSaver`` CSV: names, and the values as an array."""
+    rows = read_csv_rows(path)
+    return [r[0] for r in rows], np.array([[float(v) for v in r[1:]] for r in rows])
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +77,13 @@ def test_report_bundle_scripted_network_and_inference(report: tuple[Path, Path],
     assert kwargs["attention_mask"].sum() < kwargs["attention_mask"].numel()  # a real, padded report
     check_trained_network(bundle, bundle / PRETRAIN_WEIGHTS, args, kwargs, expected)
     run_inference(bundle, reports / "report_0.txt", tmp_path / "one")
-    one = np.load(tmp_path / "one/features.npy")
-    assert one.shape == (1, 192)
+    names, one = csv_features(tmp_path / "one/features.csv")
+    assert names == ["report_0.txt"] and one.shape == (1, 192)
     np.testing.assert_allclose(one[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
-    run_inference(bundle, reports / "texts.json", tmp_path / "list")
-    rows = np.load(tmp_path / "list/features.npy")
+    # MONAI, PyTorch and the shipped HF tokenizer only (a subprocess where medcoss_monai cannot be imported)
+    run_without_medcoss(bundle, [("configs/inference.json", reports / "texts.json", tmp_path / "list")])
+    names, rows = csv_features(tmp_path / "list/features.csv")
+    assert names == ["second", str(reports / "report_0.txt")]
     assert rows.shape == (2, 192) and np.isfinite(rows).all()
     np.testing.assert_allclose(rows[1], one[0], rtol=1e-5, atol=1e-6)  # the same report, read from its file
     assert not np.allclose(rows[0], rows[1])
@@ -91,8 +100,7 @@ def test_text_cls_bundle_writes_label_probabilities(report: tuple[Path, Path], r
     classes = list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())
     assert len(classes) == 8 and classes[0] == "normal"
     run_inference(bundle, reports / "texts.json", tmp_path / "eval")
-    rows = read_predictions(tmp_path / "eval/predictions.csv")
-    assert [r["item"] for r in rows] == ["second", str(reports / "report_0.txt")]
-    probs = np.array([[float(r[c]) for c in classes] for r in rows])
+    names, probs = csv_features(tmp_path / "eval/predictions.csv")  # MONAI's ClassificationSaver: classes in order
+    assert names == ["second", str(reports / "report_0.txt")] and probs.shape == (2, len(classes))
     # multi-label: independent sigmoid probabilities, that of the file equal to the network's on it
     np.testing.assert_allclose(probs[1], torch.sigmoid(expected[0]).numpy(), atol=1e-5)

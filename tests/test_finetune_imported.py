@@ -142,7 +142,24 @@ def test_ct_fine_tuning_resamples_as_the_stage_did(tmp_path, tasks_ready):
         assert _spacing_after_loading(parsed("ct_seg", pretrained_ckpt=str(stage)), item) == [2.0, 2.0, 4.0] != native
     given = parsed("ct_seg", pretrained_ckpt=str(ct), ct_spacing=[3.0, 3.0, 3.0])
     assert _spacing_after_loading(given, item) == [3.0, 3.0, 3.0]
-    # a stage that recorded no spacing (an imported one) and no stage at all: the volumes keep theirs
+    # no stage at all: the volumes keep theirs
     assert parsed("ct_seg").get_parsed_content("resample_spacing") is None
     # the network is the stage's (hidden 64, not the demo's 192), its 2D/3D position tables as recorded
     assert parsed("ct_seg", pretrained_ckpt=str(ct)).get_parsed_content("network").encoder.hidden_size == 64
+
+
+def test_an_imported_medcoss_stage_resamples_ct_as_the_reference_did(imported_stage, tasks_ready):
+    """The importer records the reference's CT grid (1 mm isotropic, its DeepLesion preprocessing) in stage.json;
+    fine-tuning from the imported stage resamples the real sample CT to it, unless --ct_spacing says otherwise."""
+    from medcoss_monai.weights.medcoss_format import REFERENCE_SETTINGS
+
+    record = json.loads((imported_stage / "stage.json").read_text())
+    assert record["settings"] == REFERENCE_SETTINGS and record["settings"]["ct_spacing"] == [1.0, 1.0, 1.0]
+    item = json.loads((tasks_ready / "tasks" / "ct_seg" / "datalist.json").read_text())["training"][0]
+    native = _spacing_after_loading(parsed("ct_seg"), item)
+    for stage in (imported_stage, imported_stage / "model.pt"):
+        for task in ("ct_seg", "ct_cls"):
+            assert parsed(task, pretrained_ckpt=str(stage)).get_parsed_content("resample_spacing") == [1.0, 1.0, 1.0]
+    assert _spacing_after_loading(parsed("ct_seg", pretrained_ckpt=str(imported_stage)), item) == [1.0, 1.0, 1.0] != native
+    given = parsed("ct_seg", pretrained_ckpt=str(imported_stage), ct_spacing=[2.5, 2.5, 2.5])
+    assert _spacing_after_loading(given, item) == [2.5, 2.5, 2.5]

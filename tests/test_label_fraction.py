@@ -60,3 +60,27 @@ def test_finetuning_bundle_trains_on_the_fraction_and_tests_on_the_whole_split(t
     full, kept = Counter(i["label"] for i in train), Counter(i["label"] for i in train_40)
     assert set(kept) == set(full) and all(kept[c] == -(-4 * full[c] // 10) for c in full)  # ceil(0.4 n) each
     assert test_40 == test
+
+
+@pytest.mark.parametrize("bundle, task", [("finetune_muscle_cls.json", "muscle_bodypart_cls"),
+                                          ("finetune_muscle_seg.json", "muscle_lung_seg"),
+                                          ("finetune_muscle_det.json", "muscle_chest_det")])
+def test_muscle_bundles_train_on_the_fraction_and_test_on_the_whole_split(tasks_ready, tmp_path, bundle, task):
+    from collections import Counter
+
+    from medcoss_monai.layout import bundles_dir, read_bundle
+
+    def splits(**overrides):
+        parser = read_bundle(bundles_dir() / bundle, {"output_dir": str(tmp_path), **overrides})
+        parser.parse()
+        return [parser.get_parsed_content(f"{s}#items")[task] for s in ("train", "evaluate")]
+
+    (train, test), (train_40, test_40) = splits(), splits(label_fraction=0.4)
+    assert test_40 == test and 0 < len(train_40) < len(train)
+    assert all(i in train for i in train_40)
+    if task.endswith("_cls"):  # per class: ceil(0.4 n) of each
+        full, kept = Counter(i["label"] for i in train), Counter(i["label"] for i in train_40)
+        assert len(full) > 1 and all(kept[c] == -(-4 * full[c] // 10) for c in full)
+    else:  # masks and boxes have no class: ceil(0.4 n) of all items
+        assert len(train_40) == -(-4 * len(train) // 10)
+    assert splits(label_fraction=0.4, seed=1)[0] != train_40  # another seed, another draw

@@ -76,6 +76,9 @@ def test_pipeline_refuses_bad_seeds_before_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # any working directory: the bundles are found through the package
     with pytest.raises(BadInputError, match="comma-separated integers"):
         main(["--output_dir", str(tmp_path / "x"), "--compare", "--seeds", "0,one"])
+    with pytest.raises(BadInputError, match="add --compare"):
+        main(["--output_dir", str(tmp_path / "x"), "--docs", str(tmp_path / "figures.md")])
+    assert not (tmp_path / "figures.md").exists() and not (tmp_path / "x").exists()
     assert bundle_command(["a.json", "b.json"])[5] == "['a.json','b.json']"
 
 

@@ -35,13 +35,13 @@ def test_list_prints_every_data_set_with_source_and_licence():
     for name in ISSUE_NAMES:
         assert f"\n{name}" in "\n" + out, name
     assert out.count("source:") == out.count("licence:") == out.count("download:") == len(DATASETS)
-    assert "la  [not implemented yet]" in out and "deeplesion  [" not in out
+    assert "brain_atlas  [not implemented yet]" in out and "deeplesion  [" not in out
     assert catalogue() + "\n" == out
 
 
 def test_not_implemented_set_is_refused_clearly(tmp_path: Path):
-    with pytest.raises(BadInputError, match="la .* not implemented yet"):
-        prepare("la", tmp_path, tmp_path / "o.json")
+    with pytest.raises(BadInputError, match="brain_atlas .* not implemented yet"):
+        prepare("brain_atlas", tmp_path, tmp_path / "o.json")
     with pytest.raises(BadInputError, match="Unknown data set 'nope'"):
         prepare("nope", tmp_path, tmp_path / "o.json")
     assert not (tmp_path / "o.json").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -92,7 +93,8 @@ def bundle_command(
 
 
 def forgetting_command(
-    output_dir: str | os.PathLike, stages: Sequence[str], joint_modalities: Sequence[str] = (), seed: int = 0
+    output_dir: str | os.PathLike, stages: Sequence[str], joint_modalities: Sequence[str] = (), seed: int = 0,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The command line that writes the forgetting matrix of a run.
 
@@ -101,13 +103,14 @@ def forgetting_command(
         stages: the stage folders' names, in order (``stage_<name>``).
         joint_modalities: for a joint run, the modalities trained together.
         seed: seed of the randomly initialised encoder of the first row.
+        extra: more options of ``medcoss_monai.evaluation.forgetting`` (e.g. ``--text_n_test 200``).
 
     Returns:
         The argument list for ``subprocess``.
     """
     cmd = [sys.executable, "-m", "medcoss_monai.evaluation.forgetting", "--run_dir", str(output_dir),
            "--stages", *stages, "--seed", str(seed)]
-    return cmd + (["--joint_modalities", *joint_modalities] if joint_modalities else [])
+    return cmd + (["--joint_modalities", *joint_modalities] if joint_modalities else []) + list(extra)
 
 
 def run_command(title: str, cmd: Sequence[str], failure: str) -> float:
@@ -294,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--forgetting", default="true", choices=("true", "false"),
         help="after the last stage, write forgetting.csv/.png: probes of a random encoder and of every stage",
     )
+    parser.add_argument(
+        "--forgetting_args", default="",
+        help="more options of the forgetting matrix, one string, e.g. \"--text_n_test 200\" (python -m "
+        "medcoss_monai.evaluation.forgetting --help lists them)",
+    )
     args, extra = parser.parse_known_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     overrides = list(extra)
@@ -313,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         joint = stages if args.method == "joint" else ()
         seconds = run_command(
             "forgetting matrix: a randomly initialised encoder, then every stage",
-            forgetting_command(args.output_dir, [row["stage"] for row in summary], joint, args.seed or 0),
+            forgetting_command(args.output_dir, [row["stage"] for row in summary], joint, args.seed or 0,
+                               shlex.split(args.forgetting_args)),
             "the forgetting matrix failed; the stages' outputs are complete",
         )
         out = Path(args.output_dir)

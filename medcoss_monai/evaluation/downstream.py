@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,8 @@ from medcoss_monai.bundle.pipeline import bundle_command, run_command
 from medcoss_monai.errors import BadInputError, MedcossError, install_run_hooks
 from medcoss_monai.evaluation.downstream_suites import DATALIST, SUITES, DownstreamSet
 from medcoss_monai.evaluation.downstream_table import summarise, write_table
-from medcoss_monai.utils import atomic_write_json
+from medcoss_monai.provenance import commit
+from medcoss_monai.utils import atomic_write_json, parse_seeds
 
 __all__ = ["SuiteReport", "finetune_command", "ensure_datalist", "read_metrics", "run_suite", "main"]
 
@@ -295,18 +295,8 @@ def run_suite(
     report.rows = summarise(table, results)
     write_table(report.rows, out, {"suite": suite, "pretrained": pretrained or "(scratch)",
                                    "label_fraction": 1.0 if label_fraction is None else label_fraction,
-                                   "commit": _commit()})
+                                   "commit": commit()})
     return report
-
-
-def _commit() -> str:
-    """The checkout's commit (``git rev-parse HEAD``), or "unknown" outside a git checkout."""
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "unknown"
 
 
 def _pairs(extra: Sequence[str]) -> dict[str, str]:
@@ -314,16 +304,6 @@ def _pairs(extra: Sequence[str]) -> dict[str, str]:
     if len(extra) % 2 or any(not k.startswith("--") for k in extra[::2]):
         raise BadInputError(f"extra arguments {' '.join(extra)}: give bundle overrides as '--id value' pairs.")
     return {k[2:]: v for k, v in zip(extra[::2], extra[1::2])}
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds:
-        raise BadInputError(f"--seeds '{text}': give comma-separated integers, e.g. 0,1,2.")
-    return seeds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_epochs is not None:
         overrides["train#trainer#max_epochs"] = args.max_epochs
     overrides.update(_pairs(extra))
-    report = run_suite(args.suite, args.pretrained, args.data_root, args.out, _seeds(args.seeds), args.label_fraction,
+    report = run_suite(args.suite, args.pretrained, args.data_root, args.out, parse_seeds(args.seeds, "--seeds"), args.label_fraction,
                        overrides, workers=args.workers)
     out = Path(args.out)
     print(f"\n=== {args.suite}: {len({r['dataset'] for r in report.rows})} set(s) tabulated, {len(report.absent)} absent, "

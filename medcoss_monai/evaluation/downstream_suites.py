@@ -6,7 +6,7 @@ input contrasts...) and the paper's metrics with where they sit in the bundle's 
 (``{"metrics": {...}}``). The facts come from the reference code: MedCoSS ``yeerwen/MedCoSS``
 ``run_ds.sh`` and ``Downstream/Dim_{1,2,3}/*`` (classes; ACC / AUC / F1 for classification, Dice / HD95
 for segmentation); BrainMVP ``shaohao011/BrainMVP`` ``Downstream/`` (input contrasts per set, BraTS
-regions, Dice); MUSCLE's paper (ACC / AUC, Dice / mIoU, mAP@0.5).
+regions, Dice / HD95); MUSCLE's paper (ACC / AUC, Dice / mIoU, mAP@0.5).
 
 The reference binary segmentations use one sigmoid channel; the bundles here use softmax over
 background and foreground, hence ``num_classes`` = the reference's + 1.
@@ -29,7 +29,6 @@ DATALIST = "<datalist>"
 
 _CLS = {"ACC": "ACC", "AUC": "AUC", "F1": "F1"}
 _SEG = {"Dice": "Dice", "HD95": "HD95"}
-_COMMON = "%bundles/common/finetune.json#classification"
 
 
 @dataclass(frozen=True)
@@ -57,21 +56,14 @@ class DownstreamSet:
     converter: str = "medcoss_monai.data.prepare:prepare"
 
 
-# PubMed 20k is single-label (5 sentence roles); the text bundle is multi-label (sigmoid, BCE), so the
-# softmax / cross-entropy parts of the vision classifiers are taken instead.
-_TEXT_MULTICLASS = {
-    "loss": f"{_COMMON}#vision#loss",
-    "load_transforms#1#dtype": "$torch.long",
-    "validate#postprocessing": f"{_COMMON}#vision#validate#postprocessing",
-    "evaluate#handlers#1#classification": "multiclass",
-    "max_train_items": None,
-    "max_eval_items": None,
-}
+# PubMed 20k is single-label (5 sentence roles); the text bundle's multi_label switch selects softmax,
+# cross-entropy and multiclass scores in place of its default sigmoid / binary cross-entropy.
+_TEXT_SINGLE_LABEL = {"multi_label": False, "max_train_items": None, "max_eval_items": None}
 
 MEDCOSS = {
     s.name: s
     for s in (
-        DownstreamSet("pudmed20k", "finetune_text_cls.json", "text_cls", {"num_classes": 5, "head": "mlp", **_TEXT_MULTICLASS}),
+        DownstreamSet("pudmed20k", "finetune_text_cls.json", "text_cls", {"num_classes": 5, "head": "mlp", **_TEXT_SINGLE_LABEL}),
         DownstreamSet("chestxr", "finetune_xray_cls.json", "xray_cls", {"num_classes": 3, "head": "linear"}),
         DownstreamSet("qata_cov19", "finetune_xray_seg.json", "xray_seg", {"num_classes": 2, "mask_values": [0, 255]}, _SEG),
         DownstreamSet("ricord", "finetune_ct_cls.json", "ct_cls", {"num_classes": 2, "head": "mlp"}),
@@ -85,12 +77,13 @@ MEDCOSS = {
 }
 """MedCoSS: its nine downstream sets (``run_ds.sh``: classes; three seeds per set)."""
 
-_BRAIN_DICE = {"Dice": "mean_dice"}
+_BRAIN_SEG = {"Dice": "mean_dice", "HD95": "hd95"}
 _BRATS = ["t1", "t1ce", "t2", "flair"]
 
 
-def _brain(name: str, contrasts: list[str], **task: Any) -> DownstreamSet:
-    return DownstreamSet(name, "finetune_brainmvp_seg.json", "brain_seg", {"input_contrasts": contrasts, **task}, _BRAIN_DICE)
+def _brain(name: str, contrasts: list[str], converter: str = DownstreamSet.converter, **task: Any) -> DownstreamSet:
+    return DownstreamSet(name, "finetune_brainmvp_seg.json", "brain_seg", {"input_contrasts": contrasts, **task}, _BRAIN_SEG,
+                         converter=converter)
 
 
 BRAINMVP = {
@@ -103,7 +96,9 @@ BRAINMVP = {
         _brain("isles22", ["adc", "dwi", "flair"], label_mode="classes", num_classes=2),
         # MRBrainS13: T1, T1-IR and T2-FLAIR in the reference; CSF, grey and white matter
         _brain("mrbrains13", ["t1", "flair"], label_mode="classes", num_classes=4),
-        _brain("vs", ["t2"], label_mode="classes", num_classes=2),
+        # BrainMVP's VS task reads T2 studies: the vs_brainmvp converter, under the table's name vs
+        _brain("vs", ["t2"], converter="medcoss_monai.data.prepare.mri_seg:prepare_vs_brainmvp", label_mode="classes",
+               num_classes=2),
     )
 }
 """BrainMVP: its segmentation sets (``Downstream/dataset/multimodal_dataset.py``: the contrasts of each).

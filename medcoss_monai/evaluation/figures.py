@@ -1,6 +1,6 @@
-"""Reproduce the README's held-out figures: seeds, methods, fine-tuning, all on the sample data.
+"""Measure the MedCoSS figures of ``docs/figures.md``: seeds, methods, fine-tuning, all on the sample data.
 
-``python -m medcoss_monai.evaluation.figures --out runs/figures [--seeds 0 1 2]`` runs, skipping
+``python -m medcoss_monai.evaluation.figures --out runs/figures [--seeds 0 1 2] [--docs docs/figures.md]`` runs, skipping
 whatever an earlier call already finished (so it can be stopped and started again):
 
 1. the demo curriculum (``report,xray,ct,mri,pathology``) with ``--method medcoss`` and
@@ -13,6 +13,9 @@ whatever an earlier call already finished (so it can be stopped and started agai
    ``<out>/finetune.md`` (mean ± sd over the seeds);
 4. the text-probe table ``<out>/text_probe.md``: the ``text`` column of the random encoders and of
    the report stages.
+
+With ``--docs`` the tables become the ``medcoss`` section of that document, generated from the files above
+with the commit, torch build, machine, seeds and the time the runs took (:mod:`medcoss_monai.provenance`).
 
 Every score is on held-out data (see :mod:`medcoss_monai.samples.sample_data`). The whole run takes about
 three hours on two CPU cores; measure alone (other processes on the machine change the timings,
@@ -35,8 +38,9 @@ from medcoss_monai.errors import install_run_hooks
 from medcoss_monai.layout import FORGETTING_CSV, bundles_dir, stage_model
 from medcoss_monai.evaluation.compare import compare_runs
 from medcoss_monai.evaluation.matrix import SCRATCH_ROW, read_matrix, row_name
+from medcoss_monai.provenance import measured_section, write_section
 
-__all__ = ["FINETUNE_TASKS", "run_figures", "main"]
+__all__ = ["FINETUNE_TASKS", "run_figures", "figures_section", "measured_seconds", "main"]
 
 FINETUNE_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "text_cls": ("text_cls", "report", ()),
@@ -55,14 +59,34 @@ METHODS = ("medcoss", "sequential")
 STAGES = "report,xray,ct,mri,pathology"
 
 
-def _run(cmd: Sequence[str], log: Path) -> None:
+TIMINGS = "timings.jsonl"
+"""One line per finished run of the figures (``seconds``, ``log``): the time a document states, resumes included."""
+
+
+def _run(cmd: Sequence[str], log: Path, out: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "w", encoding="utf-8") as f:
         result = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise SystemExit(f"failed (exit {result.returncode}, see {log}): {' '.join(cmd)}")
-    print(f"  {time.time() - start:6.0f} s  {' '.join(cmd[2:6])} ... -> {log.parent}", flush=True)
+    seconds = time.time() - start
+    with open(out / TIMINGS, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"seconds": round(seconds, 1), "log": str(log.relative_to(out))}) + "\n")
+    print(f"  {seconds:6.0f} s  {' '.join(cmd[2:6])} ... -> {log.parent}", flush=True)
+
+
+def measured_seconds(out: Path) -> float:
+    """Total time of the runs behind the tables in ``out`` (each run counted once, its last time)."""
+    path = Path(out) / TIMINGS
+    if not path.is_file():
+        return 0.0
+    last = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            last[row["log"]] = row["seconds"]
+    return float(sum(last.values()))
 
 
 def pretrain(out: Path, seeds: Sequence[int]) -> None:
@@ -74,7 +98,7 @@ def pretrain(out: Path, seeds: Sequence[int]) -> None:
                 continue
             cmd = [sys.executable, "-m", "medcoss_monai.bundle.pipeline", "--stages", STAGES, "--method", method,
                    "--output_dir", str(run_dir), "--seed", str(seed), "--progress_bar", "false"]
-            _run(cmd, run_dir / "pipeline.log")
+            _run(cmd, run_dir / "pipeline.log", out)
 
 
 def compare(out: Path, seeds: Sequence[int]) -> None:
@@ -96,7 +120,7 @@ def finetune(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> None:
                        "--output_dir", str(folder), "--seed", str(seed), *extra]
                 if init == "pretrained":
                     cmd += ["--pretrained_ckpt", str(stage_model(out / f"medcoss_s{seed}", stage))]
-                _run(cmd, folder / "finetune.log")
+                _run(cmd, folder / "finetune.log", out)
 
 
 def _mean_sd(values: Sequence[float | None]) -> str:
@@ -154,9 +178,39 @@ def run_figures(out: str | Path, seeds: Sequence[int] = (0, 1, 2), steps: Sequen
     if "finetune" in steps:
         finetune(out, seeds, tasks)
         (out / "finetune.md").write_text(finetune_table(out, seeds, tasks))
-    for name in ("text_probe.md", "compare/comparison.md", "compare/matrix_medcoss.md", "compare/matrix_sequential.md", "finetune.md"):
+    for name in TABLES:
         if (out / name).is_file():
             print(f"\n{name}:\n{(out / name).read_text()}")
+
+
+TABLES = {
+    "text_probe.md": "Text probe: a random encoder against the report stage (macro-AUC, held-out reports)",
+    "compare/comparison.md": "Forgetting: MedCoSS against sequential training",
+    "compare/matrix_medcoss.md": "Forgetting matrix, MedCoSS (mean ± sd over seeds)",
+    "compare/matrix_sequential.md": "Forgetting matrix, sequential (mean ± sd over seeds)",
+    "finetune.md": "Fine-tuning: from scratch against the MedCoSS stage of the same seed (test split)",
+}
+"""The tables of a figures run, in the order a document shows them, with their headings."""
+
+
+def figures_section(out: str | Path, seeds: Sequence[int]) -> str:
+    """The MedCoSS section of ``docs/figures.md``, generated from the tables of ``out``.
+
+    Args:
+        out: the folder of a finished :func:`run_figures`.
+        seeds: its seeds.
+
+    Returns:
+        markdown: a heading, the provenance line and every table found, each under its heading.
+    """
+    out = Path(out)
+    lines = []
+    for name, heading in TABLES.items():
+        if (out / name).is_file():
+            lines += [f"### {heading}", "", (out / name).read_text(encoding="utf-8").strip(), ""]
+    command = ["python", "-m", "medcoss_monai.evaluation.figures", "--seeds", *map(str, seeds)]
+    return measured_section("MedCoSS on the sample data: methods, forgetting, fine-tuning", "\n".join(lines), seeds,
+                            measured_seconds(out), command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,8 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", nargs="+", default=["pretrain", "compare", "finetune"], choices=["pretrain", "compare", "finetune"])
     parser.add_argument("--tasks", nargs="+", default=list(FINETUNE_TASKS), choices=list(FINETUNE_TASKS))
+    parser.add_argument("--docs", default="", help="also write the tables as the 'medcoss' section of this document "
+                        "(e.g. docs/figures.md), with the commit, torch build, machine, seeds and time")
     args = parser.parse_args(argv)
     run_figures(args.out, args.seeds, args.steps, args.tasks)
+    if args.docs:
+        write_section(args.docs, "medcoss", figures_section(args.out, args.seeds), title="Measured figures")
+        print(f"section 'medcoss' of {args.docs} written")
     return 0
 
 

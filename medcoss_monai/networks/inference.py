@@ -8,6 +8,10 @@ or ``"3d"``), shares its modules, and maps tensors to one tensor, so ``torch.jit
 ``ckpt_export``) compiles it. Its state dict has the keys of the network it was built from (minus
 the pretext heads of a pre-training network), so a fine-tuned task's weights load into it strictly.
 Messages raised in ``forward`` are built with ``str.format``: TorchScript compiles no f-string.
+
+The encoder of an imported MedCoSS stage (:class:`~medcoss_monai.networks.MedCoSSReferenceEncoder`, the
+authors' released architecture) and the networks fine-tuned or pre-trained further on it get
+:class:`ReferenceInferenceEncoder` in place of :class:`InferenceEncoder`: same outputs, same keys.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from medcoss_monai.networks.encoder import (
 )
 from medcoss_monai.networks.heads import EncoderClassifier, as_encoder
 from medcoss_monai.networks.pos_embed import PositionEmbedding
+from medcoss_monai.networks.reference_blocks import MASK_FILL, LayerScaleBlock, ReferenceTextEmbedding, SplitPositionTable
+from medcoss_monai.networks.reference_encoder import MedCoSSReferenceEncoder
 from medcoss_monai.networks.segmentation import UNETRStyleSegmenter
 
 __all__ = [
@@ -34,6 +40,8 @@ __all__ = [
     "InferenceSegmenter",
     "PatchTokens",
     "PositionTable",
+    "ReferenceInferenceEncoder",
+    "inference_encoder",
     "inference_network",
 ]
 
@@ -185,6 +193,163 @@ class InferenceEncoder(nn.Module):
         return self.norm(tokens), hidden_states, grid
 
 
+class _ReferenceText(nn.Module):
+    """The tables of a :class:`~medcoss_monai.networks.reference_blocks.ReferenceTextEmbedding` (same keys),
+    applied as it applies them: token + position + token-type row 0, then LayerNorm."""
+
+    def __init__(self, embedding: ReferenceTextEmbedding) -> None:
+        super().__init__()
+        self.token, self.position = embedding.token, embedding.position
+        self.token_type, self.norm = embedding.token_type, embedding.norm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, hidden)."""
+        length = ids.shape[1]
+        if length > self.position.num_embeddings:
+            raise ValueError("the text is longer than the {} positions of the model".format(self.position.num_embeddings))  # noqa: UP032
+        if int(ids.min()) < 0 or int(ids.max()) >= self.token.num_embeddings:
+            raise ValueError("token ids must be in [0, {})".format(self.token.num_embeddings))  # noqa: UP032
+        return self.norm(self.token(ids) + self.position.weight[:length] + self.token_type.weight[0])
+
+
+class _ReferencePositions(nn.Module):
+    """A :class:`~medcoss_monai.networks.reference_blocks.SplitPositionTable` (same keys) as it runs in eval
+    mode: the first ``N`` spatial rows plus temporal row 0."""
+
+    def __init__(self, table: SplitPositionTable) -> None:
+        super().__init__()
+        self.spatial, self.temporal = table.spatial, table.temporal
+
+    def forward(self, num_tokens: int) -> torch.Tensor:
+        """The (num_tokens, hidden) positions of an image of ``num_tokens`` patches."""
+        if num_tokens > self.spatial.num_embeddings:
+            raise ValueError(
+                "the image gives {} patches but the position table holds {}: use a smaller image".format(  # noqa: UP032
+                    num_tokens, self.spatial.num_embeddings
+                )
+            )
+        return self.temporal.weight[0] + self.spatial.weight[:num_tokens]
+
+
+class _ReferenceLayer(nn.Module):
+    """A :class:`~medcoss_monai.networks.reference_blocks.LayerScaleBlock` (same keys) as it runs in eval mode
+    (drop path is the identity there)."""
+
+    def __init__(self, block: LayerScaleBlock) -> None:
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
+        self.gamma_1, self.gamma_2 = block.gamma_1, block.gamma_2
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.gamma_1 * self.attn(self.norm1(x), attn_mask=attn_bias)
+        return x + self.gamma_2 * self.mlp(self.norm2(x))
+
+
+class ReferenceInferenceEncoder(nn.Module):
+    """The :class:`~medcoss_monai.networks.MedCoSSReferenceEncoder` (an imported MedCoSS stage) run on one input
+    kind, in eval mode, in the form of :class:`InferenceEncoder`.
+
+    The computation is the encoder's ``forward_features``: images get the class token and the split positions,
+    a grey 2D image is read as 3 equal channels (as the reference reads films), text gets the reference's causal
+    and padding attention bias; there is no final norm. Its state dict keys are the encoder's.
+
+    Args:
+        encoder: the trained reference encoder.
+        kind: ``"text"`` ((B, L) token ids), ``"2d"`` ((B, C, H, W)) or ``"3d"`` ((B, C, H, W, D)).
+    """
+
+    def __init__(self, encoder: MedCoSSReferenceEncoder, kind: str) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+        self.kind = kind
+        self.num_heads = int(encoder.num_heads)
+        self.causal = encoder.text_attention == "causal"
+        self.per_sample = encoder.text_mask_layout == "per_sample"
+        self.mask_fill = float(MASK_FILL)  # an attribute: TorchScript reads no global float
+        self.text_embed = _ReferenceText(encoder.text_embed)
+        self.patch_embed_2d = PatchTokens(encoder.patch_embed_2d)
+        self.patch_embed_3d = PatchTokens(encoder.patch_embed_3d)
+        self.pos_embed_2d = _ReferencePositions(encoder.pos_embed_2d)
+        self.pos_embed_3d = _ReferencePositions(encoder.pos_embed_3d)
+        self.image_norm = encoder.image_norm
+        self.cls_token = encoder.cls_token
+        self.blocks = nn.ModuleList(_ReferenceLayer(b) for b in encoder.blocks)
+
+    def _text_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The (B, H, L, L) bias of :func:`~medcoss_monai.networks.reference_blocks.reference_text_attention_bias`."""
+        b, length = attention_mask.shape[0], attention_mask.shape[1]
+        allowed = attention_mask.to(dtype)[:, None, :].expand(b, length, length)
+        if self.causal:
+            allowed = allowed * torch.ones(length, length, dtype=dtype, device=allowed.device).tril()
+        bias = (1.0 - allowed) * self.mask_fill
+        if self.per_sample:
+            return bias[:, None].expand(b, self.num_heads, length, length)
+        # the reference's mask.repeat(num_heads, 1, 1) read sample-major: head h of sample b gets mask (b * H + h) % B
+        rows = torch.arange(b, device=bias.device)[:, None] * self.num_heads + torch.arange(self.num_heads, device=bias.device)
+        return bias[rows % b]
+
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """Encode a batch of the encoder's kind.
+
+        Args:
+            x: (B, L) token ids, or (B, C, *spatial) float images.
+            attention_mask: (B, L) text padding mask, 1 = token.
+
+        Returns:
+            ``(last layer's tokens (B, L, hidden), output of every layer, token grid)``, the class token left out.
+        """
+        bias: torch.Tensor | None = None
+        start = 1
+        if self.kind == "text":
+            if x.is_floating_point() or x.dim() != 2:
+                raise ValueError("expected (B, L) integer token ids, got shape {}".format(x.shape))  # noqa: UP032
+            mask = torch.ones_like(x) if attention_mask is None else attention_mask
+            tokens = self.text_embed(x)
+            bias = self._text_bias(mask, tokens.dtype)
+            grid = [x.shape[1]]
+            start = 0
+        else:
+            if self.kind == "2d":
+                if x.dim() == 4 and x.shape[1] == 1 and self.patch_embed_2d.in_channels == 3:
+                    x = x.expand(-1, 3, -1, -1)  # a grey film read as RGB, as the reference reads it
+                tokens, grid = self.patch_embed_2d(x)
+                tokens = self.image_norm(tokens + self.pos_embed_2d(tokens.shape[1]))
+            else:
+                tokens, grid = self.patch_embed_3d(x)
+                tokens = self.image_norm(tokens + self.pos_embed_3d(tokens.shape[1]))
+            tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        hidden_states: list[torch.Tensor] = []
+        for block in self.blocks:
+            tokens = block(tokens, bias)
+            hidden_states.append(tokens[:, start:])
+        return tokens[:, start:], hidden_states, grid
+
+
+def inference_encoder(encoder: nn.Module, kind: str) -> nn.Module:
+    """The tensor-only form of a trained encoder for one input kind.
+
+    Args:
+        encoder: a :class:`~medcoss_monai.networks.UnifiedEncoder` or a
+            :class:`~medcoss_monai.networks.MedCoSSReferenceEncoder` (an imported stage).
+        kind: ``"text"``, ``"2d"`` or ``"3d"``.
+
+    Returns:
+        :class:`InferenceEncoder` or :class:`ReferenceInferenceEncoder`, sharing the encoder's modules.
+
+    Raises:
+        TypeError: another encoder.
+    """
+    if isinstance(encoder, MedCoSSReferenceEncoder):
+        return ReferenceInferenceEncoder(encoder, kind)
+    if isinstance(encoder, UnifiedEncoder):
+        return InferenceEncoder(encoder, kind)
+    raise TypeError(f"no inference form of a {type(encoder).__name__} encoder (a UnifiedEncoder or a "
+                    "MedCoSSReferenceEncoder is needed).")
+
+
 class FeatureExtractor(nn.Module):
     """Pooled encoder features (mean of the final tokens, over real tokens for text): what a stage bundle exports.
 
@@ -196,7 +361,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, network: nn.Module, kind: str) -> None:
         super().__init__()
-        self.encoder = InferenceEncoder(as_encoder(network), kind)
+        self.encoder = inference_encoder(as_encoder(network), kind)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (with their mask) or images -> (B, hidden) features."""
@@ -214,7 +379,7 @@ class InferenceClassifier(nn.Module):
 
     def __init__(self, network: EncoderClassifier, kind: str) -> None:
         super().__init__()
-        self.encoder = InferenceEncoder(network.encoder, kind)
+        self.encoder = inference_encoder(network.encoder, kind)
         self.head = network.head
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -233,7 +398,7 @@ class InferenceSegmenter(nn.Module):
     def __init__(self, network: UNETRStyleSegmenter) -> None:
         super().__init__()
         self.spatial_dims = int(network.spatial_dims)
-        self.encoder = InferenceEncoder(network.encoder, f"{self.spatial_dims}d")
+        self.encoder = inference_encoder(network.encoder, f"{self.spatial_dims}d")
         self.hidden_layers = [int(i) for i in network.hidden_layers]
         self.native = bool(network.native)
         self.mode = "bilinear" if self.spatial_dims == 2 else "trilinear"

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import load_state, state_dict_of
 from medcoss_monai.utils import atomic_torch_save, atomic_write_json, to_jsonable
 from medcoss_monai.weights.brainmvp_format import convert_brainmvp_unet, convert_brainmvp_uniformer
-from medcoss_monai.weights.medcoss_format import convert_medcoss
+from medcoss_monai.weights.medcoss_format import REFERENCE_SETTINGS, convert_medcoss
 
 __all__ = ["WeightFormat", "FORMATS", "import_checkpoint", "read_checkpoint"]
 
@@ -41,12 +41,15 @@ class WeightFormat:
         text: whether the network reads text (a tokenizer may be saved with it).
         source: where the weights come from.
         licence: the weights' licence, repeated to the user and into ``stage.json``.
+        settings: the preprocessing the weights were pre-trained with (e.g. ``ct_spacing``), recorded in
+            ``stage.json``'s ``settings`` as a stage trained here records its own, so fine-tuning follows it.
     """
 
     convert: Callable[..., dict[str, Any]]
     text: bool
     source: str
     licence: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 BRAINMVP_LICENCE = (
@@ -60,6 +63,7 @@ FORMATS: dict[str, WeightFormat] = {
         text=True,
         source="MedCoSS_Report_Xray_CT_MR_Path_Buffer0.05 (yeerwen/MedCoSS, README 'Pre-trained Model')",
         licence="MedCoSS licence: non-commercial use only (yeerwen/MedCoSS LICENSE)",
+        settings=REFERENCE_SETTINGS,
     ),
     "brainmvp_uniformer": WeightFormat(
         convert_brainmvp_uniformer,
@@ -168,7 +172,7 @@ def import_checkpoint(
         "network": converted["network"],
         "model": layout.MODEL_FILE,
         "previous_stage": None,
-        "settings": {},
+        "settings": dict(spec.settings),
         "imported": {
             "format": fmt,
             "checkpoint": str(checkpoint.resolve()),

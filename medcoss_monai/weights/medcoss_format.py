@@ -49,6 +49,7 @@ from medcoss_monai.networks.reference_encoder import MedCoSSReferenceEncoder
 __all__ = [
     "RELEASED_SIZES",
     "RELEASED_UNUSED_SHAPES",
+    "REFERENCE_SETTINGS",
     "NETWORK_TARGET",
     "encoder_key_shapes",
     "infer_sizes",
@@ -73,6 +74,17 @@ RELEASED_SIZES: dict[str, int] = {
     "in_channels_3d": 1,
 }
 """The encoder sizes of the released checkpoint (reference: ``model/Unimodel.py``, ``model/Base_module.py``)."""
+
+REFERENCE_SETTINGS: dict[str, Any] = {
+    # The reference resamples every DeepLesion CT to 1 mm isotropic before cutting its pre-training tiles
+    # (yeerwen/MedCoSS Preprocess/re_spacing_ITK.py: ``spacing = {0: [1.0, 1.0, 1.0]}``; the tiles are then
+    # cut by splitting_to_patches.py and resized to 192 x 192 x 16 by DeepLesion_Resize.py). Its 3D
+    # fine-tuning fixes no other spacing (Downstream/Dim_3: RICORD resizes each scan to 192 x 192 x 64,
+    # LiTS takes nnU-Net's plans), so 1 mm is the CT grid the released encoder learnt on.
+    "ct_spacing": [1.0, 1.0, 1.0],
+}
+"""The preprocessing the released weights were pre-trained with, recorded in the imported ``stage.json``'s
+``settings`` as a stage trained here records its own (fine-tuning resamples CT to ``ct_spacing``)."""
 
 
 def _released_unused_shapes() -> dict[str, tuple[int, ...]]:

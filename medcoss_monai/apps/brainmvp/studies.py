@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medcoss_monai.apps.brainmvp.multicontrast import CONTRASTS  # the contrast names, defined once
 from medcoss_monai.errors import BadInputError
 from medcoss_monai.utils import atomic_write_json
 from medcoss_monai.data.prepare.brain import BRATS_NAMES  # the BraTS releases' file naming, a fact of the data
@@ -42,7 +43,6 @@ __all__ = [
     "sample_task_datalist",
 ]
 
-CONTRASTS = ("t1", "t1ce", "t2", "flair", "pd", "mra", "dwi", "adc")
 LABEL_NAMES = ("seg", "label", "mask")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nii.bz2")
 SAMPLE_CONTRASTS = {

@@ -32,7 +32,8 @@ from pathlib import Path
 from medcoss_monai.errors import BadInputError, install_run_hooks
 from medcoss_monai import layout
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
-from medcoss_monai.utils import atomic_write_text
+from medcoss_monai.provenance import measured_section, write_section
+from medcoss_monai.utils import atomic_write_text, parse_seeds
 
 __all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
 
@@ -46,16 +47,6 @@ BACKBONES = ("scratch", "mdmoco", "muscle--", "muscle")
 """The backbones ``--compare`` fine-tunes from."""
 MDMOCO_DIR, MULTITASK_DIR = "muscle_mdmoco", "muscle_multitask"
 _FAILED = "this step failed and later steps were not run"
-
-
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise BadInputError(f"--seeds '{text}': give comma-separated integers, e.g. 0,1,2.") from None
-    if not seeds:
-        raise BadInputError("--seeds is empty: give comma-separated integers, e.g. 0,1,2.")
-    return seeds
 
 
 def run_steps(
@@ -187,12 +178,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step2", default="", help="overrides of step 2, e.g. \"--rounds 2 --steps_per_visit 5\"")
     parser.add_argument("--step2_minus", default="", help="more overrides of step 2 as MUSCLE-- (--compare), e.g. its budget")
     parser.add_argument("--step3", default="", help="overrides of every fine-tuning, e.g. \"--train#trainer#max_epochs 3\"")
+    parser.add_argument("--docs", default="", help="with --compare: also write the table as the 'muscle' section of this "
+                        "document (e.g. docs/figures.md), with the command, commit, torch build, machine, seeds and time")
     args = parser.parse_args(argv)
     start = time.time()
     if args.compare:
-        seeds = _parse_seeds(args.seeds)
+        seeds = parse_seeds(args.seeds, "--seeds")
         compare(args.output_dir, seeds, args.step1.split(), args.step2.split(), args.step2_minus.split(), args.step3.split())
-        print((Path(args.output_dir) / "comparison.md").read_text())
+        table = (Path(args.output_dir) / "comparison.md").read_text()
+        print(table)
+        if args.docs:
+            command = ["python", "-m", "medcoss_monai.apps.muscle.muscle_pipeline", *(sys.argv[1:] if argv is None else argv)]
+            section = measured_section("MUSCLE on the sample data: fine-tuned from four backbones", table, seeds,
+                                       time.time() - start, command)
+            write_section(args.docs, "muscle", section, title="Measured figures")
+    elif args.docs:
+        raise BadInputError("--docs writes the table of --compare: add --compare.")
     else:
         results = run_steps(args.output_dir, args.variant, args.seed, args.step1.split(), args.step2.split(), args.step3.split())
         for task, metrics in results.items():

@@ -78,6 +78,7 @@ def checked_task_items(
     mask_values: Sequence[int] | None = (0, 255),
     skip_bad_inputs: bool = False,
     rejected_path: str | os.PathLike | None = None,
+    label_fraction: float = 1.0,
 ) -> list[dict[str, Any]]:
     """The items of one split of a MUSCLE task, checked before training.
 
@@ -96,6 +97,9 @@ def checked_task_items(
         mask_values: allowed mask values (segmentation).
         skip_bad_inputs: drop bad items (listed in ``rejected_path``) instead of stopping.
         rejected_path: JSON file listing dropped items.
+        label_fraction: the fraction of the training split kept, per class (segmentation and detection
+            items, which have no class: of all items); other splits are whole
+            (:func:`~medcoss_monai.data.label_fraction.label_fraction_items`).
 
     Returns:
         The good items.
@@ -106,7 +110,7 @@ def checked_task_items(
     if kind not in KINDS:
         raise BadInputError(f"Task '{task}': kind '{kind}' is not one of {KINDS}.")
     return checked_items(
-        task_items(dataset_dir, task, split, max_items, seed), num_classes,
+        task_items(dataset_dir, task, split, max_items, seed, label_fraction), num_classes,
         mask_values if kind == "segmentation" else None, task=task, skip_bad_inputs=skip_bad_inputs,
         rejected_path=rejected_path, modality="xray", source=f"{task} ({split})",
         label_check=(lambda item: box_problems(item, num_classes)) if kind == "detection" else None,
@@ -134,6 +138,7 @@ def items_by_task(
     seed: int = 0,
     skip_bad_inputs: bool = False,
     rejected_dir: str | os.PathLike | None = None,
+    label_fraction: float = 1.0,
 ) -> dict[str, list[dict[str, Any]]]:
     """The checked items of one split of every task (:func:`checked_task_items`).
 
@@ -144,6 +149,7 @@ def items_by_task(
         seed: the subset's seed.
         skip_bad_inputs: drop bad items instead of stopping.
         rejected_dir: folder of ``rejected_inputs_<task>_<split>.json``.
+        label_fraction: the fraction of each training split kept (:func:`checked_task_items`).
 
     Returns:
         task -> items.
@@ -153,6 +159,7 @@ def items_by_task(
             spec.get("dataset_dir", ""), name, split, spec["kind"], int(spec["num_classes"]), max_items, seed,
             mask_values=spec.get("mask_values", (0, 255)), skip_bad_inputs=skip_bad_inputs,
             rejected_path=os.path.join(rejected_dir, f"rejected_inputs_{name}_{split}.json") if rejected_dir else None,
+            label_fraction=label_fraction,
         )
         for name, spec in tasks.items()
     }

@@ -25,15 +25,15 @@ import torch
 from medcoss_monai import layout
 from medcoss_monai.bundle.export import zoo_configs as configs
 from medcoss_monai.bundle.export.portable import (
-    GRAY_XRAY,
     ddp_overlay,
     portable_evaluate,
     portable_inference,
     save_torchscript,
+    xray_loading,
 )
 from medcoss_monai.bundle.export.zoo_apps import REFERENCES, AppModel
 from medcoss_monai.bundle.export.zoo_docs import bundle_license
-from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata
+from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata, reader_packages
 
 __all__ = ["TRAINED_WEIGHTS", "app_inference", "app_transforms", "write_app_bundle"]
 
@@ -73,11 +73,7 @@ def _muscle(m: AppModel, label: bool) -> list[dict[str, Any]]:
     size = m.settings["image_size"]
     masks = label and m.output == "segmentation"
     keys = ["image", "label"] if masks else ["image"]
-    chain: list[dict[str, Any]] = [
-        {"_target_": "LoadImaged", "keys": keys, "reader": "PILReader", "reverse_indexing": False, "image_only": True,
-         "ensure_channel_first": True, "dtype": None},
-        {"_target_": "Lambdad", "keys": "image", "func": GRAY_XRAY},
-    ]
+    chain: list[dict[str, Any]] = xray_loading(keys, "image")  # PNG/JPEG or DICOM films, as LoadXRayd reads them
     if masks:
         chain.append({"_target_": "Lambdad", "keys": "label", "func": "$lambda x: (x[:1] > 0).float()"})
     if m.output != "detection":
@@ -220,6 +216,7 @@ def write_app_bundle(m: AppModel, out: Path, name: str | None = None, version: s
         pred = m.net(m.example)
     inference = app_inference(m)
     meta = _metadata(m, name, version, pred)
+    meta["required_packages_version"].update(reader_packages(inference))
     train = _train_config(m)
     _write_json(out / "configs/metadata.json", meta)
     _write_json(out / "configs/inference.json", inference)

@@ -1,8 +1,11 @@
 """Configs of an exported bundle that run with MONAI and PyTorch only (no ``medcoss_monai``), as the Model Zoo needs.
 
-- ``configs/inference.json`` (:func:`portable_inference`): ``network_def`` loads the TorchScript
-  ``models/model.ts``; inputs are read with ``monai.data.load_decathlon_datalist`` or ``glob``; outputs
-  are written by MONAI's ``ClassificationSaver`` (CSV rows) or ``SaveImaged`` (label maps on the input grid).
+- ``configs/inference.json`` (:func:`portable_inference`, or :func:`make_portable` of a trained bundle's
+  config): ``network_def`` loads the TorchScript ``models/model.ts``; inputs are read with
+  ``monai.data.load_decathlon_datalist`` or ``glob``; outputs are written by MONAI's ``ClassificationSaver``
+  (CSV rows) or ``SaveImaged`` (label maps on the input grid). Radiographs (DICOM, PNG, JPEG) are loaded
+  by MONAI readers and config expressions (:data:`XRAY_IDS`), reports tokenized by the HF tokenizer the
+  bundle ships (:data:`TEXT_IDS`).
 - ``configs/evaluate.json`` (:func:`portable_evaluate`): the same chain on a labelled datalist, MONAI
   metrics written by ``MetricsSaver``.
 - ``configs/multi_gpu_train.json`` (:func:`ddp_overlay`): the Zoo's DDP overlay of ``train.json``.
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,11 +24,21 @@ from typing import Any
 
 import torch
 
-from medcoss_monai.bundle.export.zoo_configs import ZOO_TORCHSCRIPT, ZOO_WEIGHTS, add_segmentation_output
+from medcoss_monai.bundle.export.zoo_configs import (
+    ZOO_TOKENIZER,
+    ZOO_TORCHSCRIPT,
+    add_segmentation_output,
+    evaluation_skeleton,
+)
 
 __all__ = [
     "GRAY_XRAY",
     "PORTABLE_IMPORTS",
+    "SLIDE_IDS",
+    "TEXT_IDS",
+    "TORCHSCRIPT_DEF",
+    "XRAY_IDS",
+    "csv_saver",
     "ddp_overlay",
     "make_portable",
     "make_portable_transforms",
@@ -34,15 +46,94 @@ __all__ = [
     "portable_evaluate",
     "portable_inference",
     "save_torchscript",
+    "with_xray_ids",
+    "xray_loading",
 ]
 
 PORTABLE_IMPORTS = ["$import glob", "$import os", "$import numpy", "$import torch", "$import monai"]
 """The only modules an exported inference or evaluation config imports."""
+TORCHSCRIPT_DEF = f"$torch.jit.load(os.path.join(@bundle_root, '{ZOO_TORCHSCRIPT}'), map_location='cpu')"
+"""``network_def`` of an exported config: the bundle's TorchScript."""
 GRAY_XRAY = ("$lambda x: (((x[:3].float() * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True) "
              "if x.shape[0] >= 3 else x[:1].float()) / (255.0 if x.dtype == torch.uint8 else 65535.0 "
              "if x.dtype in (torch.int32, torch.uint16) else 1.0)).clamp(0.0, 1.0)")
 """A PNG/JPEG radiograph as one gray channel in [0, 1]: luma of colour, integer range of the file (as ``LoadXRay``)."""
+_HEX = "0123456789ABCDEFabcdef"
+XRAY_IDS = {
+    # first value of a DICOM tag in PydicomReader's JSON-style metadata ({"vr": ..., "Value": [...]})
+    "xray_tag": "$lambda meta, tag, default: ((meta.get(tag) or {}).get('Value') or [default])[0]",
+    # the stored value range of BitsStored bits (PixelRepresentation 1: two's complement)
+    "xray_stored_range": "$lambda bits, signed: (-2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)",
+    # PydicomReader applies RescaleSlope/Intercept: the stored range is mapped the same way
+    "xray_dicom_range": ("$lambda m: sorted(v * float(@xray_tag(m, '00281053', 1.0)) + float(@xray_tag(m, '00281052', 0.0)) "
+                         "for v in @xray_stored_range(int(@xray_tag(m, '00280101', @xray_tag(m, '00280100', 16))), "
+                         "int(@xray_tag(m, '00280103', 0)) == 1))"),
+    # the film's full stored range to [0, 1] (its exposure kept), MONOCHROME1 inverted so bone is bright
+    "xray_gray_dicom": ("$lambda x: (lambda y: 1.0 - y if str(@xray_tag(x.meta, '00280004', '')).upper() == 'MONOCHROME1' "
+                        "else y)((lambda r: (x.float() - r[0]) / (r[1] - r[0]))(@xray_dicom_range(x.meta)))"),
+    # the DICOM header leaves the metadata (large, may carry patient data, differs between files)
+    "xray_drop_tags": (f"$lambda x: (lambda tags: (x, [x.meta.pop(k) for k in tags])[0])([k for k in x.meta "
+                       f"if isinstance(k, str) and len(k) == 8 and all(c in '{_HEX}' for c in k)])"),
+    "xray_gray_image": GRAY_XRAY,
+    "xray_gray": ("$lambda x: (@xray_drop_tags(@xray_gray_dicom(x)) if '00280004' in x.meta or '00280100' in x.meta "
+                  "else @xray_gray_image(x)).clamp(0.0, 1.0)"),
+}
+"""Config ids of the MONAI-only X-ray loading (:func:`xray_loading`): a DICOM film or a PNG/JPEG as ``LoadXRay`` gives it."""
 _NAMES = "$lambda batch: [item['image'].meta for item in batch]"
+_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
+SLIDE_IDS = {
+    "openslide": "$monai.utils.optional_import('openslide')[0]",
+    "slide_reader": "$monai.data.WSIReader(backend='openslide')",
+    "tile_reader": "$monai.data.PILReader(reverse_indexing=False)",
+    # a whole-slide file (a TIFF only when OpenSlide recognises it: plain TIFF tiles are read whole)
+    "is_slide": (f"$lambda p: p.lower().endswith({_SLIDE_SUFFIXES}) and (not p.lower().endswith(('.tif', '.tiff')) "
+                 "or @openslide.OpenSlide.detect_format(p) is not None)"),
+    # (C, H, W) integers -> (3, H, W) float32 in [0, 1]: alpha dropped, gray repeated
+    "tile_rgb": ("$lambda t, scale: (lambda c: (c.repeat(3, 1, 1) if c.shape[0] == 1 else c).float() / scale)"
+                 "(t[:-1] if t.shape[0] in (2, 4) else t).clamp(0.0, 1.0)"),
+    # the item's region of a slide: level-0 (y, x) location, (H, W) size at its level; the slide closed after
+    "slide_region": ("$lambda d, size, level: (lambda wsi: (@tile_rgb(torch.as_tensor(numpy.array(@slide_reader.get_data("
+                     "wsi, location=tuple(int(v) for v in d['location']), size=tuple(int(v) for v in d.get('size') or size), "
+                     "level=int(d['level'] if d.get('level') is not None else level))[0])), 255.0), wsi.close())[0])"
+                     "(@slide_reader.read(d['image']))"),
+    # a plain image (PNG, JPEG, TIFF tile): whole, or its region at the item's location (a one-level slide)
+    "image_region": ("$lambda d, size: (lambda a, meta: (lambda t: t if d.get('location') is None else "
+                     "t[:, int(d['location'][0]):int(d['location'][0]) + int((d.get('size') or size)[0]), "
+                     "int(d['location'][1]):int(d['location'][1]) + int((d.get('size') or size)[1])].clone())"
+                     "(@tile_rgb(torch.as_tensor(a[None] if a.ndim == 2 else numpy.moveaxis(a, -1, 0)), "
+                     "65535.0 if str(meta.get('mode', '')).startswith('I') else 255.0)))"
+                     "(*(lambda r: (numpy.array(r[0]), r[1]))(@tile_reader.get_data(@tile_reader.read(d['image']))))"),
+    # the tile as a MetaTensor named by its file and, for a region, its level and location (one CSV row per tile)
+    "named_tile": ("$lambda d, size, level: monai.data.MetaTensor(@slide_region(d, size, level) if @is_slide(d['image']) "
+                   "else @image_region(d, size), meta={'filename_or_obj': d['image'] if d.get('location') is None else "
+                   "'{}:level{}:y{}:x{}'.format(d['image'], int(d['level'] if d.get('level') is not None else level), "
+                   "int(d['location'][0]), int(d['location'][1]))})"),
+}
+"""Config ids of the MONAI-only tile loading (WSIReader with OpenSlide, PILReader): the tile ``LoadSlideTiled`` gives."""
+TEXT_IDS = {
+    # a report item's text (its "text", else its "text_file" read as UTF-8), whitespace collapsed (as ReportTextd)
+    "report_text": ("$lambda d: dict(d, text=re.sub(r'\\s+', ' ', d['text'] if isinstance(d.get('text'), str) "
+                    "else pathlib.Path(d['text_file']).read_text(encoding='utf-8')).strip())"),
+    # token ids and mask of fixed length, as TokenizeTextd gives them, from the tokenizer the bundle ships
+    "tokenize": ("$lambda d, length: dict(d, **{k: torch.as_tensor(v, dtype=torch.long) for k, v in @tokenizer(d['text'], "
+                 "max_length=length, padding='max_length', truncation=True, return_attention_mask=True).items() "
+                 "if k in ('input_ids', 'attention_mask')})"),
+    "tokenizer": f"$transformers.AutoTokenizer.from_pretrained(os.path.join(@bundle_root, '{ZOO_TOKENIZER}'))",
+    # (ids, label or None, (), {"attention_mask": ...}): the network's input and keyword argument
+    "prepare_batch": ("$lambda batchdata, device=None, non_blocking=False, **kwargs: (batchdata['input_ids'].to(device), "
+                      "batchdata['label'].to(device) if 'label' in batchdata else None, (), "
+                      "{'attention_mask': batchdata['attention_mask'].to(device)})"),
+}
+"""Config ids of the MONAI-only text input: ``ReportTextd`` and ``TokenizeTextd`` as ``Lambda`` transforms."""
+TEXT_IMPORTS = ["$import json", "$import pathlib", "$import re", "$import transformers"]
+_TEXT_KEEP = ["id", "text_file", "text"]  # kept through SelectItemsd: they name the CSV rows
+_TEXT_NAMES = ("$lambda batch: [{'filename_or_obj': str(d.get('id') or d.get('text_file') or "
+               "' '.join(str(d.get('text', '')).split()[:8]))} for d in batch]")
+_TEXT_ITEMS = ("$[dict(i, **{k: os.path.join(os.path.dirname(@dataset_dir), i[k]) for k in ('text_file',) "
+               "if isinstance(i.get(k), str) and not os.path.isabs(i[k])}) "
+               "for i in json.load(open(@dataset_dir, encoding='utf-8'))[@data_section]] if @dataset_dir.endswith('.json') "
+               "else [{'text_file': p, 'id': os.path.basename(p)} for p in (sorted(glob.glob(os.path.join(@dataset_dir, '*.txt'))) "
+               "if os.path.isdir(@dataset_dir) else [@dataset_dir])]")
 _ITEMS = ("$monai.data.load_decathlon_datalist(@dataset_dir, True, @data_section) if @dataset_dir.endswith('.json') "
           "else [{'image': p} for p in (sorted(f for f in glob.glob(os.path.join(@dataset_dir, '*')) if os.path.isfile(f)) "
           "if os.path.isdir(@dataset_dir) else [@dataset_dir])]")
@@ -76,48 +167,37 @@ def portable_inference(
     Returns:
         The config.
     """
-    cfg: dict[str, Any] = {
-        "imports": list(PORTABLE_IMPORTS),
-        "bundle_root": ".",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": dataset_dir,
-        "data_section": "test",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": f"$torch.jit.load(os.path.join(@bundle_root, '{ZOO_TORCHSCRIPT}'), map_location='cpu')",
-        "network": "$@network_def.to(@device)",
-        "datalist": _ITEMS,
-        "items": items,
-        "preprocessing": {"_target_": "Compose", "transforms": copy.deepcopy(list(transforms))},
-        "dataset": {"_target_": "Dataset", "data": "@items", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
-        "inferer": copy.deepcopy(dict(inferer or {"_target_": "SimpleInferer"})),
-        "postprocessing": {"_target_": "Compose", "transforms": []},
-        "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": f"$os.path.join(@bundle_root, '{ZOO_WEIGHTS}')",
-             "load_dict": {"model": "@network"}, "map_location": "@device"},
-        ],
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
-                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                      "val_handlers": "@handlers", "amp": False},
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
-        "run": ["$@evaluator.run()"],
-        "finalize": [],
-    }
+    cfg = evaluation_skeleton(PORTABLE_IMPORTS, TORCHSCRIPT_DEF, _ITEMS, list(transforms), inferer, data="@items")
+    cfg.update({"dataset_dir": dataset_dir, "items": items})
+    with_xray_ids(cfg)
     if output == "segmentation":
         return add_segmentation_output(cfg, class_names, output_ext, mask_values)
     if class_names:
         cfg["class_names"] = list(class_names)
     if output == "classification":
         cfg["postprocessing"]["transforms"] = [{"_target_": "Activationsd", "keys": "pred", activation: True}]
-    filename = {"features": "features.csv", "classification": "predictions.csv", "detection": "detections.csv"}[output]
-    saver = {"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": filename,
-             "batch_transform": _NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"}
+    saver = csv_saver(output)
     if output == "detection":  # (N, 6) boxes of one image: kept whole (not decollated along N), one CSV row
         cfg["evaluator"]["decollate"] = False
         saver["batch_transform"] = "$lambda batch: [{'filename_or_obj': batch['image'].meta['filename_or_obj'][0]}]"
         saver["output_transform"] = "$lambda output: [output['pred'].flatten()]"
     cfg["handlers"].append(saver)
     return cfg
+
+
+def csv_saver(output: str, text: bool = False) -> dict[str, Any]:
+    """MONAI's ``ClassificationSaver`` of the network outputs: one CSV row per input, its file then the values.
+
+    Args:
+        output: ``"features"`` (``features.csv``), ``"classification"`` (``predictions.csv``) or ``"detection"``.
+        text: the inputs are reports: a row is named by the item's ``id``, else its ``text_file``, else its first words.
+
+    Returns:
+        The handler config.
+    """
+    filename = {"features": "features.csv", "classification": "predictions.csv", "detection": "detections.csv"}[output]
+    return {"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": filename,
+            "batch_transform": _TEXT_NAMES if text else _NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"}
 
 
 def portable_evaluate(inference: Mapping[str, Any], output: str, label_transforms: list[Any], num_classes: int) -> dict[str, Any] | None:
@@ -135,7 +215,7 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
         num_classes: output channels.
 
     Returns:
-        The config, or None for outputs without a metric.
+        The config, or None for outputs without a metric (or with labels only medcoss_monai prepares).
     """
     if output not in ("classification", "segmentation"):
         return None
@@ -151,11 +231,12 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
     else:
         name, metric = "accuracy", {"_target_": "ConfusionMatrix", "metric_name": "accuracy", "output_transform": pairs}
     cfg["evaluator"]["key_val_metric"] = {name: metric}
+    with_xray_ids(cfg)
     cfg["handlers"] = [cfg["handlers"][0], {"_target_": "StatsHandler", "iteration_log": False},
                        {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*",
                         "metric_details": "*" if output == "segmentation" else None,
-                        "batch_transform": _NAMES, "summary_ops": "*"}]
-    return cfg
+                        "batch_transform": _TEXT_NAMES if "prepare_batch" in cfg else _NAMES, "summary_ops": "*"}]
+    return None if needs_medcoss(cfg) else cfg  # a label transform only the package runs: no MONAI-only evaluation
 
 
 def ddp_overlay(train: Mapping[str, Any], project_overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -230,18 +311,62 @@ def needs_medcoss(cfg: Any) -> bool:
     return re.search(r"medcoss_monai(?!/)", json.dumps(cfg).replace("\\\\", "/")) is not None
 
 
+def xray_loading(keys: str | Sequence[str], gray_keys: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """MONAI transforms that load radiographs as ``LoadXRayd`` does: one gray channel (1, rows, cols) in [0, 1].
+
+    ``LoadImaged`` reads each file with ``PILReader`` (PNG/JPEG) or, when PIL cannot, ``PydicomReader``
+    (DICOM, header kept for the scaling); a ``Lambdad`` then applies :data:`XRAY_IDS` ``xray_gray``:
+    DICOM stored values by the ``BitsStored`` range (and the modality rescale), ``MONOCHROME1``
+    inverted; PNG/JPEG by the file's integer range, colour by luma. The config using them needs
+    :data:`XRAY_IDS` (:func:`with_xray_ids`).
+
+    Args:
+        keys: keys holding file paths (labels included: a PNG mask is read by the same ``LoadImaged``).
+        gray_keys: the radiograph keys to scale (default ``keys``).
+
+    Returns:
+        Raw transform configs.
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    readers = [{"_target_": "monai.data.PydicomReader", "swap_ij": False, "prune_metadata": False},
+               {"_target_": "monai.data.PILReader", "reverse_indexing": False}]  # tried last first: PIL, then DICOM
+    return [{"_target_": "LoadImaged", "keys": keys, "reader": readers, "image_only": True,
+             "ensure_channel_first": True, "dtype": None},
+            {"_target_": "Lambdad", "keys": keys if gray_keys is None else gray_keys, "func": "@xray_gray"}]
+
+
+def with_xray_ids(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Add :data:`XRAY_IDS` (:data:`SLIDE_IDS`) to a config whose transforms load radiographs (slide tiles); ``cfg``
+    is returned."""
+    for ref, ids in (("@xray_gray", XRAY_IDS), ("@named_tile", SLIDE_IDS)):
+        if ref in json.dumps({k: v for k, v in cfg.items() if k not in ids}):
+            cfg.update({k: v for k, v in ids.items() if k not in cfg})
+    return cfg
+
+
 def _portable_transform(transform: Any) -> list[Any]:
-    """One raw transform config as MONAI transforms: ``LoadXRayd`` (PNG/JPEG) becomes ``LoadImaged`` and a gray scaling."""
+    """One raw transform config as MONAI transforms: ``LoadXRayd`` becomes :func:`xray_loading`."""
     if not isinstance(transform, dict):
         return [transform]
     t = {k: _portable_value(v) for k, v in transform.items()}
     if t.get("track_meta") is False:
         del t["track_meta"]  # the outputs are named from the image's metadata
-    if t.get("_target_") == "medcoss_monai.transforms.LoadXRayd":
-        keys = t.get("keys", ["image"])
-        return [{"_target_": "LoadImaged", "keys": keys, "reader": "PILReader", "reverse_indexing": False,
-                 "image_only": True, "ensure_channel_first": True, "dtype": None},
-                {"_target_": "Lambdad", "keys": keys, "func": GRAY_XRAY}]
+    target = t.get("_target_")
+    if target == "medcoss_monai.transforms.LoadXRayd":
+        return xray_loading(t.get("keys", ["image"]))
+    if target == "medcoss_monai.transforms.LoadSlideTiled" and set(t) <= {"_target_", "keys", "size", "level"}:
+        size, level = list(t.get("size", (224, 224))), int(t.get("level", 0))
+        keys = [t["keys"]] if isinstance(t.get("keys", "image"), str) else list(t["keys"])
+        return [{"_target_": "Lambda",
+                 "func": f"$lambda d: dict(d, **{{k: @named_tile(dict(d, image=d[k]), {size}, {level}) for k in {keys}}})"}]
+    if target == "medcoss_monai.transforms.ReportTextd":
+        return [{"_target_": "Lambda", "func": "@report_text"}]
+    if target == "medcoss_monai.transforms.TokenizeTextd":
+        length = t.get("max_length", 112)  # a number, or a reference such as "@max_text_len"
+        return [{"_target_": "Lambda", "func": f"$lambda d: @tokenize(d, {length})"}]
+    if target == "SelectItemsd" and "input_ids" in json.dumps(t.get("keys")):
+        keys = [t["keys"]] if isinstance(t["keys"], str) else list(t["keys"])
+        return [{**t, "keys": keys + [k for k in _TEXT_KEEP if k not in keys], "allow_missing_keys": True}]
     return [t]
 
 
@@ -254,7 +379,8 @@ def _portable_value(value: Any) -> Any:
 
 
 def make_portable_transforms(transforms: Sequence[Any]) -> list[Any]:
-    """Raw transform configs with MONAI loading in place of ``LoadXRayd`` and the image metadata kept."""
+    """Raw transform configs with MONAI loading in place of ``LoadXRayd`` (its config needs :func:`with_xray_ids`)
+    and the image metadata kept."""
     return _portable_value(copy.deepcopy(list(transforms)))
 
 
@@ -262,8 +388,10 @@ def make_portable(cfg: Mapping[str, Any], output: str, dataset_dir: str = "") ->
     """A MedCoSS inference config (:func:`~.zoo_configs.inference_skeleton` and its output) with MONAI and PyTorch only.
 
     The network becomes the TorchScript ``models/model.ts``, inputs are read by MONAI, ``LoadXRayd``
-    becomes MONAI loading (PNG/JPEG), and features or class probabilities are written by MONAI's
-    ``ClassificationSaver`` (``features.csv``, ``predictions.csv``: the file, then the values).
+    becomes MONAI loading (:func:`xray_loading`: DICOM, PNG, JPEG), ``LoadSlideTiled`` a ``Lambda`` of
+    :data:`SLIDE_IDS` (``WSIReader`` with OpenSlide, ``PILReader``), reports are read and tokenized
+    with the HF tokenizer the bundle ships (:data:`TEXT_IDS`), and features or class probabilities are
+    written by MONAI's ``ClassificationSaver`` (``features.csv``, ``predictions.csv``: the input, then the values).
 
     Args:
         cfg: the inference config.
@@ -271,38 +399,19 @@ def make_portable(cfg: Mapping[str, Any], output: str, dataset_dir: str = "") ->
         dataset_dir: the default input (the sample data's held-out split).
 
     Returns:
-        The new config, or None when something still needs medcoss_monai (text, slides, DICOM radiographs).
+        The new config, or None when something still needs medcoss_monai (a transform or id it cannot translate).
     """
+    text = "prepare_batch" in cfg  # token ids and a mask: the text ids replace the package's tokenizer and batch
     keep = ("imports", "network_def", "datalist", "sample_datalist", "dataset_dir", "handlers", "prepare_batch")
     new = {k: _portable_value(copy.deepcopy(v)) for k, v in cfg.items() if k not in keep}
-    new = {"imports": list(PORTABLE_IMPORTS), "dataset_dir": dataset_dir,
-           "network_def": f"$torch.jit.load(os.path.join(@bundle_root, '{ZOO_TORCHSCRIPT}'), map_location='cpu')",
-           "datalist": _ITEMS, **new}
-    new["handlers"] = [copy.deepcopy(cfg["handlers"][0])]
-    new["handlers"][0]["load_path"] = f"$os.path.join(@bundle_root, '{ZOO_WEIGHTS}')"
+    new = {"imports": list(PORTABLE_IMPORTS) + (TEXT_IMPORTS if text else []), "dataset_dir": dataset_dir,
+           "network_def": TORCHSCRIPT_DEF, "datalist": _TEXT_ITEMS if text else _ITEMS, **new}
+    if text:
+        new.update(copy.deepcopy(TEXT_IDS))
+    new["handlers"] = [copy.deepcopy(cfg["handlers"][0])]  # the weights loader
     if output != "segmentation":
-        filename = "features.csv" if output == "features" else "predictions.csv"
-        new["handlers"].append({"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": filename,
-                                "batch_transform": _NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"})
-    if "prepare_batch" in cfg or needs_medcoss(new) or (_reads_xray(cfg) and not _plain_images(dataset_dir)):
+        new["handlers"].append(csv_saver(output, text))
+    if needs_medcoss(new):
         return None
-    return new
+    return with_xray_ids(new)
 
-
-def _reads_xray(cfg: Any) -> bool:
-    return "medcoss_monai.transforms.LoadXRayd" in json.dumps(cfg)
-
-
-def _plain_images(dataset_dir: str) -> bool:
-    """Whether the bundle's default inputs are PNG/JPEG files, which MONAI's portable X-ray chain reads.
-
-    ``LoadXRayd`` also reads DICOM radiographs (photometric interpretation, stored bits); the portable
-    chain does not, so a bundle whose inputs are DICOM (the X-ray stage's sample films) keeps ``LoadXRayd``.
-    """
-    if not dataset_dir or not str(dataset_dir).endswith(".json") or not os.path.isfile(dataset_dir):
-        return False
-    with open(dataset_dir, encoding="utf-8") as f:
-        data = json.load(f)
-    items = [i for split in ("test", "validation", "training") for i in data.get(split, []) if isinstance(i, dict)]
-    paths = [str(i.get("image", "")) for i in items]
-    return bool(paths) and all(p.lower().endswith((".png", ".jpg", ".jpeg")) for p in paths)

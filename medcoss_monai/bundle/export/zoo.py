@@ -12,12 +12,16 @@ exceeds 25 MB, ``large_files.yml``. A stage bundle also keeps the whole pre-trai
 ``models/model.ts`` is a tensor-only network of :mod:`medcoss_monai.networks.inference` around the
 trained one, scripted: pooled features (stage), logits (classification) or per-voxel logits
 (segmentation). ``configs/inference.json`` loads it as ``network_def`` and needs MONAI and PyTorch only
-(:mod:`.portable`; text and slide bundles still use medcoss_monai): it reads the user's files
+(:mod:`.portable`: radiographs, DICOM included, slide tiles and reports too): it reads the user's files
 (``--dataset_dir``: a file, a folder or a datalist) with the trained bundle's preprocessing and writes
 features or class probabilities (CSV) or label maps on the input's grid. A task also gets
 ``configs/evaluate.json`` (metrics on a labelled datalist), every bundle ``configs/multi_gpu_train.json``
 (``torchrun`` overlay of ``train.json``). BrainMVP and MUSCLE folders are exported by :mod:`.app_configs`.
 The configs are self-contained (no macro into the repository).
+
+An imported MedCoSS stage (``python -m medcoss_monai.weights import``) reads every modality: ``--modality``
+names the one its bundle reads. It, and every stage or task trained from it, names the imported checkpoint
+and its licence in the metadata, ``docs/README.md`` and ``LICENSE``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from medcoss_monai.bundle.export.portable import (
 )
 from medcoss_monai.bundle.export.zoo_configs import ZOO_TOKENIZER, ZOO_TORCHSCRIPT, ZOO_WEIGHTS
 from medcoss_monai.bundle.export.zoo_docs import bundle_license, bundle_readme
-from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata
+from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata, reader_packages
 from medcoss_monai.bundle.export.zoo_apps import app_kind, find_app_model
 from medcoss_monai.bundle.export.zoo_sources import Trained, find_finetuned, find_stage
 from medcoss_monai.errors import install_run_hooks
@@ -72,6 +76,95 @@ def _build(network: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: 
                                        "used at training time, e.g. --num_classes 3).")
     net.load_state_dict(state, strict=True)
     return net.eval()
+
+
+def _pretraining_network(trained: Trained) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The whole pre-training network of a stage (its ``train.json``'s ``network_def``) and its weights.
+
+    An imported stage (``python -m medcoss_monai.weights import``) holds a bare encoder (the authors'
+    ``MedCoSSReferenceEncoder``): ``train.json`` continues it as a stage after an imported stage does
+    (:func:`~medcoss_monai.bundle.encoder_chain.follow_previous_encoder`), a ``MedCoSSModel`` around that
+    encoder with the stage bundle's pretext heads, freshly initialised (seed 0).
+    """
+    from monai.bundle import ConfigParser
+
+    from medcoss_monai.networks.medcoss import ENCODERS
+
+    if trained.network.get("_target_") not in ENCODERS:
+        return trained.network, trained.state
+    heads = configs.inline_config(trained.parser, "network_def") if "network_def" in trained.parser else {}
+    keep = ("decoder_hidden_size", "decoder_layers", "decoder_heads", "norm_pix_loss", "tie_mlm_weights")
+    network = {"_target_": "medcoss_monai.networks.MedCoSSModel", "encoder_def": dict(trained.network),
+               **{k: heads[k] for k in keep if k in heads}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ConfigParser({"n": network}).get_parsed_content("n")
+    net.encoder.load_state_dict(trained.state, strict=True)
+    return network, {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def imported_origin(trained: Trained) -> dict[str, Any] | None:
+    """The record of the imported weights a trained network descends from, if any.
+
+    Followed from the network's own folder: an imported stage (its ``stage.json``'s ``"imported"``), the
+    ``previous_stage`` chain of a curriculum stage, or the ``pretrained_ckpt`` of a fine-tuned task. The
+    released weights' licence applies to what was trained from them, so the bundle repeats it.
+
+    Args:
+        trained: what :func:`~.zoo_sources.find_stage` or :func:`~.zoo_sources.find_finetuned` found.
+
+    Returns:
+        The ``"imported"`` record (``format``, ``source``, ``licence``, ``sha256``...), or None.
+    """
+    if trained.info.get("task"):
+        if not trained.info.get("pretrained_ckpt"):
+            return None
+        start = Path(str(trained.info["pretrained_ckpt"]))
+        folder = start if start.is_dir() else start.parent
+    else:
+        folder = Path(str(trained.info.get("config_file", ""))).parent
+    seen: set[Path] = set()
+    while folder not in seen and (folder / layout.STAGE_RECORD_FILE).is_file():
+        seen.add(folder)
+        record = layout.read_stage_record(folder)
+        if isinstance(record.get("imported"), dict):
+            return dict(record["imported"])
+        previous = record.get("previous_stage")
+        if not previous:
+            return None
+        folder = layout.stage_dir(folder.parent, str(previous))
+    return None
+
+
+def _imported_words(origin: Mapping[str, Any]) -> tuple[str, str]:
+    """Where imported weights come from, and their licence, in words."""
+    where = (f"the {origin.get('format', '?')} weights {origin.get('source', '')}, imported with "
+             "`python -m medcoss_monai.weights import`")
+    return where, str(origin.get("licence", "see the weights' source"))
+
+
+def _note_imported_metadata(metadata: dict[str, Any], origin: Mapping[str, Any], imported_stage: bool) -> None:
+    """Say in the metadata where the imported weights come from and under which licence."""
+    where, licence = _imported_words(origin)
+    if imported_stage:
+        metadata["description"] = (f"The MedCoSS authors' released encoder ({where}), not trained further here. "
+                                   "network_def returns the pooled (mean of final tokens) features; "
+                                   "configs/inference.json writes them for your files.")
+    else:
+        metadata["description"] += f" Its encoder was initialised from {where}."
+    metadata["intended_use"] = f"{metadata.get('intended_use', '')} Weights: {licence}.".strip()
+
+
+def _note_imported_files(out: Path, origin: Mapping[str, Any], imported_stage: bool) -> None:
+    """Add the imported weights' source and licence to ``docs/README.md`` and ``LICENSE``."""
+    where, licence = _imported_words(origin)
+    section = (f"\n## Imported weights\n\nThe encoder {'is' if imported_stage else 'was initialised from'} {where} "
+               f"(checkpoint sha256 `{origin.get('sha256', '?')}`).\n\nLicence of those weights: {licence}. It applies "
+               "to this bundle's weights too.\n")
+    readme = out / "docs" / "README.md"
+    readme.write_text(readme.read_text().rstrip("\n") + "\n" + section)
+    license_file = out / "LICENSE"
+    license_file.write_text(license_file.read_text().rstrip("\n") + f"\n\nWeights in models/: {licence}.\n")
 
 
 def _class_names(parser: Any, task: str, count: int) -> list[str]:
@@ -137,6 +230,10 @@ def _inference(trained: Trained, net: torch.nn.Module, output: str, kind: str, p
     names = _class_names(parser, trained.info["task"], int(pred.shape[1]))
     if output == "classification":
         post = _resolve(parser, parser.get("validate#postprocessing#transforms", []))
+        # a switch of the bundle (text_cls's multi_label) may choose the activation: export its value
+        post = [{k: parser.get_parsed_content(f"validate#postprocessing#transforms#{i}#{k}")
+                 if isinstance(v, str) and v.startswith("$") else v for k, v in t.items()} if isinstance(t, dict) else t
+                for i, t in enumerate(post)]
         activations = [t for t in post if isinstance(t, dict) and set(configs.transform_keys(t)) == {"pred"}]
         multilabel = any(t.get("sigmoid") for t in activations)
         return configs.add_classification_output(cfg, activations, names, multilabel), names
@@ -222,7 +319,8 @@ def write_bundle(
     if portable is not None:
         inference = portable
     else:
-        logger.warning(f"the {trained.modality} bundle's inference needs medcoss_monai (text or slide inputs)")
+        logger.warning(f"the {trained.modality} bundle's inference has a step without a MONAI equivalent: it needs "
+                       "medcoss_monai (listed in its metadata's required packages)")
     task = trained.info.get("task")
     name = name or (f"medcoss_{task}" if task else f"medcoss_{trained.modality}_encoder")
     metadata = bundle_metadata(name=name, version=version, card=trained.card, output=output, encoder=encoder,
@@ -230,6 +328,10 @@ def write_bundle(
                                value_range=_value_range(inference["preprocessing"]))
     if portable is not None:  # inference needs MONAI and PyTorch only (train.json still needs medcoss-monai)
         metadata["required_packages_version"].pop("medcoss-monai", None)
+        metadata["required_packages_version"].update(reader_packages(inference))  # pydicom, pillow...
+    origin, imported_stage = imported_origin(trained), isinstance(trained.info.get("imported"), dict)
+    if origin is not None:  # the released weights' licence applies to what was trained from them
+        _note_imported_metadata(metadata, origin, imported_stage)
     for sub in ("configs", "models", "docs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _write_json(out / "configs" / "metadata.json", metadata)
@@ -238,8 +340,9 @@ def write_bundle(
     if task:
         train = configs.train_config(raw, trained.network, "model_def", ZOO_WEIGHTS, trained.tokenizer is not None)
     else:
-        train = configs.train_config(raw, trained.network, "network_def", PRETRAIN_WEIGHTS, trained.tokenizer is not None)
-        torch.save(trained.state, out / PRETRAIN_WEIGHTS)
+        pretraining, pretraining_state = _pretraining_network(trained)
+        train = configs.train_config(raw, pretraining, "network_def", PRETRAIN_WEIGHTS, trained.tokenizer is not None)
+        torch.save(pretraining_state, out / PRETRAIN_WEIGHTS)
     _write_json(out / "configs" / "train.json", train)
     for logging_conf in (trained.bundle_file.parent / "logging.conf", layout.bundles_dir() / "logging.conf"):
         if logging_conf.is_file():
@@ -256,6 +359,8 @@ def write_bundle(
     (out / "docs" / "README.md").write_text(bundle_readme(name, trained.card, trained.info, metadata, output))
     repo_license = Path(__file__).resolve().parents[3] / "LICENSE"
     (out / "LICENSE").write_text(bundle_license(repo_license))
+    if origin is not None:
+        _note_imported_files(out, origin, imported_stage)
     _large_files(out)
     return out
 
@@ -333,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--name", default=None, help="bundle name (default medcoss_<modality>_encoder or medcoss_<task>)")
     ap.add_argument("--version", default="0.1.0", help="bundle version")
     ap.add_argument("--bundle_file", default=None, help="stage: the stage bundle for the inference preprocessing")
+    ap.add_argument("--modality", default=None, help="stage: the modality the bundle reads (needed for an imported "
+                                                     "stage, which records none: ct, xray...)")
     ap.add_argument("--config_file", default=None, help="fine-tuned: the task bundle (default bundles/finetune_<task>.json)")
     ap.add_argument("--net_id", default="model_def", help="fine-tuned: id of the network config in the task bundle")
     ap.add_argument("--model", default=None, help="fine-tuned: weights file in the folder (default model_best.pt)")
@@ -342,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     app = app_kind(args.finetune_dir or args.stage_dir)
     if overrides and not args.finetune_dir and app is None:
         ap.error(f"unknown arguments {extra} (overrides apply to --finetune_dir only)")
+    if args.modality and (args.finetune_dir or app is not None):
+        ap.error("--modality applies to a MedCoSS --stage_dir only (a task's modality is its name's prefix)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     install_run_hooks()
     if app is not None:  # BrainMVP and MUSCLE models
@@ -352,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         trained = find_finetuned(args.finetune_dir, args.config_file, overrides, args.net_id, args.model)
         out = write_bundle(trained, args.out, args.name, args.version, not args.no_torchscript)
     else:
-        trained = find_stage(args.stage_dir, args.bundle_file)
+        trained = find_stage(args.stage_dir, args.bundle_file, args.modality)
         out = write_bundle(trained, args.out, args.name, args.version, not args.no_torchscript)
     logger.info(f"exported {args.finetune_dir or args.stage_dir} to the bundle {out}")
     print(out)

@@ -85,12 +85,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+IMPORTED_BRAINMVP = "medcoss_monai.apps.brainmvp.stage_network.BrainMVPStageNetwork"
+"""The network an imported BrainMVP stage records (``python -m medcoss_monai.weights import --format brainmvp_*``)."""
+
+
 def app_kind(folder: str | os.PathLike) -> str | None:
-    """``"brainmvp_stage"``, ``"brainmvp_seg"``, ``"muscle"`` for a folder those bundles wrote, else None (MedCoSS)."""
+    """``"brainmvp_stage"``, ``"brainmvp_imported"``, ``"brainmvp_seg"``, ``"muscle"`` for a folder those bundles (or
+    the BrainMVP import) wrote, else None (MedCoSS)."""
     folder = Path(folder)
     stage, metrics = _read_json(folder / layout.STAGE_RECORD_FILE), _read_json(folder / layout.METRICS_FILE)
     if stage.get("method") == "brainmvp":
         return "brainmvp_stage"
+    if isinstance(stage.get("network"), dict) and stage["network"].get("_target_") == IMPORTED_BRAINMVP:
+        return "brainmvp_imported"
     if str(metrics.get("task", "")).startswith("muscle_"):
         return "muscle"
     if metrics.get("label_mode") is not None and "fill" in metrics:
@@ -145,8 +152,12 @@ def _brainmvp_stage(folder: Path, config_file: Path | None, overrides: Mapping[s
 def _brainmvp_seg(folder: Path, config_file: Path | None, overrides: Mapping[str, Any], model: str | None) -> AppModel:
     metrics = _read_json(folder / layout.METRICS_FILE)
     bundle = config_file or layout.bundles_dir() / "finetune_brainmvp_seg.json"
+    # the network the task trained: an imported stage's architecture and sizes (--pretrained_ckpt) are recorded in
+    # metrics.json, so the export needs neither that stage nor its templates (the inference fills no contrast)
+    recorded = metrics.get("network_backbone")
+    backbone = {"network_backbone": dict(recorded)} if isinstance(recorded, dict) else {}
     parser = layout.read_bundle(bundle, {"output_dir": str(folder), "pretrained_ckpt": "", "templates_ckpt": "",
-                                         **overrides})
+                                         **backbone, **overrides})
     if parser.get_parsed_content("label_mode") != "classes":
         raise BadInputError(f"{folder}: label_mode '{parser.get_parsed_content('label_mode')}' is not exported yet "
                             "(only 'classes', softmax over the label values)")
@@ -230,6 +241,9 @@ def find_app_model(folder: str | os.PathLike, config_file: str | os.PathLike | N
     kind = app_kind(folder)
     if kind == "brainmvp_stage":
         return _brainmvp_stage(folder, config, overrides)
+    if kind == "brainmvp_imported":  # not yet: its train.json would need BrainMVPModel around the imported backbone
+        raise BadInputError(f"{folder} is an imported BrainMVP stage, whose export is not supported yet. Fine-tune from "
+                            "it (bundles/finetune_brainmvp_seg.json --pretrained_ckpt) and export that output_dir.")
     if kind == "brainmvp_seg":
         return _brainmvp_seg(folder, config, overrides, model)
     if kind == "muscle":

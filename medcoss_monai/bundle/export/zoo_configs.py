@@ -23,6 +23,7 @@ __all__ = [
     "add_classification_output",
     "add_feature_output",
     "add_segmentation_output",
+    "evaluation_skeleton",
     "inference_skeleton",
     "inline_config",
     "referenced_ids",
@@ -174,48 +175,64 @@ def inference_skeleton(
     Returns:
         The config; ``postprocessing`` is empty and ``handlers`` only loads the weights.
     """
-    evaluator: dict[str, Any] = {
-        "_target_": "SupervisedEvaluator",
-        "device": "@device",
-        "val_data_loader": "@dataloader",
-        "network": "@network",
-        "inferer": "@inferer",
-        "postprocessing": "@postprocessing",
-        "val_handlers": "@handlers",
-        "amp": False,
-    }
+    datalist = (f"$medcoss_monai.bundle.export.inference_inputs.inference_items(@dataset_dir or @sample_datalist, "
+                f"'{input_key}', @data_section, series={series})")
+    cfg = evaluation_skeleton(IMPORTS, copy.deepcopy(dict(network_def)), datalist, transforms, inferer)
+    cfg["sample_datalist"] = sample_datalist
+    cfg.update({k: copy.deepcopy(v) for k, v in ids.items() if k not in cfg})  # the skeleton's own ids win
     if prepare_batch is not None:
-        evaluator["prepare_batch"] = "@prepare_batch"
-    cfg: dict[str, Any] = {
-        "imports": list(IMPORTS),
+        cfg["prepare_batch"] = copy.deepcopy(dict(prepare_batch))
+        cfg["evaluator"]["prepare_batch"] = "@prepare_batch"
+    return cfg
+
+
+def evaluation_skeleton(
+    imports: Sequence[str],
+    network_def: Any,
+    datalist: str,
+    transforms: list[Any] | str,
+    inferer: Mapping[str, Any] | None = None,
+    data: str = "@datalist",
+) -> dict[str, Any]:
+    """The part every exported inference or evaluation config shares: items, preprocessing, network, evaluator.
+
+    Args:
+        imports: the config's ``imports``.
+        network_def: the network's config (a ``_target_`` dict or an expression such as a TorchScript load).
+        datalist: the expression of the items read (from ``@dataset_dir``, ``@data_section``).
+        transforms: the preprocessing transforms (a list or an expression).
+        inferer: the inferer config (default ``SimpleInferer``).
+        data: what the dataset reads (default ``@datalist``).
+
+    Returns:
+        The config: ``dataset_dir`` empty, ``postprocessing`` empty, ``handlers`` only loads :data:`ZOO_WEIGHTS`.
+    """
+    return {
+        "imports": list(imports),
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "",
         "data_section": "test",
-        "sample_datalist": sample_datalist,
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        **copy.deepcopy(dict(ids)),
-        "network_def": copy.deepcopy(dict(network_def)),
+        "network_def": network_def,
         "network": "$@network_def.to(@device)",
-        "datalist": (f"$medcoss_monai.bundle.export.inference_inputs.inference_items(@dataset_dir or @sample_datalist, "
-                     f"'{input_key}', @data_section, series={series})"),
+        "datalist": datalist,
         "preprocessing": {"_target_": "Compose", "transforms": copy.deepcopy(transforms)},
-        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataset": {"_target_": "Dataset", "data": data, "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0},
         "inferer": copy.deepcopy(dict(inferer or {"_target_": "SimpleInferer"})),
         "postprocessing": {"_target_": "Compose", "transforms": []},
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": f"$@bundle_root + '/{ZOO_WEIGHTS}'",
+            {"_target_": "CheckpointLoader", "load_path": f"$os.path.join(@bundle_root, '{ZOO_WEIGHTS}')",
              "load_dict": {"model": "@network"}, "map_location": "@device"},
         ],
-        "evaluator": evaluator,
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                      "val_handlers": "@handlers", "amp": False},
         "initialize": ["$monai.utils.set_determinism(seed=0)"],
         "run": ["$@evaluator.run()"],
         "finalize": [],
     }
-    if prepare_batch is not None:
-        cfg["prepare_batch"] = copy.deepcopy(dict(prepare_batch))
-    return cfg
 
 
 def add_feature_output(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from medcoss_monai.layout import LOSS_HISTORY_FILE
 __all__ = ["bundle_license", "bundle_readme"]
 
 _OUTPUTS = {
-    "features": ("`features.csv` (one row per input: its file, then its pooled features; text bundles: `features.npy` "
-                 "and `features.json`)"),
-    "classification": ("`predictions.csv`: one row per input, its file then one probability per class (MONAI "
-                       "`ClassificationSaver`; text bundles add a header and the predicted class)"),
+    "features": ("`features.csv` (one row per input: its file, then its pooled features; a slide tile's row is "
+                 "`<file>:level<l>:y<y>:x<x>`, a report's its `id`, else its text file)"),
+    "classification": ("`predictions.csv`: one row per input, its file (a report: its `id`, else its text file) then "
+                       "one probability per class, in the order of the metadata's `channel_def` (MONAI "
+                       "`ClassificationSaver`)"),
     "segmentation": ("one label map per input, `<input name>_seg<ext>` (NIfTI for volumes, PNG for 2D images), on the "
                      "input's grid: same shape and affine, the preprocessing being inverted with MONAI `Invertd` "
                      "before `SaveImaged`"),

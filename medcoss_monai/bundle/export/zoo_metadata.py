@@ -7,6 +7,7 @@ project checks them against is :func:`schema_path`.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ZOO_SCHEMA_URL", "bundle_metadata", "eval_metrics", "schema_path"]
+__all__ = ["READER_PACKAGES", "ZOO_SCHEMA_URL", "bundle_metadata", "eval_metrics", "reader_packages", "schema_path"]
 
 ZOO_SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 REFERENCES = [
@@ -178,6 +179,24 @@ def bundle_metadata(
     if info.get("metrics"):
         metadata["eval_metrics"] = eval_metrics(info["metrics"])
     return metadata
+
+
+READER_PACKAGES = {"PydicomReader": "pydicom", "PILReader": "pillow", "ITKReader": "itk", "NibabelReader": "nibabel",
+                   "openslide": "openslide-python", "cucim": "cucim"}
+"""The package each MONAI image reader (or whole-slide backend) of an inference config needs."""
+
+
+def reader_packages(config: Any) -> dict[str, str]:
+    """Versions of the packages the image readers named in a config need (``required_packages_version`` entries).
+
+    Args:
+        config: a bundle config (inference or evaluation).
+
+    Returns:
+        ``{package: version}`` for the installed ones.
+    """
+    text = json.dumps(config)
+    return _versions(*sorted({pkg for name, pkg in READER_PACKAGES.items() if name in text}))
 
 
 def _versions(*packages: str) -> dict[str, str]:

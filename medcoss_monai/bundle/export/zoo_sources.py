@@ -81,6 +81,10 @@ def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Pat
             continue
         net = info.get("network") if isinstance(info, dict) else None
         if isinstance(net, dict) and "_target_" in net:
+            # the export parses this config: only a network of this package, with plain arguments, is built
+            layout.stage_network_class(str(net["_target_"]), path)
+            if not layout.is_plain_value({k: v for k, v in net.items() if k != "_target_"}):
+                raise BadInputError(f"{path}: the network's arguments are not plain values; it is not exported.")
             weights = folder / str(info.get("model", layout.MODEL_FILE))
             if not weights.is_file():
                 raise BadInputError(f"{path} names the weights {weights.name}, but {weights} does not exist.")
@@ -94,13 +98,17 @@ def find_trained_network(folder: str | os.PathLike) -> tuple[dict[str, Any], Pat
     )
 
 
-def find_stage(stage_dir: str | os.PathLike, bundle_file: str | os.PathLike | None = None) -> Trained:
+def find_stage(
+    stage_dir: str | os.PathLike, bundle_file: str | os.PathLike | None = None, modality: str | None = None
+) -> Trained:
     """The trained network of a pre-training stage folder, with the stage bundle of its modality.
 
     Args:
         stage_dir: the stage folder (``stage.json`` + ``model.pt``; ``tokenizer/`` for a text stage).
         bundle_file: the stage bundle whose ``eval#transforms`` become the inference preprocessing
             (default :func:`~medcoss_monai.layout.stage_bundle` of the modality).
+        modality: the modality whose inputs the bundle reads, for a stage that records none (an imported
+            MedCoSS stage reads every modality); default the stage's, else ``bundle_file``'s ``"modality"``.
 
     Returns:
         The :class:`Trained` network.
@@ -111,7 +119,12 @@ def find_stage(stage_dir: str | os.PathLike, bundle_file: str | os.PathLike | No
     """
     stage_dir = Path(stage_dir)
     network, weights, info = find_trained_network(stage_dir)
-    modality = str(info.get("modality", ""))
+    if not (modality or info.get("modality")) and bundle_file and Path(bundle_file).is_file():
+        modality = layout.read_bundle(bundle_file).get("modality", "")
+    modality = str(modality or info.get("modality") or "")
+    if not modality:  # an imported stage (python -m medcoss_monai.weights import) reads every input kind
+        raise BadInputError(f"{stage_dir / layout.STAGE_RECORD_FILE} records no modality (an imported stage): pass "
+                            f"--modality, one of {sorted(layout.stage_modalities())}, for the inputs the bundle reads.")
     card = layout.modality_card(modality)
     path = Path(bundle_file) if bundle_file else layout.stage_bundle(modality)
     if not path.is_file():
@@ -120,7 +133,13 @@ def find_stage(stage_dir: str | os.PathLike, bundle_file: str | os.PathLike | No
     if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
         raise BadInputError(f"{tokenizer}: the report stage's tokenizer is missing (the stage writes it).")
     state = state_dict_of(load_state(weights, "stage weights"), weights)
-    return Trained(network, state, modality, card, path, layout.read_bundle(path), dict(info), tokenizer)
+    parser = layout.read_bundle(path)
+    # the preprocessing the stage ran (an imported one: was pre-trained) with, as its stage.json records it;
+    # recorded_settings refuses config syntax, so nothing from the run folder is evaluated by the parser
+    for key, value in layout.recorded_settings(stage_dir).items():
+        if key in parser and key != "modality":
+            parser[key] = value
+    return Trained(network, state, modality, card, path, parser, dict(info), tokenizer)
 
 
 def find_finetuned(

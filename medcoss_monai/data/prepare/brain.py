@@ -6,7 +6,8 @@ Layouts as published:
 - BraTS 2021: ``BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz`` (the training release
   under ``BraTS2021_Training_Data/``, or the case folders directly);
 - BraTS 2023: ``BraTS-<SET>-XXXXX-YYY/BraTS-<SET>-XXXXX-YYY-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (YYY: the time point);
-- UCSF-PDGM: ``UCSF-PDGM-XXXX_nifti/UCSF-PDGM-XXXX_{T1,T1c,T2,FLAIR,ADC,DWI,...,tumor_segmentation}.nii.gz``.
+- UCSF-PDGM: ``UCSF-PDGM-XXXX_nifti/UCSF-PDGM-XXXX_{T1,T1c,T2,FLAIR,ADC,DWI,...,tumor_segmentation}.nii.gz``;
+- MRBrainS13: ``TrainingData/<n>/{T1,T1_IR,T2_FLAIR,LabelsForTraining,LabelsForTesting}.nii``.
 
 Items are studies as the BrainMVP bundles take them (:mod:`medcoss_monai.apps.brainmvp.studies`):
 ``{"image": {contrast: file}, "label": seg, "study": case}``. None of these releases has a labelled
@@ -24,7 +25,7 @@ from medcoss_monai.data.prepare.common import DEFAULT_FRACTIONS, PrepareContext,
 
 __all__ = [
     "BRATS_NAMES", "UCSF_NAMES", "convert_brats2021", "convert_brats2023", "convert_ucsf_pdgm", "convert_brats2018", "convert_upenn_gbm",
-    "convert_isles22",
+    "convert_isles22", "MRBRAINS13_CLASSES", "convert_mrbrains13",
 ]
 
 BRATS_NAMES = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair"}
@@ -224,3 +225,43 @@ def convert_isles22(ctx: PrepareContext) -> dict[str, Any]:
             continue
         studies.append({**study, "label": str(mask)})
     return _datalist(ctx, studies)
+
+
+MRBRAINS13_CLASSES = ["background", "cerebrospinal fluid", "grey matter", "white matter"]
+"""The classes of MRBrainS13's ``LabelsForTesting.nii``, the three tissues the challenge evaluates."""
+MRBRAINS13_FRACTIONS = {"validation": 0.2, "test": 0.2}
+"""Only five subjects are labelled: one validates, one tests (a tenth would round to none)."""
+
+
+def convert_mrbrains13(ctx: PrepareContext) -> dict[str, Any]:
+    """MRBrainS13 training subjects -> studies with T1 and T2-FLAIR and the three-tissue labels.
+
+    Layout: ``TrainingData/<n>/{T1,T1_IR,T2_FLAIR}.nii`` with ``LabelsForTesting.nii`` (0 background,
+    1 CSF, 2 grey matter, 3 white matter: what the challenge scores) and ``LabelsForTraining.nii`` (its
+    eight finer structures, kept under ``structures``). The contrasts are registered to the T2-FLAIR
+    grid in the release. T1-IR is kept under ``t1ir`` (not a contrast of the bundles). The test
+    subjects' labels were never released, so only the five training subjects are items.
+
+    Args:
+        ctx: the run's context (``--root``: the release folder or its ``TrainingData/``).
+
+    Returns:
+        The datalist with ``classes``, split by subject with the seed (3 / 1 / 1).
+    """
+    first = find_file(ctx.root, "*/LabelsForTesting.nii", ctx.title, depth=2)
+    # extra keys must not start with "<contrast>_" or "label_": MONAI's Spacingd takes those for meta data
+    names = {"T1": "t1", "T2_FLAIR": "flair", "T1_IR": "t1ir", "LabelsForTesting": "label",
+             "LabelsForTraining": "structures"}
+    studies = []
+    for subject in sorted((p for p in first.parents[1].iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
+        files = {names[f.name[:-4]]: str(f) for f in subject.glob("*.nii") if f.name[:-4] in names}
+        missing = [n for n, key in names.items() if key in ("t1", "flair", "label") and key not in files]
+        if missing:
+            ctx.bad(subject, f"no {', '.join(n + '.nii' for n in missing)}")
+            continue
+        study = {"image": {"t1": files.pop("t1"), "flair": files.pop("flair")}, "label": files.pop("label"),
+                 "study": f"mrbrains13_{subject.name}", "group": subject.name, **files}
+        studies.append(study)
+    splits, record = seeded_split(studies, MRBRAINS13_FRACTIONS, ctx.seed, group=lambda s: s["group"])
+    record["reference"] = "none published: BrainMVP's split of the five labelled subjects is not in its repository"
+    return {"classes": MRBRAINS13_CLASSES, **splits, "split": record}

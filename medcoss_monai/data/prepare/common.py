@@ -31,6 +31,7 @@ __all__ = [
     "class_folder_items",
     "cached_map",
     "save_nifti_atomic",
+    "write_itk_atomic",
     "finish",
 ]
 
@@ -342,3 +343,16 @@ def finish(
         result["rejected"] = [{"file": p, "reason": r} for p, r in ctx.problems]
     atomic_write_json(result, out)
     return result
+
+
+def write_itk_atomic(image: Any, out: Path) -> None:
+    """Write an ITK image (``.nii.gz``) so that a killed writer leaves no partial file."""
+    import itk
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name[:-7]}.{os.getpid()}.part.nii.gz")  # ITK picks the format by the suffix
+    try:
+        itk.imwrite(image, str(tmp), compression=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

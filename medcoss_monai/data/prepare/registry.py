@@ -90,12 +90,15 @@ _SPECS = [
                 "volumes:convert_lits"),
     DatasetSpec("vs", "Vestibular-Schwannoma-SEG", "MedCoSS and BrainMVP downstream, MRI segmentation",
                 "TCIA, https://www.cancerimagingarchive.net/collection/vestibular-schwannoma-seg/", _TCIA,
-                "DICOM series with RTSTRUCT contours",
-                todo="rasterising the RTSTRUCT contours into masks (the reference uses UniSeg's nnU-Net conversion)"),
+                "Vestibular-Schwannoma-SEG/VS-SEG-NNN/<study>/<series>/*.dcm as TCIA's downloader writes them (descriptive "
+                "folder names): T1 and T2 MR series, one RTSTRUCT per series", "mri_seg:convert_vs"),
+    DatasetSpec("vs_brainmvp", "Vestibular-Schwannoma-SEG (T2 studies)", "BrainMVP downstream, MRI segmentation (T2 input)",
+                "TCIA, https://www.cancerimagingarchive.net/collection/vestibular-schwannoma-seg/", _TCIA,
+                "as for vs", "mri_seg:convert_vs_brainmvp"),
     DatasetSpec("la", "Left Atrium (2018 challenge, UA-MT h5)", "MedCoSS downstream, MRI segmentation",
                 "https://github.com/yulequan/UA-MT (data/2018LA_Seg_Training Set)", "see the repository (research use)",
-                "2018LA_Seg_Training Set/<case>/mri_norm2.h5 with train.list and test.list",
-                todo="reading the h5 files (h5py is not a dependency) and UA-MT's 80 / 20 case lists"),
+                "UA-MT's data/ folder: 2018LA_Seg_Training Set/<case>/mri_norm2.h5 with train.list and test.list",
+                "mri_seg:convert_la"),
     DatasetSpec("nct_crc_he", "NCT-CRC-HE-100K + CRC-VAL-HE-7K", "MedCoSS downstream, pathology classification",
                 "Zenodo, https://zenodo.org/records/1214456", "CC BY 4.0",
                 "NCT-CRC-HE-100K.zip and CRC-VAL-HE-7K.zip unpacked side by side (9 class folders of .tif tiles each)",
@@ -122,7 +125,13 @@ _SPECS = [
     DatasetSpec("brain_atlas", "Registered atlas set (IXI and others)", "BrainMVP pre-training",
                 "IXI, https://brain-development.org/ixi-dataset/ (BrainMVP registers it to an atlas)", "IXI: CC BY-SA 3.0",
                 "<subject>/<subject>-{T1,T2,PD,MRA}.nii.gz, already registered",
-                todo="registering IXI's contrasts to the atlas as BrainMVP did (its views swap voxels between contrasts)"),
+                todo="BrainMVP's registration of each IXI subject's T1, T2, PD and MRA onto one atlas grid (its "
+                     "jsons/dataset_BrainAtlas_registration_sir24.json names only the registered files, "
+                     "IXI<nnn>-<site>-<id>/<same>-{MRA,PD,T1,T2}.nii.gz; the registered volumes, the atlas and the "
+                     "registration tool and parameters are not published, and its views swap voxels between "
+                     "contrasts, so unregistered IXI scans cannot stand in). Register them yourself and give the "
+                     "folder of <subject>/ folders, each holding t1.nii.gz, t2.nii.gz, pd.nii.gz and mra.nii.gz, to the "
+                     "BrainMVP bundles' dataset_dir (a folder per study)"),
     # BrainMVP downstream (the paper's ten tasks; vs and adni are shared with MedCoSS above)
     DatasetSpec("brats2023_ped", "BraTS 2023 Pediatric", "BrainMVP downstream, segmentation",
                 "Synapse, https://www.synapse.org/brats2023", "BraTS data terms (research use, cite)",
@@ -136,8 +145,8 @@ _SPECS = [
                 "brain:convert_isles22"),
     DatasetSpec("mrbrains13", "MRBrainS13", "BrainMVP downstream, tissue segmentation",
                 "https://mrbrains13.isi.uu.nl/", "challenge terms (research use)",
-                "TrainingData/<n>/{T1,T1_IR,T2_FLAIR}.nii, LabelsForTraining.nii",
-                todo="the label grouping BrainMVP evaluates (not in its repository)"),
+                "TrainingData/<n>/{T1,T1_IR,T2_FLAIR}.nii with LabelsForTesting.nii (CSF, grey and white matter) and "
+                "LabelsForTraining.nii", "brain:convert_mrbrains13"),
     DatasetSpec("upenn_gbm", "UPENN-GBM", "BrainMVP downstream, segmentation",
                 "TCIA, https://www.cancerimagingarchive.net/collection/upenn-gbm/", _TCIA,
                 "NIfTI-files/images_structural/UPENN-GBM-XXXXX_11/*_{T1,T1GD,T2,FLAIR}.nii.gz and images_segm/",
@@ -148,12 +157,12 @@ _SPECS = [
                 "brain:convert_brats2018"),
     DatasetSpec("adhd200", "ADHD-200", "BrainMVP downstream, classification",
                 "NITRC, http://fcon_1000.projects.nitrc.org/indi/adhd200/", "CC BY-NC-SA (INDI terms)",
-                "the sites' anatomical scans with the phenotypic CSVs",
-                todo="the per-site phenotypic CSVs and the scans BrainMVP selected (not in its repository)"),
+                "the raw release per site: <Site>/<ScanDir ID>/session_1/anat_1/mprage.nii.gz with "
+                "<Site>/<Site>_phenotypic.csv", "indi:convert_adhd200"),
     DatasetSpec("abide", "ABIDE-I", "BrainMVP downstream, classification",
                 "NITRC, http://fcon_1000.projects.nitrc.org/indi/abide/", "CC BY-NC-SA (INDI terms)",
-                "the sites' anatomical scans with Phenotypic_V1_0b.csv",
-                todo="the scans BrainMVP selected and their preprocessing (not in its repository)"),
+                "Phenotypic_V1_0b.csv beside the raw site folders: <SITE>/<SUB_ID>/session_1/anat_1/mprage.nii.gz",
+                "indi:convert_abide"),
 ]
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}

@@ -13,11 +13,10 @@ parallel, resumably, into ``<cache_dir>/RICORD_nii/<collection>/<name>.nii.gz``)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.data.prepare.common import PrepareContext, cached_map, find_file
+from medcoss_monai.data.prepare.common import PrepareContext, cached_map, find_file, write_itk_atomic
 
 __all__ = ["COLLECTIONS", "reference_split", "series_name", "dicom_series_to_nifti", "convert"]
 
@@ -59,14 +58,7 @@ def dicom_series_to_nifti(folder: str, out: Path) -> None:
     uids = names.GetSeriesUIDs()
     if len(uids) != 1:
         raise ValueError(f"holds {len(uids)} DICOM series, expected one")
-    image = itk.imread(list(names.GetFileNames(uids[0])), itk.SS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name[:-7]}.{os.getpid()}.part.nii.gz")  # ITK picks the format by the suffix
-    try:
-        itk.imwrite(image, str(tmp), compression=True)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_itk_atomic(itk.imread(list(names.GetFileNames(uids[0])), itk.SS), out)
 
 
 def convert(ctx: PrepareContext) -> dict[str, Any]:

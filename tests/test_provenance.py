@@ -1,0 +1,68 @@
+"""Figures documents are written by the commands that measure them, and say when the recipe moved on."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+
+import pytest
+
+from medcoss_monai import provenance
+from medcoss_monai.evaluation import figures
+
+
+def test_a_section_is_replaced_in_place_and_the_rest_of_the_document_kept(tmp_path):
+    doc = tmp_path / "figures.md"
+    provenance.write_section(doc, "medcoss", "old table", title="Measured figures")
+    provenance.write_section(doc, "muscle", "muscle table")
+    doc.write_text(doc.read_text() + "a note typed after the sections\n")
+    provenance.write_section(doc, "medcoss", "new table")
+    text = doc.read_text()
+    assert text.startswith("# Measured figures\n")
+    assert "old table" not in text and text.index("new table") < text.index("muscle table") < text.index("a note typed")
+    assert provenance.read_sections(doc) == {"medcoss": "new table\n", "muscle": "muscle table\n"}
+    with pytest.raises(ValueError):
+        provenance.write_section(doc, "two words", "x")
+
+
+def test_the_figures_section_is_generated_from_the_runs_tables_with_its_provenance(tmp_path):
+    (tmp_path / "finetune.md").write_text("| task | metric |\n| --- | --- |\n| ct_seg | Dice |\n")
+    with open(tmp_path / figures.TIMINGS, "w") as f:  # a resumed run: the second time of a log replaces the first
+        for log, seconds in (("a/pipeline.log", 100.0), ("a/pipeline.log", 60.0), ("b/finetune.log", 30.0)):
+            f.write(json.dumps({"seconds": seconds, "log": log}) + "\n")
+    assert figures.measured_seconds(tmp_path) == 90.0
+    section = figures.figures_section(tmp_path, [0, 1, 2])
+    assert "| ct_seg | Dice |" in section and "### Fine-tuning" in section and "Text probe" not in section
+    assert "seeds 0, 1, 2; 1.5 min" in section and "torch " in section
+    assert f"commit `{provenance.commit()}`" in section
+
+
+def test_a_section_measured_before_a_recipe_change_is_stale():
+    assert provenance.recipe_changed_since("no provenance line") == ["<no commit>"]
+    assert provenance.recipe_changed_since("commit `0123456+changes`") == ["<uncommitted code>"]
+    last = subprocess.run(["git", "rev-list", "-n", "1", "HEAD", "--", *provenance.RECIPE_PATHS], cwd=provenance.REPO,
+                          capture_output=True, text=True)
+    if last.returncode != 0 or not last.stdout.strip():
+        pytest.skip("not a git checkout with history")
+    commit = last.stdout.strip()
+    parent = subprocess.run(["git", "rev-parse", "--verify", "-q", commit + "^"], cwd=provenance.REPO, capture_output=True, text=True)
+    if parent.returncode != 0:
+        pytest.skip("shallow history: the recipe change's parent is not here")
+    assert provenance.recipe_changed_since(f"commit `{commit}`") == []
+    assert provenance.recipe_changed_since(f"commit `{parent.stdout.strip()}`")
+
+
+def test_a_benchmark_becomes_its_section_with_what_it_printed(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_benchmarks", provenance.REPO / "benchmarks" / "run_benchmarks.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    doc = tmp_path / "benchmarks.md"
+    cheap = ["bench_buffer_selection.py", "--n", "2000", "--clusters", "20", "--skip_scaling"]
+    runner.run_benchmark("buffer_selection", "Buffer selection", cheap, doc, timeout=600)
+    section = provenance.read_sections(doc)["buffer_selection"]
+    assert section.startswith("## Buffer selection\n") and "no seeds" in section
+    assert "`python benchmarks/bench_buffer_selection.py --n 2000" in section and "kmeans_sample" in section
+    with pytest.raises(SystemExit, match="benchmark broken failed"):
+        runner.run_benchmark("broken", "x", ["bench_buffer_selection.py", "--no_such_option"], doc, timeout=600)
+    assert set(provenance.read_sections(doc)) == {"buffer_selection"}
