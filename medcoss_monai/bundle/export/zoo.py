@@ -50,6 +50,12 @@ from medcoss_monai.bundle.export.portable import (
 )
 from medcoss_monai.bundle.export.zoo_configs import ZOO_TOKENIZER, ZOO_TORCHSCRIPT, ZOO_WEIGHTS
 from medcoss_monai.bundle.export.zoo_docs import bundle_license, bundle_readme
+from medcoss_monai.bundle.export.zoo_imported import (
+    imported_origin,
+    note_imported_files,
+    note_imported_metadata,
+    pretraining_network,
+)
 from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata, reader_packages
 from medcoss_monai.bundle.export.zoo_apps import app_kind, find_app_model
 from medcoss_monai.bundle.export.zoo_sources import Trained, find_finetuned, find_stage
@@ -76,95 +82,6 @@ def _build(network: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: 
                                        "used at training time, e.g. --num_classes 3).")
     net.load_state_dict(state, strict=True)
     return net.eval()
-
-
-def _pretraining_network(trained: Trained) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The whole pre-training network of a stage (its ``train.json``'s ``network_def``) and its weights.
-
-    An imported stage (``python -m medcoss_monai.weights import``) holds a bare encoder (the authors'
-    ``MedCoSSReferenceEncoder``): ``train.json`` continues it as a stage after an imported stage does
-    (:func:`~medcoss_monai.bundle.encoder_chain.follow_previous_encoder`), a ``MedCoSSModel`` around that
-    encoder with the stage bundle's pretext heads, freshly initialised (seed 0).
-    """
-    from monai.bundle import ConfigParser
-
-    from medcoss_monai.networks.medcoss import ENCODERS
-
-    if trained.network.get("_target_") not in ENCODERS:
-        return trained.network, trained.state
-    heads = configs.inline_config(trained.parser, "network_def") if "network_def" in trained.parser else {}
-    keep = ("decoder_hidden_size", "decoder_layers", "decoder_heads", "norm_pix_loss", "tie_mlm_weights")
-    network = {"_target_": "medcoss_monai.networks.MedCoSSModel", "encoder_def": dict(trained.network),
-               **{k: heads[k] for k in keep if k in heads}}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = ConfigParser({"n": network}).get_parsed_content("n")
-    net.encoder.load_state_dict(trained.state, strict=True)
-    return network, {k: v.detach().cpu() for k, v in net.state_dict().items()}
-
-
-def imported_origin(trained: Trained) -> dict[str, Any] | None:
-    """The record of the imported weights a trained network descends from, if any.
-
-    Followed from the network's own folder: an imported stage (its ``stage.json``'s ``"imported"``), the
-    ``previous_stage`` chain of a curriculum stage, or the ``pretrained_ckpt`` of a fine-tuned task. The
-    released weights' licence applies to what was trained from them, so the bundle repeats it.
-
-    Args:
-        trained: what :func:`~.zoo_sources.find_stage` or :func:`~.zoo_sources.find_finetuned` found.
-
-    Returns:
-        The ``"imported"`` record (``format``, ``source``, ``licence``, ``sha256``...), or None.
-    """
-    if trained.info.get("task"):
-        if not trained.info.get("pretrained_ckpt"):
-            return None
-        start = Path(str(trained.info["pretrained_ckpt"]))
-        folder = start if start.is_dir() else start.parent
-    else:
-        folder = Path(str(trained.info.get("config_file", ""))).parent
-    seen: set[Path] = set()
-    while folder not in seen and (folder / layout.STAGE_RECORD_FILE).is_file():
-        seen.add(folder)
-        record = layout.read_stage_record(folder)
-        if isinstance(record.get("imported"), dict):
-            return dict(record["imported"])
-        previous = record.get("previous_stage")
-        if not previous:
-            return None
-        folder = layout.stage_dir(folder.parent, str(previous))
-    return None
-
-
-def _imported_words(origin: Mapping[str, Any]) -> tuple[str, str]:
-    """Where imported weights come from, and their licence, in words."""
-    where = (f"the {origin.get('format', '?')} weights {origin.get('source', '')}, imported with "
-             "`python -m medcoss_monai.weights import`")
-    return where, str(origin.get("licence", "see the weights' source"))
-
-
-def _note_imported_metadata(metadata: dict[str, Any], origin: Mapping[str, Any], imported_stage: bool) -> None:
-    """Say in the metadata where the imported weights come from and under which licence."""
-    where, licence = _imported_words(origin)
-    if imported_stage:
-        metadata["description"] = (f"The MedCoSS authors' released encoder ({where}), not trained further here. "
-                                   "network_def returns the pooled (mean of final tokens) features; "
-                                   "configs/inference.json writes them for your files.")
-    else:
-        metadata["description"] += f" Its encoder was initialised from {where}."
-    metadata["intended_use"] = f"{metadata.get('intended_use', '')} Weights: {licence}.".strip()
-
-
-def _note_imported_files(out: Path, origin: Mapping[str, Any], imported_stage: bool) -> None:
-    """Add the imported weights' source and licence to ``docs/README.md`` and ``LICENSE``."""
-    where, licence = _imported_words(origin)
-    section = (f"\n## Imported weights\n\nThe encoder {'is' if imported_stage else 'was initialised from'} {where} "
-               f"(checkpoint sha256 `{origin.get('sha256', '?')}`).\n\nLicence of those weights: {licence}. It applies "
-               "to this bundle's weights too.\n")
-    readme = out / "docs" / "README.md"
-    readme.write_text(readme.read_text().rstrip("\n") + "\n" + section)
-    license_file = out / "LICENSE"
-    license_file.write_text(license_file.read_text().rstrip("\n") + f"\n\nWeights in models/: {licence}.\n")
 
 
 def _class_names(parser: Any, task: str, count: int) -> list[str]:
@@ -331,7 +248,7 @@ def write_bundle(
         metadata["required_packages_version"].update(reader_packages(inference))  # pydicom, pillow...
     origin, imported_stage = imported_origin(trained), isinstance(trained.info.get("imported"), dict)
     if origin is not None:  # the released weights' licence applies to what was trained from them
-        _note_imported_metadata(metadata, origin, imported_stage)
+        note_imported_metadata(metadata, origin, imported_stage)
     for sub in ("configs", "models", "docs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _write_json(out / "configs" / "metadata.json", metadata)
@@ -340,7 +257,7 @@ def write_bundle(
     if task:
         train = configs.train_config(raw, trained.network, "model_def", ZOO_WEIGHTS, trained.tokenizer is not None)
     else:
-        pretraining, pretraining_state = _pretraining_network(trained)
+        pretraining, pretraining_state = pretraining_network(trained)
         train = configs.train_config(raw, pretraining, "network_def", PRETRAIN_WEIGHTS, trained.tokenizer is not None)
         torch.save(pretraining_state, out / PRETRAIN_WEIGHTS)
     _write_json(out / "configs" / "train.json", train)
@@ -360,7 +277,7 @@ def write_bundle(
     repo_license = Path(__file__).resolve().parents[3] / "LICENSE"
     (out / "LICENSE").write_text(bundle_license(repo_license))
     if origin is not None:
-        _note_imported_files(out, origin, imported_stage)
+        note_imported_files(out, origin, imported_stage)
     _large_files(out)
     return out
 
