@@ -103,6 +103,39 @@ def test_monai_only_loading_equals_load_xray(films, tmp_path: Path, monkeypatch:
     assert 0.0 < float(loaded[0].min()) and float(loaded[0].max()) < 1.0  # the chest film keeps its exposure
 
 
+def _colour_copy(film: Path, path: Path) -> None:
+    """A corner of the film re-stored as an uncompressed RGB DICOM (a secondary capture, not a radiograph)."""
+    gray = pydicom.dcmread(film).pixel_array[:64, :64]
+    rgb = np.repeat((gray >> 7).astype(np.uint8)[..., None], 3, axis=-1)
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_monai_only_loading_refuses_a_colour_dicom_as_load_xray_does(films, tmp_path: Path) -> None:
+    """A colour DICOM is no radiograph: both chains stop, naming the file, instead of converting it to gray."""
+    from monai.bundle import ConfigParser
+
+    colour = tmp_path / "colour.dcm"
+    _colour_copy(films["chest"], colour)
+    with pytest.raises(Exception, match=r"colour\.dcm.*PhotometricInterpretation RGB"):
+        LoadXRay()(colour)
+    config = {"imports": ["$import torch", "$import monai"], **XRAY_IDS,
+              "load": {"_target_": "Compose", "transforms": xray_loading("image")}}
+    load = ConfigParser(config).get_parsed_content("load")
+    with pytest.raises(Exception, match=r"colour\.dcm.*PhotometricInterpretation RGB; a grayscale film is expected"):
+        load({"image": str(colour)})
+    assert load({"image": str(films["chest"])})["image"].shape[0] == 1  # the gray film still loads
+
+
 @pytest.mark.slow  # 23 s (idle) to 61 s (loaded) on the shared 2-core machine: stage, export, subprocess
 def test_xray_stage_bundle_reads_dicom_without_medcoss(datalist, sample_data: Path, tmp_path: Path) -> None:
     """The exported X-ray stage's inference (MONAI only) gives the trained network's features of the held-out film

@@ -66,3 +66,14 @@ def test_a_benchmark_becomes_its_section_with_what_it_printed(tmp_path):
     with pytest.raises(SystemExit, match="benchmark broken failed"):
         runner.run_benchmark("broken", "x", ["bench_buffer_selection.py", "--no_such_option"], doc, timeout=600)
     assert set(provenance.read_sections(doc)) == {"buffer_selection"}
+
+
+@pytest.mark.parametrize("doc", ["docs/figures.md", "docs/benchmarks.md"])
+def test_every_shipped_measured_section_is_current(doc):
+    """Each generated section names its commit, was measured on committed code, and no recipe file changed since."""
+    sections = provenance.read_sections(provenance.REPO / doc)
+    for name, body in sections.items():
+        changed = provenance.recipe_changed_since(body)
+        if changed == ["<no commit>"] and provenance._COMMIT.search(body):
+            pytest.skip("the section's commit is not in this checkout's history (shallow clone)")
+        assert changed == [], f"{doc} section {name!r} is stale: {changed}"

@@ -68,8 +68,14 @@ XRAY_IDS = {
     "xray_dicom_range": ("$lambda m: sorted(v * float(@xray_tag(m, '00281053', 1.0)) + float(@xray_tag(m, '00281052', 0.0)) "
                          "for v in @xray_stored_range(int(@xray_tag(m, '00280101', @xray_tag(m, '00280100', 16))), "
                          "int(@xray_tag(m, '00280103', 0)) == 1))"),
+    # an expression cannot raise: a generator's throw() does, so a colour film stops as LoadXRay stops it
+    "xray_refuse": "$lambda message: (_ for _ in ()).throw(ValueError(message))",
+    "xray_photometric": "$lambda meta: str(@xray_tag(meta, '00280004', 'MONOCHROME2')).upper()",
     # the film's full stored range to [0, 1] (its exposure kept), MONOCHROME1 inverted so bone is bright
-    "xray_gray_dicom": ("$lambda x: (lambda y: 1.0 - y if str(@xray_tag(x.meta, '00280004', '')).upper() == 'MONOCHROME1' "
+    "xray_gray_dicom": ("$lambda x: @xray_refuse('X-ray ' + str(x.meta.get('filename_or_obj', '')) + ' has PhotometricInterpretation ' "
+                        "+ @xray_photometric(x.meta) + '; a grayscale film is expected.') "
+                        "if not @xray_photometric(x.meta).startswith('MONOCHROME') else "
+                        "(lambda y: 1.0 - y if @xray_photometric(x.meta) == 'MONOCHROME1' "
                         "else y)((lambda r: (x.float() - r[0]) / (r[1] - r[0]))(@xray_dicom_range(x.meta)))"),
     # the DICOM header leaves the metadata (large, may carry patient data, differs between files)
     "xray_drop_tags": (f"$lambda x: (lambda tags: (x, [x.meta.pop(k) for k in tags])[0])([k for k in x.meta "
