@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcoss_monai.provenance import measured_section, write_section
+from medcoss_monai.provenance import commit, measured_section, write_section
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,12 +53,12 @@ def run_benchmark(name: str, heading: str, argv: Sequence[str], docs: str | Path
         SystemExit: the benchmark failed; its output is shown.
     """
     command = [sys.executable, str(HERE / argv[0]), *argv[1:]]
-    start = time.time()
+    start, started = time.time(), commit()
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise SystemExit(f"benchmark {name} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     section = measured_section(heading, "\n".join(["```text", result.stdout.strip(), "```"]), None, time.time() - start,
-                               ["python", f"benchmarks/{argv[0]}", *argv[1:]])
+                               ["python", f"benchmarks/{argv[0]}", *argv[1:]], started)
     if docs:
         write_section(docs, name, section, title="Benchmarks")
     return section

@@ -22,7 +22,7 @@ import torch
 
 from medcoss_monai.utils import atomic_write_text
 
-__all__ = ["RECIPE_PATHS", "commit", "measurement_facts", "provenance_line", "measured_section", "write_section",
+__all__ = ["RECIPE_PATHS", "CODE_PATHS", "commit", "code_during", "measurement_facts", "provenance_line", "measured_section", "write_section",
            "read_sections",
            "recipe_changed_since"]
 
@@ -41,13 +41,30 @@ def _git(*args: str) -> subprocess.CompletedProcess | None:
         return None
 
 
+CODE_PATHS = (".", ":(exclude)docs", ":(exclude)*.md")
+"""What a measurement runs: every tracked file but the documents (a figures section written into them leaves the
+code as it was)."""
+
+
 def commit() -> str:
-    """The checkout's commit, with ``+changes`` when tracked files differ from it; "unknown" outside a checkout."""
+    """The checkout's commit, with ``+changes`` when tracked code differs from it; "unknown" outside a checkout."""
     head = _git("rev-parse", "HEAD")
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return "unknown"
-    dirty = _git("diff", "--quiet", "HEAD", "--", ".")
+    dirty = _git("diff", "--quiet", "HEAD", "--", *CODE_PATHS)
     return head.stdout.strip() + ("+changes" if dirty is not None and dirty.returncode == 1 else "")
+
+
+def code_during(started: str) -> str:
+    """The code a measurement ran: the commit it ``started`` at, ``+changes`` when the code changed meanwhile.
+
+    Args:
+        started: :func:`commit` when the measurement began.
+
+    Returns:
+        ``started`` when the checkout is still at that code, else ``started`` marked ``+changes``.
+    """
+    return started if started == commit() or started.endswith("+changes") or started == "unknown" else started + "+changes"
 
 
 def _cpu_name() -> str:
@@ -60,12 +77,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measurement_facts(seeds: Sequence[int] | None, seconds: float) -> dict[str, Any]:
+def measurement_facts(seeds: Sequence[int] | None, seconds: float, started: str | None = None) -> dict[str, Any]:
     """What a reader needs to judge a figure: code, build, machine, seeds and time.
 
     Args:
         seeds: the seeds the figure is a mean over (``None`` for a benchmark without seeds).
         seconds: wall-clock time of the measurement.
+        started: :func:`commit` when the measurement began (``None``: the checkout's commit now).
 
     Returns:
         ``commit``, ``torch`` (version and CUDA build), ``device`` (GPU name or CPU model and core count),
@@ -75,7 +93,7 @@ def measurement_facts(seeds: Sequence[int] | None, seconds: float) -> dict[str, 
         device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     else:
         device = f"{_cpu_name()}, {os.cpu_count()} cores, no GPU"
-    return {"commit": commit(), "torch": f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})",
+    return {"commit": commit() if started is None else code_during(started), "torch": f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})",
             "device": device, "seeds": list(seeds) if seeds is not None else None, "seconds": round(seconds),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
@@ -88,7 +106,10 @@ def provenance_line(facts: dict[str, Any]) -> str:
             f"{seeds}; {minutes:.1f} min._")
 
 
-def measured_section(heading: str, body: str, seeds: Sequence[int] | None, seconds: float, command: Sequence[str] = ()) -> str:
+def measured_section(
+    heading: str, body: str, seeds: Sequence[int] | None, seconds: float, command: Sequence[str] = (),
+    started: str | None = None,
+) -> str:
     """A figures section: heading, provenance line, the command that measured it, then its tables.
 
     Args:
@@ -97,11 +118,12 @@ def measured_section(heading: str, body: str, seeds: Sequence[int] | None, secon
         seeds: the seeds of the figures (``None`` for a benchmark).
         seconds: the time the measurement took.
         command: the command line, shown as the user would type it.
+        started: :func:`commit` when the measurement began; a commit made during it does not relabel it.
 
     Returns:
         the section's markdown.
     """
-    lines = [f"## {heading}", "", provenance_line(measurement_facts(seeds, seconds)), ""]
+    lines = [f"## {heading}", "", provenance_line(measurement_facts(seeds, seconds, started)), ""]
     if command:
         lines += [f"`{shlex.join(command)}`", ""]
     return "\n".join(lines + [body.strip()])

@@ -77,3 +77,30 @@ def test_every_shipped_measured_section_is_current(doc):
         if changed == ["<no commit>"] and provenance._COMMIT.search(body):
             pytest.skip("the section's commit is not in this checkout's history (shallow clone)")
         assert changed == [], f"{doc} section {name!r} is stale: {changed}"
+
+
+def test_the_commit_names_the_code_a_measurement_ran(tmp_path, monkeypatch):
+    """A section written into a document leaves the code clean; a commit made during a run marks it changed."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "figures.md").write_text("# Figures\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    first = provenance.commit()
+    assert len(first) == 40 and "+" not in first
+    (tmp_path / "docs" / "figures.md").write_text("# Figures\n\nmeasured\n")
+    assert provenance.commit() == first  # a written section is no code change
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.commit() == first + "+changes"
+    git("commit", "-qam", "second")
+    second = provenance.commit()
+    assert second != first and provenance.code_during(second) == second
+    assert provenance.code_during(first) == first + "+changes"  # the code moved on while it ran
+    facts = provenance.measurement_facts([0], 1.0, started=first)
+    assert facts["commit"] == first + "+changes"

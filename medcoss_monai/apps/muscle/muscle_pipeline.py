@@ -32,7 +32,7 @@ from pathlib import Path
 from medcoss_monai.errors import BadInputError, install_run_hooks
 from medcoss_monai import layout
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
-from medcoss_monai.provenance import measured_section, write_section
+from medcoss_monai.provenance import commit, measured_section, write_section
 from medcoss_monai.utils import atomic_write_text, parse_seeds
 
 __all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--docs", default="", help="with --compare: also write the table as the 'muscle' section of this "
                         "document (e.g. docs/figures.md), with the command, commit, torch build, machine, seeds and time")
     args = parser.parse_args(argv)
-    start = time.time()
+    start, started = time.time(), commit()
     if args.compare:
         seeds = parse_seeds(args.seeds, "--seeds")
         compare(args.output_dir, seeds, args.step1.split(), args.step2.split(), args.step2_minus.split(), args.step3.split())
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.docs:
             command = ["python", "-m", "medcoss_monai.apps.muscle.muscle_pipeline", *(sys.argv[1:] if argv is None else argv)]
             section = measured_section("MUSCLE on the sample data: fine-tuned from four backbones", table, seeds,
-                                       time.time() - start, command)
+                                       time.time() - start, command, started)
             write_section(args.docs, "muscle", section, title="Measured figures")
     elif args.docs:
         raise BadInputError("--docs writes the table of --compare: add --compare.")
