@@ -53,17 +53,23 @@ def films(datalist) -> dict[str, Path]:
     return {it["body_part"]: Path(it["image"]) for it in items}
 
 
-def _signed_rescaled_copy(film: Path, path: Path) -> tuple[np.ndarray, float, float]:
-    """The film's stored values (a corner, every 4th pixel), re-stored uncompressed as signed 15-bit MONOCHROME2
-    with a modality rescale: the branches the real films do not take."""
-    src = pydicom.dcmread(film)
-    raw = src.pixel_array[:512:4, :512:4].astype(np.int32) - 2**14  # 15 bits unsigned -> two's complement
+def _secondary_capture() -> pydicom.Dataset:
+    """An empty uncompressed secondary-capture dataset (file meta and SOP identifiers set), pixels to be added."""
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def _signed_rescaled_copy(film: Path, path: Path) -> tuple[np.ndarray, float, float]:
+    """The film's stored values (a corner, every 4th pixel), re-stored uncompressed as signed 15-bit MONOCHROME2
+    with a modality rescale: the branches the real films do not take."""
+    src = pydicom.dcmread(film)
+    raw = src.pixel_array[:512:4, :512:4].astype(np.int32) - 2**14  # 15 bits unsigned -> two's complement
+    ds = _secondary_capture()
     ds.Rows, ds.Columns = raw.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 15, 14, 1
@@ -108,12 +114,7 @@ def _colour_copy(film: Path, path: Path) -> None:
     """A corner of the film re-stored as an uncompressed RGB DICOM (a secondary capture, not a radiograph)."""
     gray = pydicom.dcmread(film).pixel_array[:64, :64]
     rgb = np.repeat((gray >> 7).astype(np.uint8)[..., None], 3, axis=-1)
-    ds = pydicom.Dataset()
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds = _secondary_capture()
     ds.Rows, ds.Columns = rgb.shape[:2]
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -310,7 +310,8 @@ def test_qata_missing_or_mismatched_masks_are_listed(qata_root: Path, tmp_path: 
     assert "mask_covid_11.png: size (5, 5) differs" in str(err.value)
 
 
-def test_pudmed20k_official_files(tmp_path: Path, sample_data: Path):
+def pudmed20k_root(tmp_path: Path, sample_data: Path) -> tuple[Path, list[dict]]:
+    """``pubmed-rct/PubMed_20k_RCT/{train,dev,test}.txt`` of nine real reports (sentences labelled by position)."""
     from medcoss_monai.data.reports import load_report_corpus
 
     reports = load_report_corpus(sample_data / "report" / "NLMCXR_reports.tgz")[:9]
@@ -325,6 +326,12 @@ def test_pudmed20k_official_files(tmp_path: Path, sample_data: Path):
             lines += [f"{roles[i % 5]}\t{t}" for i, t in enumerate(sentences)]
             lines.append("")
         (root / f"{name}.txt").write_text("\n".join(lines))
+    return root, reports
+
+
+def test_pudmed20k_official_files(tmp_path: Path, sample_data: Path):
+    root, reports = pudmed20k_root(tmp_path, sample_data)
+    roles = ["BACKGROUND", "OBJECTIVE", "METHODS", "RESULTS", "CONCLUSIONS"]
     data = prepare("pudmed20k", root.parent, tmp_path / "p.json", progress=False)
     assert data["classes"] == sorted(roles)
     assert {it["abstract_id"] for it in data["test"]} == {r["id"] for r in reports[6:9]}

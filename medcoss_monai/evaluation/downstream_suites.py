@@ -86,6 +86,10 @@ def _brain(name: str, contrasts: list[str], converter: str = DownstreamSet.conve
                          converter=converter)
 
 
+def _brain_cls(name: str, contrasts: list[str], num_classes: int = 2) -> DownstreamSet:
+    return DownstreamSet(name, "finetune_brainmvp_cls.json", "brain_cls", {"input_contrasts": contrasts, "num_classes": num_classes})
+
+
 BRAINMVP = {
     s.name: s
     for s in (
@@ -99,10 +103,14 @@ BRAINMVP = {
         # BrainMVP's VS task reads T2 studies: the vs_brainmvp converter, under the table's name vs
         _brain("vs", ["t2"], converter="medcoss_monai.data.prepare.mri_seg:prepare_vs_brainmvp", label_mode="classes",
                num_classes=2),
+        # classification: HGG vs LGG on the four BraTS contrasts; autism / ADHD vs control on the T1
+        _brain_cls("brats2018", _BRATS),
+        _brain_cls("abide", ["t1"]),
+        _brain_cls("adhd200", ["t1"]),
     )
 }
-"""BrainMVP: its segmentation sets (``Downstream/dataset/multimodal_dataset.py``: the contrasts of each).
-Its classification sets (BraTS 2018, ADNI, ADHD-200, ABIDE) have no fine-tuning bundle yet."""
+"""BrainMVP: its segmentation sets (``Downstream/dataset/multimodal_dataset.py``: the contrasts of each) and its
+classification sets (``Fine_tune/classification``); ADNI, the fourth classification set, has no converter with labels."""
 
 
 _MUSCLE_CLS = {"ACC": "ACC", "AUC": "AUC"}

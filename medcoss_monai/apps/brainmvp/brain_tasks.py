@@ -18,7 +18,8 @@ import numpy as np
 from medcoss_monai.apps.brainmvp.studies import CONTRASTS, sample_task_datalist, study_datalist
 from medcoss_monai.errors import BadInputError, install_run_hooks
 
-__all__ = ["LABEL_MODES", "SPLITS", "task_datalist", "check_label_mode", "checked_task", "write_splits", "main"]
+__all__ = ["LABEL_MODES", "SPLITS", "task_datalist", "check_label_mode", "checked_task", "checked_classification_task",
+           "write_splits", "main"]
 
 
 def _folder_split(study: Mapping[str, Any]) -> str:
@@ -114,6 +115,52 @@ def checked_task(
                 problems.append(f"{s['label']}: label values {extra[:8]} are not among {sorted(allowed)} (--label_mode {label_mode})")
     if problems:
         raise BadInputError(f"{where}: {len(problems)} label problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+    return task
+
+
+def checked_classification_task(
+    dataset_dir: str | os.PathLike | None, contrasts: Sequence[str], num_classes: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The three splits of a classification task (a class index per study), refused before training when wrong.
+
+    Args:
+        dataset_dir: a study datalist JSON (the ``abide``, ``adhd200`` or ``brats2018`` converters write one)
+            whose studies carry an integer ``label``.
+        contrasts: the input contrasts; every study must have each of them.
+        num_classes: labels are ``0 .. num_classes - 1``.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``.
+
+    Raises:
+        BadInputError: no datalist, an empty split, a study without one of ``contrasts``, a label that is
+            not a class index below ``num_classes``, or a validation split of one class (every problem listed,
+            studies named).
+    """
+    if not dataset_dir:
+        raise BadInputError("BrainMVP classification needs --dataset_dir: a study datalist JSON with an integer 'label' "
+                            "per study (python -m medcoss_monai.data.prepare abide|adhd200|brats2018 writes one).")
+    task = {key: task_datalist(dataset_dir, key, CONTRASTS) for key in SPLITS}
+    empty = [key for key in SPLITS if not task[key]]
+    if empty:
+        raise BadInputError(f"{dataset_dir}: no {' / '.join(empty)} studies. Fine-tuning selects its best epoch on "
+                            "'validation' and reports on 'test': give a datalist JSON with all three lists.")
+    problems = []
+    for key in SPLITS:
+        for s in task[key]:
+            name = f"{s.get('study', '?')} ({key})"
+            label = s.get("label")
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < int(num_classes):
+                problems.append(f"{name}: label {label!r} is not a class index 0 .. {int(num_classes) - 1} (--num_classes {num_classes})")
+            absent = [c for c in contrasts if c not in s["image"]]
+            if absent:
+                problems.append(f"{name}: no {', '.join(absent)} image (--input_contrasts {list(contrasts)})")
+    classes = {s.get("label") for s in task["validation"]}
+    if len(classes) < 2:
+        problems.append(f"validation: every study has label {sorted(classes, key=str)}; the best epoch is chosen by validation "
+                        "AUC, which needs studies of two classes")
+    if problems:
+        raise BadInputError(f"{dataset_dir}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
     return task
 
 

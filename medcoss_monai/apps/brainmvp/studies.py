@@ -170,7 +170,8 @@ def check_studies(studies: Sequence[Mapping[str, Any]], where: str, contrasts: S
             problems.append(f"{name}: 'image' must map contrast names to files, got {image!r}")
             continue
         problems += [f"{name}: unknown contrast '{c}' (known: {list(contrasts)})" for c in image if c not in contrasts]
-        files = list(image.values()) + ([s["label"]] if s.get("label") else [])
+        # a label map is a file; a classification study's label is a class index
+        files = list(image.values()) + ([s["label"]] if isinstance(s.get("label"), str) and s["label"] else [])
         problems += [f"{name}: {f} does not exist" for f in files if not os.path.exists(f)]
     if problems:
         raise BadInputError(f"{where}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))

@@ -69,6 +69,7 @@ class BrainMVPUNetEncoder(nn.Module):
     def __init__(self, in_channels: int = 1, init_channels: int = 32, groups: int = 8, blocks: tuple = UNET_BLOCKS) -> None:
         super().__init__()
         widths = [init_channels * m for m in (1, 2, 4, 8)]
+        self.widths = tuple(widths)  # as UniFormer3D's: the deepest is what a classification head reads
         self.stem = nn.Conv3d(in_channels, init_channels, 3, padding=1)
         self.levels = nn.ModuleList(
             nn.Sequential(*(PreActResBlock(w, groups) for _ in range(n))) for w, n in zip(widths, blocks)

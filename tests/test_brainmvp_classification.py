@@ -1,0 +1,101 @@
+"""BrainMVP classification fine-tuning: the reference's head on a stage's encoder, the study checks, and the bundle
+end to end on the ABIDE miniature (real T1 scans in INDI's layout, labels from its phenotypic sheet)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcoss_monai.apps.brainmvp.brain_tasks import checked_classification_task
+from medcoss_monai.apps.brainmvp.classifier import classification_network
+from medcoss_monai.apps.brainmvp.model import load_pretrained_backbone
+from medcoss_monai.data.prepare import prepare
+from medcoss_monai.errors import BadInputError, CheckpointError
+from tests.stage_utils import BUNDLES
+from tests.test_brainmvp_finetune import TINY, stage_model  # noqa: F401  (fixture)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_prepare_abide import abide_root  # noqa: E402,F401  (fixture)
+
+BUNDLE = BUNDLES / "finetune_brainmvp_cls.json"
+BACKBONE = json.loads((BUNDLES / "common" / "brainmvp.json").read_text())["backbone"]
+
+
+def _abide_datalist(abide_root: Path, tmp_path: Path) -> Path:
+    """The converted miniature with one training study of the other class moved to validation (the converter's
+    seeded split leaves one validation study of six; the bundle chooses its epoch by validation AUC)."""
+    datalist = tmp_path / "abide.json"
+    data = prepare("abide", abide_root.parent, datalist, progress=False)
+    other = next(s for s in data["training"] if s["label"] != data["validation"][0]["label"])
+    data["training"].remove(other)
+    data["validation"].append(other)
+    datalist.write_text(json.dumps(data))
+    return datalist
+
+
+def test_the_classifier_takes_every_encoder_tensor_of_a_stage_and_a_fresh_head(stage_model):
+    path, model = stage_model
+    net = classification_network(BACKBONE, 2, 3)
+    head = net.head.weight.detach().clone()
+    load_pretrained_backbone(net, path)
+    stage = model.backbone.encoder.state_dict()
+    for key, value in net.encoder.state_dict().items():
+        expected = stage[key]
+        if key == "embeddings.0.0.weight":  # one pre-trained input channel shared by both contrasts
+            expected = expected.repeat(1, 2, 1, 1, 1) / 2
+        torch.testing.assert_close(value, expected, msg=key)
+    torch.testing.assert_close(net.head.weight, head)  # the head is the task's own
+    assert net.head.in_features == BACKBONE["widths"][-1]
+    # the reference's head: the deepest map averaged over space, then one linear layer
+    x = torch.rand(2, 2, 32, 32, 32)
+    with torch.no_grad():
+        deepest = net.encoder(x)[-1]
+        torch.testing.assert_close(net(x), net.head(deepest.mean(dim=(2, 3, 4))))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_pretrained_backbone(classification_network(TINY, 1, 2), path)
+
+
+def test_labels_and_contrasts_are_checked_before_training(abide_root: Path, tmp_path: Path):
+    datalist = _abide_datalist(abide_root, tmp_path)
+    task = checked_classification_task(datalist, ["t1"], 2)
+    assert [len(task[k]) for k in ("training", "validation", "test")] == [3, 2, 1]
+    data = json.loads(datalist.read_text())
+    data["training"][0]["label"], data["test"][0]["label"] = 2, -1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(BadInputError) as err:
+        checked_classification_task(bad, ["t1", "t2"], 2)
+    message = str(err.value)
+    assert f"{data['training'][0]['study']} (training): label 2 is not a class index 0 .. 1" in message
+    assert f"{data['test'][0]['study']} (test): label -1 is not a class index" in message
+    assert message.count("no t2 image") == 6  # every study, named
+    data = json.loads(datalist.read_text())
+    data["training"].append(data["validation"].pop())  # one class left in validation: no AUC to choose the epoch by
+    bad.write_text(json.dumps(data))
+    with pytest.raises(BadInputError, match=r"validation: every study has label \[\d\]; .* needs studies of two classes"):
+        checked_classification_task(bad, ["t1"], 2)
+    with pytest.raises(BadInputError, match="needs --dataset_dir"):
+        checked_classification_task("", ["t1"], 2)
+
+
+@pytest.mark.slow
+def test_abide_miniature_fine_tunes_from_a_stage_and_is_tested_on_its_best_epoch(abide_root: Path, stage_model, tmp_path: Path):
+    """The converted ABIDE datalist through the bundle (the BrainMVP suite's row): 2 epochs from a stage's weights."""
+    from monai.bundle import run
+
+    path, _ = stage_model
+    datalist = _abide_datalist(abide_root, tmp_path)
+    out = tmp_path / "ft"
+    run(config_file=str(BUNDLE), output_dir=str(out), dataset_dir=str(datalist), pretrained_ckpt=str(path),
+        roi_size=[32, 32, 32], **{"train#trainer#max_epochs": 2})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split_sizes"] == {"training": 3, "validation": 2, "test": 1}
+    assert metrics["pretrained_ckpt"] == str(path) and metrics["input_contrasts"] == ["t1"]
+    assert metrics["best_validation"]["epoch"] in (1, 2)
+    assert {"ACC", "AUC", "F1"} <= set(metrics["metrics"]) and metrics["metrics"]["ACC"] in (0.0, 1.0)  # one test study
+    best = torch.load(out / "model_best.pt", weights_only=True)
+    assert set(best) == set(classification_network(BACKBONE, 1, 2).state_dict())
