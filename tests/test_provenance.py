@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from medcoss_monai import provenance
+from medcoss_monai.errors import BadInputError
 from medcoss_monai.evaluation import figures
 
 
@@ -28,14 +29,25 @@ def test_a_section_is_replaced_in_place_and_the_rest_of_the_document_kept(tmp_pa
 
 def test_the_figures_section_is_generated_from_the_runs_tables_with_its_provenance(tmp_path):
     (tmp_path / "finetune.md").write_text("| task | metric |\n| --- | --- |\n| ct_seg | Dice |\n")
+    here = provenance.commit()
+    rows = (("a/pipeline.log", 100.0, "0123456"), ("a/pipeline.log", 60.0, here), ("b/finetune.log", 30.0, here))
     with open(tmp_path / figures.TIMINGS, "w") as f:  # a resumed run: the second time of a log replaces the first
-        for log, seconds in (("a/pipeline.log", 100.0), ("a/pipeline.log", 60.0), ("b/finetune.log", 30.0)):
-            f.write(json.dumps({"seconds": seconds, "log": log}) + "\n")
+        for log, seconds, code in rows:
+            f.write(json.dumps({"seconds": seconds, "log": log, "commit": code}) + "\n")
     assert figures.measured_seconds(tmp_path) == 90.0
+    assert figures.measured_commit(tmp_path) == here
     section = figures.figures_section(tmp_path, [0, 1, 2])
     assert "| ct_seg | Dice |" in section and "### Fine-tuning" in section and "Text probe" not in section
     assert "seeds 0, 1, 2; 1.5 min" in section and "torch " in section
-    assert f"commit `{provenance.commit()}`" in section
+    assert f"commit `{here}`" in section
+
+
+def test_a_figures_section_is_refused_from_runs_of_two_commits(tmp_path):
+    with open(tmp_path / figures.TIMINGS, "w") as f:  # resumed in a later session after a commit
+        f.write(json.dumps({"seconds": 10.0, "log": "medcoss_s0/pipeline.log", "commit": "0123456"}) + "\n")
+        f.write(json.dumps({"seconds": 20.0, "log": "finetune/ct_seg/scratch_s0/finetune.log", "commit": "89abcde"}) + "\n")
+    with pytest.raises(BadInputError, match="2 commits.*0123456: 1 runs, e.g. medcoss_s0/pipeline.log.*89abcde"):
+        figures.figures_section(tmp_path, [0])
 
 
 def test_a_section_measured_before_a_recipe_change_is_stale():

@@ -19,7 +19,9 @@ with the commit, torch build, machine, seeds and the time the runs took (:mod:`m
 
 Every score is on held-out data (see :mod:`medcoss_monai.samples.sample_data`). The whole run takes about
 three hours on two CPU cores; measure alone (other processes on the machine change the timings,
-not the scores).
+not the scores). A run stopped part-way continues from its last checkpoint when the command is started again;
+every run records its commit, and a document section is written only from runs of one commit (so measure from a
+checkout that stays there, e.g. ``git worktree add ../figures-run HEAD``).
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.errors import install_run_hooks
+from medcoss_monai.errors import BadInputError, install_run_hooks
 from medcoss_monai.layout import FORGETTING_CSV, bundles_dir, stage_model
 from medcoss_monai.evaluation.compare import compare_runs
 from medcoss_monai.evaluation.matrix import SCRATCH_ROW, read_matrix, row_name
-from medcoss_monai.provenance import measured_section, write_section
+from medcoss_monai.provenance import commit, measured_section, write_section
 
-__all__ = ["FINETUNE_TASKS", "run_figures", "figures_section", "measured_seconds", "main"]
+__all__ = ["FINETUNE_TASKS", "run_figures", "figures_section", "measured_seconds", "measured_commit", "main"]
 
 FINETUNE_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "text_cls": ("text_cls", "report", ()),
@@ -65,6 +67,7 @@ TIMINGS = "timings.jsonl"
 
 def _run(cmd: Sequence[str], log: Path, out: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
+    code = commit()  # a figures run spans sessions: each run records the code it ran (see measured_commit)
     start = time.time()
     with open(log, "w", encoding="utf-8") as f:
         result = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT)
@@ -72,21 +75,53 @@ def _run(cmd: Sequence[str], log: Path, out: Path) -> None:
         raise SystemExit(f"failed (exit {result.returncode}, see {log}): {' '.join(cmd)}")
     seconds = time.time() - start
     with open(out / TIMINGS, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"seconds": round(seconds, 1), "log": str(log.relative_to(out))}) + "\n")
+        f.write(json.dumps({"seconds": round(seconds, 1), "log": str(log.relative_to(out)), "commit": code}) + "\n")
     print(f"  {seconds:6.0f} s  {' '.join(cmd[2:6])} ... -> {log.parent}", flush=True)
 
 
-def measured_seconds(out: Path) -> float:
-    """Total time of the runs behind the tables in ``out`` (each run counted once, its last time)."""
+def _last_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """The last finished run of each log in ``out``'s timings: ``{log: {"seconds", "log", "commit"}}``."""
     path = Path(out) / TIMINGS
     if not path.is_file():
-        return 0.0
+        return {}
     last = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            last[row["log"]] = row["seconds"]
-    return float(sum(last.values()))
+            last[row["log"]] = row
+    return last
+
+
+def measured_seconds(out: Path) -> float:
+    """Total time of the runs behind the tables in ``out`` (each run counted once, its last time)."""
+    return float(sum(row["seconds"] for row in _last_runs(out).values()))
+
+
+def measured_commit(out: Path) -> str:
+    """The one commit every run behind the tables in ``out`` ran at.
+
+    A figures run is resumed across sessions; a table mixing runs of different code would name a commit
+    that only part of it ran, so that is refused.
+
+    Args:
+        out: the folder of a figures run.
+
+    Returns:
+        the commit (``+changes`` when the runs ran uncommitted code); "unknown" when no run recorded one.
+
+    Raises:
+        BadInputError: the runs ran at more than one commit.
+    """
+    runs = _last_runs(out)
+    commits = sorted({row.get("commit", "unknown") for row in runs.values()})
+    if len(commits) > 1:
+        by_commit = {c: [log for log, row in runs.items() if row.get("commit", "unknown") == c] for c in commits}
+        detail = "; ".join(f"{c}: {len(logs)} runs, e.g. {logs[0]}" for c, logs in by_commit.items())
+        raise BadInputError(
+            f"the runs in {out} ran at {len(commits)} commits ({detail}): a table names one commit. Measure from a "
+            "checkout that stays at one commit (e.g. 'git worktree add'), or remove the runs of the other commits."
+        )
+    return commits[0] if commits else "unknown"
 
 
 def pretrain(out: Path, seeds: Sequence[int]) -> None:
@@ -96,8 +131,9 @@ def pretrain(out: Path, seeds: Sequence[int]) -> None:
             run_dir = out / f"{method}_s{seed}"
             if (run_dir / FORGETTING_CSV).is_file():
                 continue
+            # --resume: a run killed part-way continues from its last checkpoint (bit-exact) when started again
             cmd = [sys.executable, "-m", "medcoss_monai.bundle.pipeline", "--stages", STAGES, "--method", method,
-                   "--output_dir", str(run_dir), "--seed", str(seed), "--progress_bar", "false"]
+                   "--output_dir", str(run_dir), "--seed", str(seed), "--progress_bar", "false", "--resume", "true"]
             _run(cmd, run_dir / "pipeline.log", out)
 
 
@@ -117,7 +153,7 @@ def finetune(out: Path, seeds: Sequence[int], tasks: Sequence[str]) -> None:
                 if (folder / "metrics.json").is_file():
                     continue
                 cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundles / f"finetune_{bundle}.json"),
-                       "--output_dir", str(folder), "--seed", str(seed), *extra]
+                       "--output_dir", str(folder), "--seed", str(seed), "--resume", "true", *extra]
                 if init == "pretrained":
                     cmd += ["--pretrained_ckpt", str(stage_model(out / f"medcoss_s{seed}", stage))]
                 _run(cmd, folder / "finetune.log", out)
@@ -210,7 +246,7 @@ def figures_section(out: str | Path, seeds: Sequence[int]) -> str:
             lines += [f"### {heading}", "", (out / name).read_text(encoding="utf-8").strip(), ""]
     command = ["python", "-m", "medcoss_monai.evaluation.figures", "--seeds", *map(str, seeds)]
     return measured_section("MedCoSS on the sample data: methods, forgetting, fine-tuning", "\n".join(lines), seeds,
-                            measured_seconds(out), command)
+                            measured_seconds(out), command, started=measured_commit(out))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
