@@ -16,11 +16,10 @@ import argparse
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcoss_monai.provenance import commit, measured_section, write_section
+from medcoss_monai.provenance import Measurement
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,15 +52,14 @@ def run_benchmark(name: str, heading: str, argv: Sequence[str], docs: str | Path
         SystemExit: the benchmark failed; its output is shown.
     """
     command = [sys.executable, str(HERE / argv[0]), *argv[1:]]
-    start, started = time.time(), commit()
+    measurement = Measurement()
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise SystemExit(f"benchmark {name} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    section = measured_section(heading, "\n".join(["```text", result.stdout.strip(), "```"]), None, time.time() - start,
-                               ["python", f"benchmarks/{argv[0]}", *argv[1:]], started)
+    body, shown = "\n".join(["```text", result.stdout.strip(), "```"]), ["python", f"benchmarks/{argv[0]}", *argv[1:]]
     if docs:
-        write_section(docs, name, section, title="Benchmarks")
-    return section
+        return measurement.write(docs, name, heading, body, None, shown, title="Benchmarks")
+    return measurement.section(heading, body, None, shown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

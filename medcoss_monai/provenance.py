@@ -13,7 +13,9 @@ import platform
 import re
 import shlex
 import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,8 @@ import torch
 
 from medcoss_monai.utils import atomic_write_text
 
-__all__ = ["RECIPE_PATHS", "CODE_PATHS", "commit", "code_during", "measurement_facts", "provenance_line", "measured_section", "write_section",
-           "read_sections",
-           "recipe_changed_since"]
+__all__ = ["RECIPE_PATHS", "CODE_PATHS", "commit", "code_during", "measurement_facts", "provenance_line", "measured_section",
+           "write_section", "Measurement", "read_sections", "recipe_changed_since"]
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_PATHS = ("bundles/common", "bundles/stage_*.json", "bundles/method_*.json", ":(exclude)bundles/common/links.json")
@@ -129,6 +130,28 @@ def measured_section(
     if command:
         lines += [f"`{shlex.join(command)}`", ""]
     return "\n".join(lines + [body.strip()])
+
+
+@dataclass
+class Measurement:
+    """A measurement under way: the commit it started at and its clock, for the section its command writes.
+
+    Create it before the runs start; a commit made meanwhile marks the section ``+changes`` (:func:`code_during`).
+    """
+
+    started: str = field(default_factory=lambda: commit())
+    start: float = field(default_factory=time.time)
+
+    def section(self, heading: str, body: str, seeds: Sequence[int] | None, command: Sequence[str] = ()) -> str:
+        """:func:`measured_section` of this measurement (its time is the time since it started)."""
+        return measured_section(heading, body, seeds, time.time() - self.start, command, self.started)
+
+    def write(self, doc: str | os.PathLike, name: str, heading: str, body: str, seeds: Sequence[int] | None,
+              command: Sequence[str] = (), title: str = "Measured figures") -> str:
+        """Write :meth:`section` as section ``name`` of ``doc`` (:func:`write_section`) and return it."""
+        section = self.section(heading, body, seeds, command)
+        write_section(doc, name, section, title=title)
+        return section
 
 
 def read_sections(doc: str | os.PathLike) -> dict[str, str]:

@@ -99,3 +99,35 @@ def test_abide_miniature_fine_tunes_from_a_stage_and_is_tested_on_its_best_epoch
     assert {"ACC", "AUC", "F1"} <= set(metrics["metrics"]) and metrics["metrics"]["ACC"] in (0.0, 1.0)  # one test study
     best = torch.load(out / "model_best.pt", weights_only=True)
     assert set(best) == set(classification_network(BACKBONE, 1, 2).state_dict())
+    check_zoo_export(out, datalist, tmp_path)
+
+
+def check_zoo_export(out: Path, datalist: Path, tmp_path: Path) -> None:
+    """The fine-tuned classifier exported to the Model Zoo: its checks pass; inference.json (MONAI and PyTorch only)
+    gives the trained network's probabilities on the bundle's own test chain, evaluate.json the tested accuracy."""
+    import numpy as np
+    from monai.transforms import Compose
+
+    from medcoss_monai.bundle.export import main as export
+    from medcoss_monai.layout import read_bundle
+    from test_export_apps import check_zoo, read_rows, run_without_medcoss
+
+    bundle = export(["--finetune_dir", str(out), "--out", str(tmp_path / "zoo")])
+    meta = check_zoo(bundle, tmp_path)
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
+    assert "medcoss-monai" not in meta["required_packages_version"]
+    run_without_medcoss(bundle, [("configs/inference.json", datalist, tmp_path / "pred"),
+                                 ("configs/evaluate.json", datalist, tmp_path / "metrics")])
+    metrics = json.loads((out / "metrics.json").read_text())
+    net = classification_network(metrics["network_backbone"], 1, 2)
+    net.load_state_dict(torch.load(out / "model_best.pt", weights_only=True))
+    parser = read_bundle(BUNDLE, {"output_dir": str(tmp_path / "x"), "dataset_dir": str(datalist), "roi_size": [32, 32, 32]})
+    study = json.loads(datalist.read_text())["test"][0]
+    x = Compose(parser.get_parsed_content("eval_transforms"))(dict(study))["image"][None]
+    with torch.no_grad():
+        expected = torch.softmax(net.eval()(x)[0], 0).numpy()
+    rows = read_rows(tmp_path / "pred/predictions.csv")
+    assert len(rows) == 1 and rows[0][0].endswith(Path(study["image"]["t1"]).name)
+    np.testing.assert_allclose([float(v) for v in rows[0][1:]], expected, atol=1e-5)
+    accuracy = float(dict(read_rows(tmp_path / "metrics/metrics.csv"))["accuracy"])
+    assert accuracy == metrics["metrics"]["ACC"]

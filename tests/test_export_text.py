@@ -104,3 +104,13 @@ def test_text_cls_bundle_writes_label_probabilities(report: tuple[Path, Path], r
     assert names == ["second", str(reports / "report_0.txt")] and probs.shape == (2, len(classes))
     # multi-label: independent sigmoid probabilities, that of the file equal to the network's on it
     np.testing.assert_allclose(probs[1], torch.sigmoid(expected[0]).numpy(), atol=1e-5)
+    # configs/evaluate.json, MONAI and PyTorch only: the macro-AUC fine-tuning measured on the same test items
+    from medcoss_monai.bundle.finetune import task_items
+
+    labelled = tmp_path / "labelled.json"
+    labelled.write_text(json.dumps({"test": task_items("", "text_cls", "test", 64, 0)}))
+    run_without_medcoss(bundle, [("configs/evaluate.json", labelled, tmp_path / "metrics")])
+    with open(tmp_path / "metrics/metrics.csv") as f:
+        exported = float(dict(line.strip().split(",") for line in f if line.strip())["auc"])
+    measured = json.loads((ft / "metrics.json").read_text())["metrics"]["AUC"]
+    assert exported == pytest.approx(measured, abs=1e-4)

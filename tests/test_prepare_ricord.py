@@ -13,11 +13,15 @@ from medcoss_monai.data.prepare import prepare
 from medcoss_monai.data.prepare.ricord import reference_split
 from medcoss_monai.errors import BadInputError
 
-# three series of the reference's lists: (collection, patient, study folder, series folder)
+# six series of the reference's lists, two per split and one per class in each: (collection, patient, study
+# folder, series folder); RICORD 1A is COVID-positive (label 1), 1B negative (0)
 SERIES = [
     ("1A", "ID660042-000149", "10-19-2004-NA-CT CHEST WITHOUT CONTRAST-12345", "3.000000-NA-36469"),  # train, 1
     ("1A", "IDSITE2-000105", "03-30-2004-NA-CT CHEST-23456", "2.000000-NA-27512"),  # test, 1
     ("1B", "ID440808-000088", "03-07-2003-CTA CHEST-34567", "601.000000-THORAX-PE-ART-AXIAL-3X3-13018"),  # train, 0
+    ("1A", "ID419639-000906", "10-23-2002-NA-CT CHEST-45678", "2.000000-ROUTINE-CHEST-NON-CON-46543"),  # val, 1
+    ("1B", "ID660042-000186", "02-14-1998-NA-CT CHEST-56789", "2.000000-NA-46056"),  # val, 0
+    ("1B", "ID660042-000228", "11-24-1999-NA-CT CHEST-67890", "2.000000-NA-55762"),  # test, 0
 ]
 
 
@@ -74,9 +78,13 @@ def test_series_become_volumes_with_the_reference_split(ricord_root: Path, tmp_p
     assert [(it["series"], it["label"]) for it in data["training"]] == [
         ("ID660042-000149_date10-19-2004_3.000000-NA-36469", 1),
         ("ID440808-000088_date03-07-2003_601.000000-THORAX-PE-ART-AXIAL-3X3-13018", 0)]
-    assert [it["series"] for it in data["test"]] == ["IDSITE2-000105_date03-30-2004_2.000000-NA-27512"]
+    assert [(it["series"], it["label"]) for it in data["validation"]] == [
+        ("ID419639-000906_date10-23-2002_2.000000-ROUTINE-CHEST-NON-CON-46543", 1),
+        ("ID660042-000186_date02-14-1998_2.000000-NA-46056", 0)]
+    assert [it["series"] for it in data["test"]] == ["IDSITE2-000105_date03-30-2004_2.000000-NA-27512",
+                                                     "ID660042-000228_date11-24-1999_2.000000-NA-55762"]
     assert data["filtered"] == {"series not in the reference split": 1}
-    assert len(data["missing"]) == len(reference_split()) - 3
+    assert len(data["missing"]) == len(reference_split()) - len(SERIES)
     image = itk.imread(data["test"][0]["image"])
     # ITK keeps (slice, row, column): the slices in position order, each as the scanner wrote it
     np.testing.assert_array_equal(itk.array_view_from_image(image), np.moveaxis(vol, 2, 0))

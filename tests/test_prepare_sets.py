@@ -4,6 +4,7 @@ built from real sample files (H&E tiles and masks, CT slabs with labels, brain-M
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -322,7 +323,8 @@ def pudmed20k_root(tmp_path: Path, sample_data: Path) -> tuple[Path, list[dict]]
         lines = []
         for r in reports[3 * k:3 * k + 3]:
             lines.append(f"###{r['id']}")
-            sentences = [t for t in r["text"].split(". ") if t]
+            # PubMed sentences all have words; the anonymised reports' placeholders ("XXXX/XXXX") are left out
+            sentences = [t for t in r["text"].split(". ") if re.search(r"[A-Za-z0-9]", re.sub(r"X{2,}", "", t))]
             lines += [f"{roles[i % 5]}\t{t}" for i, t in enumerate(sentences)]
             lines.append("")
         (root / f"{name}.txt").write_text("\n".join(lines))
@@ -390,3 +392,14 @@ def test_isles22_bids_layout(tmp_path: Path, brain):
     data = prepare("isles22", tmp_path, out, skip_bad_inputs=True, progress=False)
     assert sum(_splits(data)) == 2 and sorted(data["training"][0]["image"]) == ["adc", "dwi", "flair"]
     assert len(study_datalist(out, "training")) == len(data["training"])
+
+
+def test_seeded_split_gives_a_small_set_a_validation_item():
+    from medcoss_monai.data.prepare.common import seeded_split
+
+    def sizes(n: int) -> list[int]:
+        splits, _ = seeded_split([{"k": i} for i in range(n)], {"validation": 0.1}, seed=0)
+        return [len(splits["training"]), len(splits["validation"])]
+
+    # 10% of 3 rounds to none; one case validates while another is left to train; big sets keep their share
+    assert [sizes(1), sizes(2), sizes(3), sizes(20)] == [[1, 0], [1, 1], [2, 1], [18, 2]]

@@ -165,7 +165,8 @@ def test_datalist_passes_the_mri_task_checks(vs_root: Path, tmp_path: Path):
     from medcoss_monai.bundle.finetune import checked_items
 
     data = prepare("vs", vs_root.parent, tmp_path / "vs.json", cache_dir=tmp_path / "cache", workers=2, progress=False)
-    assert len(checked_items(data["training"] + data["test"], 2, modality="mri")) == 4
+    assert [len(data[s]) for s in ("training", "validation", "test")] == [2, 1, 1]  # a small set still validates
+    assert len(checked_items(data["training"] + data["validation"] + data["test"], 2, modality="mri")) == 4
 
 
 def test_case_without_its_t1_structure_set_is_listed_and_wrong_root_refused(vs_root: Path, tmp_path: Path):
@@ -178,7 +179,8 @@ def test_case_without_its_t1_structure_set_is_listed_and_wrong_root_refused(vs_r
     with pytest.raises(BadInputError, match=r"VS-SEG-002: no RTSTRUCT drawn on the T1 series 1.000000-t1_mpr"):
         prepare("vs", broken, tmp_path / "o.json", cache_dir=tmp_path / "cache", progress=False)
     data = prepare("vs", broken, tmp_path / "o.json", cache_dir=tmp_path / "cache", skip_bad_inputs=True, progress=False)
-    assert [it["case"] for it in data["training"]] == ["vs_gk_1", "vs_gk_3"] and len(data["rejected"]) == 1
+    assert sorted(it["case"] for it in data["training"] + data["validation"]) == ["vs_gk_1", "vs_gk_3"]
+    assert len(data["rejected"]) == 1
     with pytest.raises(BadInputError, match=r"VS-SEG-\* not found under .*: is this the Vestibular-Schwannoma-SEG folder\?"):
         prepare("vs", broken / "VS-SEG-001", tmp_path / "o.json", cache_dir=tmp_path / "c", progress=False)
 
@@ -193,4 +195,4 @@ def test_brainmvp_variant_writes_t2_studies(vs_root: Path, tmp_path: Path, mri):
     study = data["test"][0]
     assert list(study["image"]) == ["t2"] and study["study"] == "vs_gk_4"
     np.testing.assert_array_equal(itk.array_view_from_image(itk.imread(study["label"])), mri["label"][:, ::2, ::2])
-    assert len(study_datalist(out, "training")) == 3 and data["filtered"]["cases without a T2 series and its RTSTRUCT"] == 0
+    assert len(study_datalist(out, "training")) + len(study_datalist(out, "validation")) == 3 and data["filtered"]["cases without a T2 series and its RTSTRUCT"] == 0

@@ -21,7 +21,6 @@ import json
 import shlex
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from medcoss_monai import layout
 from medcoss_monai.apps.brainmvp.multicontrast import CONTRASTS
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
 from medcoss_monai.errors import BadInputError, install_run_hooks
-from medcoss_monai.provenance import commit, measured_section, write_section
+from medcoss_monai.provenance import Measurement
 from medcoss_monai.utils import atomic_write_text, parse_seeds
 
 __all__ = ["test_inputs", "run_compare", "compare_table", "main"]
@@ -151,15 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise BadInputError(f"--missing {args.missing}: unknown contrast(s) {', '.join(unknown)}; "
                             f"choose from {', '.join(CONTRASTS)}.")
-    start, started = time.time(), commit()
+    measurement = Measurement()
     rows = run_compare(args.output_dir, seeds, missing, shlex.split(args.pretrain), shlex.split(args.finetune))
     table = compare_table(rows)
     print(table)
     if args.docs:
         command = ["python", "-m", "medcoss_monai.apps.brainmvp.compare", *(sys.argv[1:] if argv is None else argv)]
-        section = measured_section("BrainMVP on the sample data: pre-trained against scratch, contrasts missing", table,
-                                   seeds, time.time() - start, command, started)
-        write_section(args.docs, "brainmvp", section, title="Measured figures")
+        measurement.write(args.docs, "brainmvp", "BrainMVP on the sample data: pre-trained against scratch, contrasts missing",
+                          table, seeds, command)
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from medcoss_monai.errors import BadInputError, install_run_hooks
 from medcoss_monai import layout
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
-from medcoss_monai.provenance import commit, measured_section, write_section
+from medcoss_monai.provenance import Measurement
 from medcoss_monai.utils import atomic_write_text, parse_seeds
 
 __all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--docs", default="", help="with --compare: also write the table as the 'muscle' section of this "
                         "document (e.g. docs/figures.md), with the command, commit, torch build, machine, seeds and time")
     args = parser.parse_args(argv)
-    start, started = time.time(), commit()
+    measurement = Measurement()
     if args.compare:
         seeds = parse_seeds(args.seeds, "--seeds")
         compare(args.output_dir, seeds, args.step1.split(), args.step2.split(), args.step2_minus.split(), args.step3.split())
@@ -189,16 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table)
         if args.docs:
             command = ["python", "-m", "medcoss_monai.apps.muscle.muscle_pipeline", *(sys.argv[1:] if argv is None else argv)]
-            section = measured_section("MUSCLE on the sample data: fine-tuned from four backbones", table, seeds,
-                                       time.time() - start, command, started)
-            write_section(args.docs, "muscle", section, title="Measured figures")
+            measurement.write(args.docs, "muscle", "MUSCLE on the sample data: fine-tuned from four backbones", table, seeds,
+                              command)
     elif args.docs:
         raise BadInputError("--docs writes the table of --compare: add --compare.")
     else:
         results = run_steps(args.output_dir, args.variant, args.seed, args.step1.split(), args.step2.split(), args.step3.split())
         for task, metrics in results.items():
             print(f"  {task:<22} " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "score"))
-    print(f"\n=== MUSCLE finished in {time.time() - start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
+    print(f"\n=== MUSCLE finished in {time.time() - measurement.start:.0f} s; outputs in {Path(args.output_dir).resolve()} ===")
     return 0
 
 

@@ -46,11 +46,11 @@ _DETECTION_CHANNELS = {"0": "x1 (column)", "1": "y1 (row)", "2": "x2", "3": "y2"
 def _brainmvp(m: AppModel, label: bool) -> list[dict[str, Any]]:
     s = m.settings
     contrasts = s.get("contrasts", ["image"])
-    lab = ["label"] if label else []
+    lab = ["label"] if label and m.output == "segmentation" else []  # a class label is a number, not a file
     keys, modes = ["image"] + lab, ["bilinear"] + ["nearest"] * len(lab)
     chain: list[dict[str, Any]] = [{"_target_": "LoadImaged", "keys": contrasts + lab, "image_only": True,
                                     "ensure_channel_first": True}]
-    if m.output == "segmentation":
+    if m.output in ("segmentation", "classification"):  # a study: one channel per input contrast
         if len(contrasts) > 1:
             chain.append({"_target_": "ResampleToMatchd", "keys": contrasts[1:], "key_dst": contrasts[0],
                           "mode": "bilinear", "allow_missing_keys": True})
@@ -62,6 +62,7 @@ def _brainmvp(m: AppModel, label: bool) -> list[dict[str, Any]]:
         {"_target_": "CropForegroundd", "keys": keys, "source_key": "image", "margin": 2, "allow_smaller": True},
         {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": low, "upper": high, "b_min": 0.0,
          "b_max": 1.0, "clip": True, "channel_wise": True},
+        # the whole volume for the sliding window; else the centre roi (the classifier's pad + centre crop)
         {"_target_": "SpatialPadd" if m.output == "segmentation" else "ResizeWithPadOrCropd", "keys": keys,
          "spatial_size": list(s["roi_size"])},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
@@ -97,6 +98,7 @@ def app_inference(m: AppModel) -> dict[str, Any]:
     if m.app == "brainmvp" and m.output == "segmentation":
         inferer = {"_target_": "SlidingWindowInferer", "roi_size": list(s["roi_size"]), "sw_batch_size": 4,
                    "overlap": s.get("overlap", 0.25)}
+    if m.app == "brainmvp" and m.output in ("segmentation", "classification"):
         # a study item {"image": {"t1": ..., "t2": ...}} gives one key per contrast
         items = "$[dict(d, **d['image']) if isinstance(d.get('image'), dict) else d for d in @datalist]"
     cfg = portable_inference(app_transforms(m), m.output, s.get("dataset_dir", ""), inferer, items,

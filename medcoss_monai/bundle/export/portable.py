@@ -206,6 +206,17 @@ def csv_saver(output: str, text: bool = False) -> dict[str, Any]:
             "batch_transform": _TEXT_NAMES if text else _NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"}
 
 
+MULTILABEL_AUC = {
+    "_target_": "ignite.metrics.EpochMetric",
+    # MONAI's per-label AUC, averaged over the labels both present and absent in the split (a label seen in one
+    # state only has none): the macro-AUC the fine-tuning's metrics.json reports
+    "compute_fn": "$lambda p, y: float(numpy.nanmean(monai.metrics.compute_roc_auc(p, y, average='none')))",
+    "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+    "check_compute_fn": False,
+}
+"""The key metric of a multi-label evaluation (ignite's epoch metric: the AUC needs every item at once)."""
+
+
 def portable_evaluate(inference: Mapping[str, Any], output: str, label_transforms: list[Any], num_classes: int) -> dict[str, Any] | None:
     """``configs/evaluate.json``: the inference chain on a labelled datalist, MONAI metrics in ``output_dir``.
 
@@ -216,14 +227,15 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
 
     Args:
         inference: the bundle's inference config (:func:`portable_inference`).
-        output: ``"classification"`` or ``"segmentation"``; other outputs have no labelled metric here.
+        output: ``"classification"``, ``"multilabel"`` (independent sigmoid labels, multi-hot ``label``) or
+            ``"segmentation"``; other outputs have no labelled metric here.
         label_transforms: the preprocessing of an item with its ``label``.
         num_classes: output channels.
 
     Returns:
         The config, or None for outputs without a metric (or with labels only medcoss_monai prepares).
     """
-    if output not in ("classification", "segmentation"):
+    if output not in ("classification", "multilabel", "segmentation"):
         return None
     cfg = {k: copy.deepcopy(v) for k, v in inference.items() if k not in ("class_names", "output_ext", "mask_values")}
     cfg["output_dir"] = "$@bundle_root + '/eval_metrics'"
@@ -232,7 +244,10 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
               {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": num_classes}]
     cfg["postprocessing"]["transforms"] = onehot
     pairs = "$monai.handlers.from_engine(['pred', 'label'])"
-    if output == "segmentation":
+    if output == "multilabel":
+        cfg["postprocessing"]["transforms"] = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]
+        name, metric = "auc", MULTILABEL_AUC
+    elif output == "segmentation":
         name, metric = "mean_dice", {"_target_": "MeanDice", "include_background": False, "output_transform": pairs}
     else:
         name, metric = "accuracy", {"_target_": "ConfusionMatrix", "metric_name": "accuracy", "output_transform": pairs}

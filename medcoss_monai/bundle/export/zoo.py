@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 
 from medcoss_monai import layout
+from medcoss_monai.bundle.stage import flag
 from medcoss_monai.bundle.export import zoo_configs as configs
 from medcoss_monai.bundle.export.app_configs import write_app_bundle
 from medcoss_monai.bundle.export.portable import (
@@ -109,6 +111,21 @@ def _resolve(parser: Any, value: Any) -> Any:
     """A raw config value, following ``"@id"`` references to the value they name."""
     while isinstance(value, str) and value.startswith("@") and value[1:] in parser:
         value = parser.get(value[1:])
+    return value
+
+
+_FLAG = re.compile(r"medcoss_monai\.bundle\.flag\(@([\w#]+)\)")
+
+
+def _fixed_flags(parser: Any, value: Any) -> Any:
+    """``value`` with each ``medcoss_monai.bundle.flag(@id)`` of its expressions replaced by the trained run's
+    ``True`` / ``False``: a switch (text_cls's ``multi_label``) decided at training time needs no package after export."""
+    if isinstance(value, str) and value.startswith("$"):
+        return _FLAG.sub(lambda m: str(flag(parser.get_parsed_content(m[1]))), value)
+    if isinstance(value, list):
+        return [_fixed_flags(parser, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fixed_flags(parser, v) for k, v in value.items()}
     return value
 
 
@@ -303,7 +320,7 @@ def _write_overlays(out: Path, trained: Trained, train: Mapping[str, Any], infer
     if inference is None or not trained.info.get("task"):
         return
     multilabel = any(isinstance(t, dict) and t.get("sigmoid") for t in inference["postprocessing"]["transforms"])
-    labelled = _resolve(trained.parser, trained.parser.get("validate#preprocessing#transforms"))
+    labelled = _fixed_flags(trained.parser, _resolve(trained.parser, trained.parser.get("validate#preprocessing#transforms")))
     evaluate = portable_evaluate(inference, "multilabel" if multilabel else output, make_portable_transforms(labelled), channels)
     if evaluate is not None:
         _write_json(out / "configs" / "evaluate.json", evaluate)

@@ -1,4 +1,4 @@
-"""Model Zoo export of BrainMVP and MUSCLE models (a BrainMVP stage, a BrainMVP segmentation, MUSCLE tasks).
+"""Model Zoo export of BrainMVP and MUSCLE models (a BrainMVP stage, segmentation or classification, MUSCLE tasks).
 
 :func:`find_app_model` reads the trained folder and the bundle it was trained with, and builds the
 tensor-only network of :mod:`.app_networks` around the trained one; :func:`app_inference` writes its
@@ -90,14 +90,16 @@ IMPORTED_BRAINMVP = "medcoss_monai.apps.brainmvp.stage_network.BrainMVPStageNetw
 
 
 def app_kind(folder: str | os.PathLike) -> str | None:
-    """``"brainmvp_stage"``, ``"brainmvp_imported"``, ``"brainmvp_seg"``, ``"muscle"`` for a folder those bundles (or
-    the BrainMVP import) wrote, else None (MedCoSS)."""
+    """``"brainmvp_stage"``, ``"brainmvp_imported"``, ``"brainmvp_seg"``, ``"brainmvp_cls"``, ``"muscle"`` for a folder
+    those bundles (or the BrainMVP import) wrote, else None (MedCoSS)."""
     folder = Path(folder)
     stage, metrics = _read_json(folder / layout.STAGE_RECORD_FILE), _read_json(folder / layout.METRICS_FILE)
     if stage.get("method") == "brainmvp":
         return "brainmvp_stage"
     if isinstance(stage.get("network"), dict) and stage["network"].get("_target_") == IMPORTED_BRAINMVP:
         return "brainmvp_imported"
+    if metrics.get("task") == "brainmvp_cls":
+        return "brainmvp_cls"
     if str(metrics.get("task", "")).startswith("muscle_"):
         return "muscle"
     if metrics.get("label_mode") is not None and "fill" in metrics:
@@ -177,6 +179,29 @@ def _brainmvp_seg(folder: Path, config_file: Path | None, overrides: Mapping[str
     return AppModel("brainmvp", "segmentation", net, True, example, state, parser, Path(bundle), settings, info)
 
 
+def _brainmvp_cls(folder: Path, config_file: Path | None, overrides: Mapping[str, Any], model: str | None) -> AppModel:
+    metrics = _read_json(folder / layout.METRICS_FILE)
+    bundle = config_file or layout.bundles_dir() / "finetune_brainmvp_cls.json"
+    # metrics.json records the trained network's sizes (network_backbone), so the stage it started from is not needed,
+    # and classes, and the input it was tested on (contrasts, crop, spacing, intensity percentiles), which the inference repeats
+    keys = ("network_backbone", "input_contrasts", "num_classes", "roi_size", "spacing", "percentiles")
+    recorded = {k: metrics[k] for k in keys if isinstance(metrics.get(k), (dict, list, int))}
+    parser = layout.read_bundle(bundle, {"output_dir": str(folder), "pretrained_ckpt": "", **recorded, **overrides})
+    net = parser.get_parsed_content("network_def")
+    state = _load_trained(net, folder / (model or layout.BEST_MODEL_FILE))
+    roi = [int(s) for s in parser.get_parsed_content("roi_size")]
+    contrasts = list(parser.get_parsed_content("input_contrasts"))
+    num_classes = int(parser.get_parsed_content("num_classes"))
+    settings = {"roi_size": roi, "spacing": parser.get_parsed_content("spacing"), "contrasts": contrasts,
+                "percentiles": parser.get_parsed_content("percentiles"), "num_classes": num_classes,
+                "class_names": [f"class {i}" for i in range(num_classes)], "dataset_dir": ""}
+    info = {"task": "brainmvp_cls", "config_file": str(folder / (model or layout.BEST_MODEL_FILE)), "bundle_file": str(bundle),
+            "metrics": dict(metrics.get("metrics", {})), "epochs": metrics.get("max_epochs", "?"),
+            "split_sizes": metrics.get("split_sizes", {}), "pretrained_ckpt": metrics.get("pretrained_ckpt", "")}
+    example = torch.rand(1, len(contrasts), *roi, generator=torch.Generator().manual_seed(0))
+    return AppModel("brainmvp", "classification", net.eval(), True, example, state, parser, Path(bundle), settings, info)
+
+
 def _muscle_bundle(task: str) -> Path:
     for path in sorted(layout.bundles_dir().glob("finetune_muscle_*.json")):
         if _read_json(path).get("task") == task:
@@ -225,7 +250,7 @@ def find_app_model(folder: str | os.PathLike, config_file: str | os.PathLike | N
 
     Args:
         folder: a BrainMVP stage folder (``stage.json`` with ``"method": "brainmvp"``), a BrainMVP
-            segmentation ``output_dir`` or a MUSCLE fine-tuning ``output_dir`` (``metrics.json``).
+            segmentation or classification ``output_dir`` or a MUSCLE fine-tuning ``output_dir`` (``metrics.json``).
         config_file: the bundle it was trained with (default from the folder's records).
         overrides: ``{id: value}`` used at training time that change the network (sizes, classes).
         model: weights file name in the folder (default ``model_best.pt`` / ``model.pt``).
@@ -246,6 +271,9 @@ def find_app_model(folder: str | os.PathLike, config_file: str | os.PathLike | N
                             "it (bundles/finetune_brainmvp_seg.json --pretrained_ckpt) and export that output_dir.")
     if kind == "brainmvp_seg":
         return _brainmvp_seg(folder, config, overrides, model)
+    if kind == "brainmvp_cls":
+        return _brainmvp_cls(folder, config, overrides, model)
     if kind == "muscle":
         return _muscle(folder, config, overrides, model)
-    raise BadInputError(f"{folder}: neither a BrainMVP stage / segmentation folder nor a MUSCLE fine-tuning folder")
+    raise BadInputError(f"{folder}: neither a BrainMVP stage / segmentation / classification folder nor a MUSCLE "
+                        "fine-tuning folder")

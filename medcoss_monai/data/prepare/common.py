@@ -121,7 +121,8 @@ def seeded_split(
     """Split items at random by group (a patient never straddles two splits), reproducibly.
 
     Groups are sorted, shuffled with ``seed``, and dealt to the splits of ``fractions`` in order until
-    each holds its share of the groups; the remaining groups go to ``rest``.
+    each holds its share of the groups (rounded; at least one while more than one group is left, so a set of a
+    few cases still has a validation split); the remaining groups go to ``rest``.
 
     Args:
         items: the items to split.
@@ -142,6 +143,8 @@ def seeded_split(
     start = 0
     for name, share in fractions.items():
         n = int(round(share * len(keys)))
+        if share > 0 and n == 0 and len(keys) - start > 1:
+            n = 1  # a small set still validates (a bundle refuses an empty validation split), one group left to train
         target.update({keys[i]: name for i in order[start:start + n]})
         start += n
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in [*fractions, rest]}
