@@ -39,6 +39,21 @@ def chestxr_root(root: Path, sample_data: Path, per_class: tuple[int, int] = (3,
     return root / "chestxr"
 
 
+def random_stage(folder: Path) -> Path:
+    """``folder/model.pt``: a randomly initialised MedCoSS network of the fine-tuning tests' demo size (seed 0)."""
+    import torch
+
+    from medcoss_monai.networks import MedCoSSModel
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_finetune import ENCODER  # the demo-sized encoder of the fine-tuning tests
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(MedCoSSModel(**ENCODER).state_dict(), folder / "model.pt")
+    return folder / "model.pt"
+
+
 def arg(cmd: list[str], flag: str) -> str:
     """The value after ``flag`` in a command line."""
     return cmd[cmd.index(flag) + 1]
@@ -176,23 +191,14 @@ def test_label_fraction_needs_bundles_that_take_it(tmp_path: Path, sample_data: 
 @pytest.mark.slow
 def test_command_line_end_to_end_on_a_chestxr_miniature(tmp_path: Path, sample_data: Path, capfd):
     """The command on a root holding a ChestXR miniature and a refused folder: real fine-tuning, one seed, one epoch."""
-    import torch
-
     from medcoss_monai.evaluation.downstream import main
-    from medcoss_monai.networks import MedCoSSModel
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_finetune import ENCODER  # the demo-sized encoder of the fine-tuning tests
-
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    torch.manual_seed(0)
-    torch.save(MedCoSSModel(**ENCODER).state_dict(), stage / "model.pt")
+    model = random_stage(tmp_path / "stage")
     root = tmp_path / "root"
     chestxr_root(root, sample_data, per_class=(3, 2))
     (root / "glas").mkdir()  # present but empty: refused, reported, exit status 1
     out = tmp_path / "out"
-    code = main(["--pretrained", str(stage / "model.pt"), "--suite", "medcoss", "--data_root", str(root), "--seeds", "0",
+    code = main(["--pretrained", str(model), "--suite", "medcoss", "--data_root", str(root), "--seeds", "0",
                  "--max_epochs", "1", "--out", str(out), "--batch_size", "4"])
     printed = capfd.readouterr()
     assert code == 1, printed.out[-3000:] + printed.err[-3000:]

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 # the miniatures of the converters' tests (fixtures imported here become this module's fixtures)
-from test_downstream import chestxr_root  # noqa: E402
+from test_downstream import chestxr_root, random_stage  # noqa: E402
 from test_prepare_la import blocks, la_root  # noqa: E402,F401
 from test_prepare_ricord import ct, ricord_root  # noqa: E402,F401
 from test_prepare_sets import glas_root, lits_root, nct_root, pudmed20k_root, qata_root  # noqa: E402,F401
@@ -28,16 +28,9 @@ def test_the_medcoss_table_from_the_nine_miniatures(
     tmp_path: Path, sample_data: Path, nct_root: Path, glas_root: Path, lits_root: Path, qata_root: Path,
     ricord_root: Path, vs_root: Path, la_root: Path, capfd,
 ):
-    import torch
-
     from medcoss_monai.evaluation.downstream import main
-    from medcoss_monai.networks import MedCoSSModel
-    from test_finetune import ENCODER  # the demo-sized encoder of the fine-tuning tests
 
-    stage = tmp_path / "stage"
-    stage.mkdir()
-    torch.manual_seed(0)
-    torch.save(MedCoSSModel(**ENCODER).state_dict(), stage / "model.pt")
+    model = random_stage(tmp_path / "stage")
     root = tmp_path / "root"
     chestxr_root(root, sample_data, per_class=(3, 2))
     # each set's folder as its publisher's download unpacks (the converters' tests pass the same folders)
@@ -48,7 +41,7 @@ def test_the_medcoss_table_from_the_nine_miniatures(
         (root / name).symlink_to(folder, target_is_directory=True)
     assert sorted(p.name for p in root.iterdir()) == sorted(MEDCOSS)
     out = tmp_path / "out"
-    code = main(["--pretrained", str(stage / "model.pt"), "--suite", "medcoss", "--data_root", str(root), "--seeds", "0",
+    code = main(["--pretrained", str(model), "--suite", "medcoss", "--data_root", str(root), "--seeds", "0",
                  "--max_epochs", "1", "--out", str(out), "--batch_size", "2"])
     printed = capfd.readouterr()
     assert code == 0, printed.out[-4000:] + printed.err[-4000:]
