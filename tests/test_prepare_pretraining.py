@@ -41,7 +41,7 @@ def test_adni_subjects_split_with_the_seed_and_mri_stage_loading(adni_root: Path
     data = prepare("adni", adni_root.parent, out, seed=4, progress=False)
     assert sum(_splits(data)) == 11
     assert [len({it["group"] for it in data[s]}) for s in ("training", "validation", "test")] == [8, 1, 1]  # subjects
-    where = {it["image_id"]: s for s in ("training", "validation", "test") for it in data[s]}
+    where = {it["ida_id"]: s for s in ("training", "validation", "test") for it in data[s]}
     assert where["I40966"] == where["I40967"]  # both scans of one subject in one split
     assert data["split"] == {"seed": 4, "fractions": {"validation": 0.1, "test": 0.1}, "rest": "training", "by": "group"}
     assert len(load_stage_datalist(out, "mri", "training", check=True)) == len(data["training"])

@@ -367,7 +367,7 @@ def test_upenn_gbm_manual_else_automated_segmentation(tmp_path: Path, brain):
         nib.save(_crop(brain["seg"], 0), str(nifti / "automated_segm" / f"{name}_automated_approx_segm.nii.gz"))
     data = prepare("upenn_gbm", tmp_path, tmp_path / "o.json", progress=False)
     studies = {s["study"]: s for s in data["training"] + data["validation"] + data["test"]}
-    assert studies[names[0]]["label_source"] == "manual" and studies[names[1]]["label_source"] == "automated"
+    assert studies[names[0]]["segmentation_source"] == "manual" and studies[names[1]]["segmentation_source"] == "automated"
     assert sorted(studies[names[0]]["image"]) == ["flair", "t1", "t1ce", "t2"]
 
 
@@ -403,3 +403,13 @@ def test_seeded_split_gives_a_small_set_a_validation_item():
 
     # 10% of 3 rounds to none; one case validates while another is left to train; big sets keep their share
     assert [sizes(1), sizes(2), sizes(3), sizes(20)] == [[1, 0], [1, 1], [2, 1], [18, 2]]
+
+
+def test_a_converter_field_that_monai_reads_as_meta_data_is_a_bug(tmp_path: Path):
+    from medcoss_monai.data.prepare.common import PrepareContext, finish
+
+    ctx = PrepareContext(name="adni", title="ADNI", root=tmp_path)
+    # Spacingd would call "I40966".update(meta) on such an item: refused before any datalist is written
+    with pytest.raises(RuntimeError, match=r"adni converter writes item fields \['image_id'\]"):
+        finish({"training": [{"image": "a.nii", "image_id": "I40966"}]}, ctx, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()

@@ -174,7 +174,7 @@ def convert_upenn_gbm(ctx: PrepareContext) -> dict[str, Any]:
         ctx: the run's context.
 
     Returns:
-        The datalist of studies (``label_source``: ``manual`` or ``automated``), split by patient with the seed.
+        The datalist of studies (``segmentation_source``: ``manual`` or ``automated``), split by patient with the seed.
     """
     structural = find_file(ctx.root, "images_structural", ctx.title, depth=2)
     names = {"T1": "t1", "T1GD": "t1ce", "T2": "t2", "FLAIR": "flair"}
@@ -189,7 +189,7 @@ def convert_upenn_gbm(ctx: PrepareContext) -> dict[str, Any]:
         automated = structural.parent / "automated_segm" / f"{study['study']}_automated_approx_segm.nii.gz"
         seg = next((p for p in (manual, automated) if p.is_file()), None)
         if seg is not None:
-            study.update(label=str(seg), label_source="manual" if seg == manual else "automated")
+            study.update(label=str(seg), segmentation_source="manual" if seg == manual else "automated")
     return _datalist(ctx, studies)
 
 

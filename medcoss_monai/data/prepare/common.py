@@ -333,6 +333,12 @@ def finish(
         logger.warning(summary + "\nDropped them (--skip_bad_inputs).")
     for split in SPLITS:
         datalist.setdefault(split, [])
+    # MONAI's dictionary transforms (Spacingd, ...) take an item's "image_*" / "label_*" entries for the meta data of
+    # "image" / "label" and update them: a converter's extra field named so breaks training (a bug, not bad input)
+    clashing = sorted({k for s in SPLITS for it in datalist[s] if isinstance(it, dict) for k in it
+                       if k.startswith(("image_", "label_"))})
+    if clashing:
+        raise RuntimeError(f"the {ctx.name} converter writes item fields {clashing}, which MONAI reads as meta data")
     if not any(datalist[s] for s in SPLITS):
         raise BadInputError(f"No usable {ctx.title} item was found under {ctx.root}.")
     header = {

@@ -85,7 +85,8 @@ def convert_adni(ctx: PrepareContext) -> dict[str, Any]:
         ctx: the run's context (``--root``: the ``ADNI`` folder or the one holding it).
 
     Returns:
-        The datalist; items ``{"image", "group": "adni:<subject>", "description", "date", "image_id"}``.
+        The datalist; items ``{"image", "group": "adni:<subject>", "description", "date", "ida_id"}``
+        (the IDA image ID; not ``image_id``: MONAI's ``Spacingd`` takes ``image_*`` entries for the image's meta data).
     """
     first = find_file(ctx.root, ["*_S_*/*/*/I*/*.nii", "*_S_*/*/*/I*/*.nii.gz"], ctx.title)
     base = first.parents[4]
@@ -101,6 +102,6 @@ def convert_adni(ctx: PrepareContext) -> dict[str, Any]:
             ctx.bad(path, f"unreadable NIfTI header ({e.__class__.__name__}: {e})")
             continue
         items.append({"image": str(path), "group": f"adni:{parts[0]}", "description": parts[1], "date": parts[2],
-                      "image_id": parts[3]})
+                      "ida_id": parts[3]})
     splits, record = seeded_split(items, DEFAULT_FRACTIONS, ctx.seed, group=lambda it: it["group"])
     return {**splits, "split": record}
