@@ -26,14 +26,9 @@ BACKBONE = json.loads((BUNDLES / "common" / "brainmvp.json").read_text())["backb
 
 
 def _abide_datalist(abide_root: Path, tmp_path: Path) -> Path:
-    """The converted miniature with one training study of the other class moved to validation (the converter's
-    seeded split leaves one validation study of six; the bundle chooses its epoch by validation AUC)."""
+    """The converted miniature: two studies per split, one of each class (the converter splits per class)."""
     datalist = tmp_path / "abide.json"
-    data = prepare("abide", abide_root.parent, datalist, progress=False)
-    other = next(s for s in data["training"] if s["label"] != data["validation"][0]["label"])
-    data["training"].remove(other)
-    data["validation"].append(other)
-    datalist.write_text(json.dumps(data))
+    prepare("abide", abide_root.parent, datalist, progress=False)
     return datalist
 
 
@@ -62,7 +57,7 @@ def test_the_classifier_takes_every_encoder_tensor_of_a_stage_and_a_fresh_head(s
 def test_labels_and_contrasts_are_checked_before_training(abide_root: Path, tmp_path: Path):
     datalist = _abide_datalist(abide_root, tmp_path)
     task = checked_classification_task(datalist, ["t1"], 2)
-    assert [len(task[k]) for k in ("training", "validation", "test")] == [3, 2, 1]
+    assert [len(task[k]) for k in ("training", "validation", "test")] == [2, 2, 2]
     data = json.loads(datalist.read_text())
     data["training"][0]["label"], data["test"][0]["label"] = 2, -1
     bad = tmp_path / "bad.json"
@@ -93,10 +88,10 @@ def test_abide_miniature_fine_tunes_from_a_stage_and_is_tested_on_its_best_epoch
     run(config_file=str(BUNDLE), output_dir=str(out), dataset_dir=str(datalist), pretrained_ckpt=str(path),
         roi_size=[32, 32, 32], **{"train#trainer#max_epochs": 2})
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["split_sizes"] == {"training": 3, "validation": 2, "test": 1}
+    assert metrics["split_sizes"] == {"training": 2, "validation": 2, "test": 2}
     assert metrics["pretrained_ckpt"] == str(path) and metrics["input_contrasts"] == ["t1"]
     assert metrics["best_validation"]["epoch"] in (1, 2)
-    assert {"ACC", "AUC", "F1"} <= set(metrics["metrics"]) and metrics["metrics"]["ACC"] in (0.0, 1.0)  # one test study
+    assert {"ACC", "AUC", "F1"} <= set(metrics["metrics"]) and metrics["metrics"]["ACC"] in (0.0, 0.5, 1.0)  # two studies
     best = torch.load(out / "model_best.pt", weights_only=True)
     assert set(best) == set(classification_network(BACKBONE, 1, 2).state_dict())
     check_zoo_export(out, datalist, tmp_path)
@@ -127,7 +122,7 @@ def check_zoo_export(out: Path, datalist: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         expected = torch.softmax(net.eval()(x)[0], 0).numpy()
     rows = read_rows(tmp_path / "pred/predictions.csv")
-    assert len(rows) == 1 and rows[0][0].endswith(Path(study["image"]["t1"]).name)
+    assert len(rows) == 2 and rows[0][0].endswith(Path(study["image"]["t1"]).name)
     np.testing.assert_allclose([float(v) for v in rows[0][1:]], expected, atol=1e-5)
     accuracy = float(dict(read_rows(tmp_path / "metrics/metrics.csv"))["accuracy"])
     assert accuracy == metrics["metrics"]["ACC"]

@@ -41,7 +41,10 @@ def test_scans_become_studies_labelled_by_dx_group(abide_root: Path, tmp_path: P
     out = tmp_path / "abide.json"
     data = prepare("abide", abide_root.parent, out, progress=False)
     studies = {s["study"]: s for split in ("training", "validation", "test") for s in data[split]}
-    assert [len(data[s]) for s in ("training", "validation", "test")] == [4, 1, 1]
+    # three subjects per class: one of each validates, one of each tests (split per class, at least one each)
+    assert [len(data[s]) for s in ("training", "validation", "test")] == [2, 2, 2]
+    assert all(sorted(st["label"] for st in data[s]) == [0, 1] for s in ("training", "validation", "test"))
+    assert data["split"]["stratified"] is True
     assert {name: s["label"] for name, s in studies.items()} == {
         "abide_0051456": 1, "abide_0051457": 0, "abide_0050952": 1, "abide_0050953": 0, "abide_0050954": 0,
         "abide_0050002": 1}
@@ -49,7 +52,7 @@ def test_scans_become_studies_labelled_by_dx_group(abide_root: Path, tmp_path: P
     s = studies["abide_0050952"]
     assert s["image"] == {"t1": str(abide_root / "Nyu" / "0050952" / "session_1" / "anat_1" / "mprage.nii.gz")}
     assert s["site"] == "Nyu" and s["dx_group"] == 1 and "BrainMVP" in data["split"]["reference"]
-    assert len(study_datalist(out, "training")) == 4  # what the BrainMVP bundles read
+    assert len(study_datalist(out, "training")) == 2  # what the BrainMVP bundles read
 
 
 def test_unknown_subject_and_bad_code_are_listed_and_wrong_root_refused(abide_root: Path, tmp_path: Path):

@@ -45,10 +45,11 @@ def test_scans_become_studies_labelled_adhd_or_not(adhd_root: Path, tmp_path: Pa
     assert {name: (s["label"], s["dx"]) for name, s in studies.items()} == {
         "adhd200_1018959": (0, 0), "adhd200_1019436": (1, 1), "adhd200_1043241": (1, 3), "adhd200_1050345": (0, 0),
         "adhd200_1050975": (1, 2), "adhd200_0010001": (1, 1), "adhd200_0010002": (0, 0)}
-    assert [len(data[s]) for s in ("training", "validation", "test")] == [5, 1, 1]
+    assert [len(data[s]) for s in ("training", "validation", "test")] == [3, 2, 2]  # per class: 1 validates, 1 tests
+    assert all(sorted(st["label"] for st in data[s]) == [0, 1] for s in ("validation", "test"))
     assert data["filtered"] == {"labelled subjects without an anatomical scan": 0, "subjects without a disclosed diagnosis": 1}
     assert data["classes"] == ADHD200_CLASSES and studies["adhd200_0010001"]["site"] == "NYU"
-    assert len(study_datalist(out, "training")) == 5
+    assert len(study_datalist(out, "training")) == 3
 
 
 def test_bad_dx_listed_and_wrong_root_refused(adhd_root: Path, tmp_path: Path):

@@ -354,6 +354,8 @@ def test_brats2018_grades_as_class_labels(tmp_path: Path, brain):
     assert data["classes"] == ["LGG", "HGG"] and len(studies) == 10
     assert {s["study"]: s["label"] for s in studies}["Brats18_TCIA10_002_1"] == 0
     assert sum(s["label"] for s in studies) == 6 and all(s["seg"].endswith("_seg.nii.gz") for s in studies)
+    # split per grade: the validation AUC that picks the epoch has both grades
+    assert [sorted(s["label"] for s in data[k]) for k in ("training", "validation", "test")] == [[0, 0, 1, 1, 1, 1], [0, 1], [0, 1]]
 
 
 def test_upenn_gbm_manual_else_automated_segmentation(tmp_path: Path, brain):
@@ -403,6 +405,11 @@ def test_seeded_split_gives_a_small_set_a_validation_item():
 
     # 10% of 3 rounds to none; one case validates while another is left to train; big sets keep their share
     assert [sizes(1), sizes(2), sizes(3), sizes(20)] == [[1, 0], [1, 1], [2, 1], [18, 2]]
+    # per class: 18 of class 0 and 2 of class 1 give a validation split with both classes (2 + 1)
+    items = [{"k": i, "label": int(i >= 18)} for i in range(20)]
+    splits, record = seeded_split(items, {"validation": 0.1}, seed=0, stratify=lambda it: it["label"])
+    assert sorted(it["label"] for it in splits["validation"]) == [0, 0, 1] and record["stratified"] is True
+    assert seeded_split(items, {"validation": 0.1}, seed=0)[0]["validation"] != splits["validation"]
 
 
 def test_a_converter_field_that_monai_reads_as_meta_data_is_a_bug(tmp_path: Path):

@@ -75,8 +75,9 @@ def _studies(
     return studies
 
 
-def _datalist(ctx: PrepareContext, studies: list[dict[str, Any]]) -> dict[str, Any]:
-    splits, record = seeded_split(studies, DEFAULT_FRACTIONS, ctx.seed, group=lambda s: s["group"])
+def _datalist(ctx: PrepareContext, studies: list[dict[str, Any]], by_class: bool = False) -> dict[str, Any]:
+    stratify = (lambda s: s["label"]) if by_class else None  # each split holds each class (classification sets)
+    splits, record = seeded_split(studies, DEFAULT_FRACTIONS, ctx.seed, group=lambda s: s["group"], stratify=stratify)
     return {**splits, "split": record}
 
 
@@ -145,7 +146,7 @@ def convert_brats2018(ctx: PrepareContext) -> dict[str, Any]:
         ctx: the run's context.
 
     Returns:
-        The datalist with ``classes`` (``["LGG", "HGG"]``), split by case with the seed.
+        The datalist with ``classes`` (``["LGG", "HGG"]``), split by case with the seed, per grade.
     """
     first = find_file(ctx.root, ["HGG/*/*_t1.nii.gz", "LGG/*/*_t1.nii.gz"], ctx.title, depth=2)
     base = first.parents[2]
@@ -160,7 +161,7 @@ def convert_brats2018(ctx: PrepareContext) -> dict[str, Any]:
         for study in _studies(ctx, cases, key_of, ("t1", "t1ce", "t2", "flair"), lambda c: c):
             seg = study.pop("label", None)
             studies.append({**study, "label": label, **({"seg": seg} if seg else {})})
-    return {"classes": ["LGG", "HGG"], **_datalist(ctx, studies)}
+    return {"classes": ["LGG", "HGG"], **_datalist(ctx, studies, by_class=True)}
 
 
 def convert_upenn_gbm(ctx: PrepareContext) -> dict[str, Any]:

@@ -117,12 +117,15 @@ def seeded_split(
     seed: int,
     group: Callable[[dict[str, Any]], Hashable] | None = None,
     rest: str = "training",
+    stratify: Callable[[dict[str, Any]], Hashable] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Split items at random by group (a patient never straddles two splits), reproducibly.
 
     Groups are sorted, shuffled with ``seed``, and dealt to the splits of ``fractions`` in order until
     each holds its share of the groups (rounded; at least one while more than one group is left, so a set of a
-    few cases still has a validation split); the remaining groups go to ``rest``.
+    few cases still has a validation split); the remaining groups go to ``rest``. With ``stratify`` this is done
+    for the groups of each class apart, so every split holds each class in its share (a classification set's
+    validation split then has both classes to compute the AUC that picks the epoch).
 
     Args:
         items: the items to split.
@@ -130,6 +133,7 @@ def seeded_split(
         seed: the shuffling seed.
         group: item -> group key (default: each item alone).
         rest: the split of the remaining groups.
+        stratify: item -> class (a group's class is that of its first item); None: one class.
 
     Returns:
         ``(splits, record)``: split name -> items (every name of ``fractions`` and ``rest``, each in the
@@ -138,19 +142,27 @@ def seeded_split(
     # without groups each item is its own group, keyed by its position (the input order is the contract)
     item_keys = [group(it) if group else i for i, it in enumerate(items)]
     keys = sorted(set(item_keys), key=str)
-    order = np.random.default_rng(seed).permutation(len(keys))
+    class_of: dict[Hashable, Hashable] = {}
+    for it, k in zip(items, item_keys):
+        class_of.setdefault(k, stratify(it) if stratify else None)
+    rng = np.random.default_rng(seed)
     target: dict[Hashable, str] = {}
-    start = 0
-    for name, share in fractions.items():
-        n = int(round(share * len(keys)))
-        if share > 0 and n == 0 and len(keys) - start > 1:
-            n = 1  # a small set still validates (a bundle refuses an empty validation split), one group left to train
-        target.update({keys[i]: name for i in order[start:start + n]})
-        start += n
+    for cls in sorted(set(class_of.values()), key=str):
+        members = [k for k in keys if class_of[k] == cls]
+        order = rng.permutation(len(members))
+        start = 0
+        for name, share in fractions.items():
+            n = int(round(share * len(members)))
+            if share > 0 and n == 0 and len(members) - start > 1:
+                n = 1  # a small set still validates (a bundle refuses an empty validation split), one group left to train
+            target.update({members[i]: name for i in order[start:start + n]})
+            start += n
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in [*fractions, rest]}
     for it, k in zip(items, item_keys):
         splits[target.get(k, rest)].append(it)
     record = {"seed": int(seed), "fractions": dict(fractions), "rest": rest, "by": "group" if group else "item"}
+    if stratify:
+        record["stratified"] = True
     return splits, record
 
 

@@ -77,7 +77,8 @@ def _studies(
         seen.add(sid)
         studies.append({"image": {"t1": str(scan)}, "label": label, "study": f"{tag}_{subject.name}",
                         "group": f"{tag}:{sid}", "site": subject.parent.name, **extra})
-    splits, record = seeded_split(studies, DEFAULT_FRACTIONS, ctx.seed, group=lambda s: s["group"])
+    # per class: each split holds both diagnoses (the validation AUC that picks the epoch needs two)
+    splits, record = seeded_split(studies, DEFAULT_FRACTIONS, ctx.seed, group=lambda s: s["group"], stratify=lambda s: s["label"])
     record["reference"] = _NO_SPLIT
     return {**splits, "split": record, "filtered": {"labelled subjects without an anatomical scan": len(set(labels) - seen)}}
 
