@@ -114,3 +114,34 @@ def test_text_cls_bundle_writes_label_probabilities(report: tuple[Path, Path], r
         exported = float(dict(line.strip().split(",") for line in f if line.strip())["auc"])
     measured = json.loads((ft / "metrics.json").read_text())["metrics"]["AUC"]
     assert exported == pytest.approx(measured, abs=1e-4)
+
+
+def test_single_label_text_cls_exports_softmax_and_accuracy(report: tuple[Path, Path], tmp_path: Path) -> None:
+    """text_cls with ``--multi_label false`` (PubMed 20k's setting) exports softmax probabilities, and its
+    evaluate.json, MONAI and PyTorch only, gives the test accuracy fine-tuning measured."""
+    from monai.bundle import run
+
+    from medcoss_monai.bundle.finetune import load_task
+    from test_export_tasks import ROOT
+
+    stage, _ = report
+    sample = load_task("", "text_cls")  # real reports; one label each: the first of its findings
+    single = {s: [{"text": i["text"], "label": int(np.argmax(i["label"])) % 3, "id": f"{s}_{k}"}
+                  for k, i in enumerate(sample[s][:16])] for s in ("training", "validation", "test")}
+    datalist = tmp_path / "single.json"
+    datalist.write_text(json.dumps(single))
+    ft = tmp_path / "ft"
+    run(config_file=str(ROOT / "bundles/finetune_text_cls.json"), output_dir=str(ft), logging_file=False,
+        pretrained_ckpt=str(stage / "model.pt"), multi_label=False, num_classes=3, dataset_dir=str(datalist),
+        **{"train#trainer#max_epochs": 1})
+    # the class count is an override of the training run, so of the export too; multi_label is read from metrics.json
+    bundle = main(["--finetune_dir", str(ft), "--out", str(tmp_path / "zoo"), "--num_classes", "3"])
+    run_without_medcoss(bundle, [("configs/inference.json", datalist, tmp_path / "pred"),
+                                 ("configs/evaluate.json", datalist, tmp_path / "metrics")])
+    names, probs = csv_features(tmp_path / "pred/predictions.csv")
+    assert names == [i["id"] for i in single["test"]] and probs.shape == (16, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)  # softmax over the classes
+    with open(tmp_path / "metrics/metrics.csv") as f:
+        accuracy = float(dict(line.strip().split(",") for line in f if line.strip())["accuracy"])
+    assert accuracy == pytest.approx(json.loads((ft / "metrics.json").read_text())["metrics"]["ACC"], abs=1e-6)
+    assert accuracy == pytest.approx(np.mean(probs.argmax(1) == [i["label"] for i in single["test"]]), abs=1e-6)

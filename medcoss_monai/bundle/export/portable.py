@@ -250,7 +250,9 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
     elif output == "segmentation":
         name, metric = "mean_dice", {"_target_": "MeanDice", "include_background": False, "output_transform": pairs}
     else:
-        name, metric = "accuracy", {"_target_": "ConfusionMatrix", "metric_name": "accuracy", "output_transform": pairs}
+        # one-hot prediction equal to the one-hot label: the share of items classified right (MONAI's ConfusionMatrix
+        # "accuracy" is the mean of the per-class one-vs-rest accuracies, higher than this beyond two classes)
+        name, metric = "accuracy", {"_target_": "ignite.metrics.Accuracy", "is_multilabel": True, "output_transform": pairs}
     cfg["evaluator"]["key_val_metric"] = {name: metric}
     with_xray_ids(cfg)
     cfg["handlers"] = [cfg["handlers"][0], {"_target_": "StatsHandler", "iteration_log": False},

@@ -195,6 +195,8 @@ def find_finetuned(
         overrides.setdefault("pretrained_ckpt", metrics["pretrained_ckpt"])  # where its tokenizer was found
     if isinstance(metrics.get("head"), str):
         overrides.setdefault("head", metrics["head"])  # the classifier it was trained with (--head mlp)
+    if isinstance(metrics.get("multi_label"), bool):
+        overrides.setdefault("multi_label", metrics["multi_label"])  # text_cls's switch (--multi_label false)
     parser = layout.read_bundle(config_file, {"output_dir": str(folder), **overrides})
     if net_id not in parser:
         raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
