@@ -170,7 +170,7 @@ def test_muscle_seg_and_det_bundles_run_without_medcoss(sample_data: Path, tasks
 def test_brainmvp_bundles_run_without_medcoss(sample_data: Path, tasks_ready: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The stage (features of a held-out MRI) and the segmentation (label map on the first contrast's grid; its
-    evaluate.json gives the test Dice the fine-tuning bundle measured)."""
+    evaluate.json gives the test Dice the fine-tuning bundle measured, with the crop and overlap it was trained with)."""
     import nibabel as nib
     from monai.bundle import run
 
@@ -181,10 +181,13 @@ def test_brainmvp_bundles_run_without_medcoss(sample_data: Path, tasks_ready: Pa
     check_zoo(stage, tmp_path)
     mri = json.loads((sample_data / "datalists/mri.json").read_text())["test"][0]["image"]
     ft = tmp_path / "ft"
+    # a crop other than the bundle's default: the export reads the one the fine-tuning recorded
     run(config_file=str(ROOT / "bundles/finetune_brainmvp_seg.json"), output_dir=str(ft), repeats=1, crops_per_study=2,
-        batch_size=2, logging_file=False, **{"train#trainer#max_epochs": 1})
+        batch_size=2, roi_size=[32, 32, 16], sw_overlap=0.5, logging_file=False, **{"train#trainer#max_epochs": 1})
     seg = main(["--finetune_dir", str(ft), "--out", str(tmp_path / "zoo_seg")])
     check_zoo(seg, tmp_path)
+    inferer = json.loads((seg / "configs/inference.json").read_text())["inferer"]
+    assert (inferer["roi_size"], inferer["overlap"]) == ([32, 32, 16], 0.5)
     datalist = tasks_ready / "tasks/brainmvp_seg/datalist.json"
     run_without_medcoss(stage, [("configs/inference.json", mri, tmp_path / "features")])
     run_without_medcoss(seg, [("configs/inference.json", datalist, tmp_path / "pred"),

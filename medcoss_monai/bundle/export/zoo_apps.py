@@ -151,55 +151,53 @@ def _brainmvp_stage(folder: Path, config_file: Path | None, overrides: Mapping[s
                     settings, info)
 
 
-def _brainmvp_seg(folder: Path, config_file: Path | None, overrides: Mapping[str, Any], model: str | None) -> AppModel:
+_RECORDED_BY_TASK = ("network_backbone", "input_contrasts", "num_classes", "roi_size", "spacing", "percentiles",
+                     "sw_overlap", "label_mode")
+"""What a BrainMVP task's ``metrics.json`` records of the trained network and its input, used over the bundle's defaults."""
+
+
+def _recorded_settings(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The training-time settings a BrainMVP task's ``metrics.json`` records (older folders record fewer: the bundle's
+    defaults stand in for the rest, and ``--key value`` overrides of the export name them)."""
+    return {k: metrics[k] for k in _RECORDED_BY_TASK if isinstance(metrics.get(k), (dict, list, int, float, str))}
+
+
+def _brainmvp_task(folder: Path, config_file: Path | None, overrides: Mapping[str, Any], model: str | None,
+                   task: str) -> AppModel:
+    """A fine-tuned BrainMVP segmentation (``task`` "brainmvp_seg") or classification ("brainmvp_cls") network.
+
+    Its ``metrics.json`` gives the network sizes (``network_backbone``: the stage it started from is not needed, an
+    imported one included), the classes and the input it was tested on (contrasts, crop, spacing, percentiles), which
+    the exported inference repeats; the inference fills no missing contrast (no templates).
+    """
     metrics = _read_json(folder / layout.METRICS_FILE)
-    bundle = config_file or layout.bundles_dir() / "finetune_brainmvp_seg.json"
-    # the network the task trained: an imported stage's architecture and sizes (--pretrained_ckpt) are recorded in
-    # metrics.json, so the export needs neither that stage nor its templates (the inference fills no contrast)
-    recorded = metrics.get("network_backbone")
-    backbone = {"network_backbone": dict(recorded)} if isinstance(recorded, dict) else {}
-    parser = layout.read_bundle(bundle, {"output_dir": str(folder), "pretrained_ckpt": "", "templates_ckpt": "",
-                                         **backbone, **overrides})
-    if parser.get_parsed_content("label_mode") != "classes":
+    segmentation = task == "brainmvp_seg"
+    bundle = config_file or layout.bundles_dir() / f"finetune_{task}.json"
+    fixed = {"output_dir": str(folder), "pretrained_ckpt": "", **({"templates_ckpt": ""} if segmentation else {})}
+    parser = layout.read_bundle(bundle, {**fixed, **_recorded_settings(metrics), **overrides})
+    if segmentation and parser.get_parsed_content("label_mode") != "classes":
         raise BadInputError(f"{folder}: label_mode '{parser.get_parsed_content('label_mode')}' is not exported yet "
                             "(only 'classes', softmax over the label values)")
     net = parser.get_parsed_content("network_def")
     state = _load_trained(net, folder / (model or layout.BEST_MODEL_FILE))
     roi = [int(s) for s in parser.get_parsed_content("roi_size")]
     contrasts = list(parser.get_parsed_content("input_contrasts"))
-    labels = parser.get_parsed_content("labels")
     settings = {"roi_size": roi, "spacing": parser.get_parsed_content("spacing"), "contrasts": contrasts,
-                "percentiles": parser.get_parsed_content("percentiles"), "overlap": parser.get_parsed_content("sw_overlap"),
-                "class_names": ["background"] + [str(c) for c in labels["channel_names"]],
-                "num_classes": int(labels["out_channels"]), "dataset_dir": _sample("brainmvp")}
-    info = {"task": "brainmvp_seg", "config_file": str(folder / (model or layout.BEST_MODEL_FILE)), "bundle_file": str(bundle),
-            "metrics": {k: v for k, v in metrics.get("metrics", {}).items()}, "epochs": parser.get("train#trainer#max_epochs", "?"),
-            "pretrained_ckpt": metrics.get("pretrained_ckpt", "")}
-    example = torch.rand(1, len(contrasts), *roi, generator=torch.Generator().manual_seed(0))
-    return AppModel("brainmvp", "segmentation", net, True, example, state, parser, Path(bundle), settings, info)
-
-
-def _brainmvp_cls(folder: Path, config_file: Path | None, overrides: Mapping[str, Any], model: str | None) -> AppModel:
-    metrics = _read_json(folder / layout.METRICS_FILE)
-    bundle = config_file or layout.bundles_dir() / "finetune_brainmvp_cls.json"
-    # metrics.json records the trained network's sizes (network_backbone), so the stage it started from is not needed,
-    # and classes, and the input it was tested on (contrasts, crop, spacing, intensity percentiles), which the inference repeats
-    keys = ("network_backbone", "input_contrasts", "num_classes", "roi_size", "spacing", "percentiles")
-    recorded = {k: metrics[k] for k in keys if isinstance(metrics.get(k), (dict, list, int))}
-    parser = layout.read_bundle(bundle, {"output_dir": str(folder), "pretrained_ckpt": "", **recorded, **overrides})
-    net = parser.get_parsed_content("network_def")
-    state = _load_trained(net, folder / (model or layout.BEST_MODEL_FILE))
-    roi = [int(s) for s in parser.get_parsed_content("roi_size")]
-    contrasts = list(parser.get_parsed_content("input_contrasts"))
-    num_classes = int(parser.get_parsed_content("num_classes"))
-    settings = {"roi_size": roi, "spacing": parser.get_parsed_content("spacing"), "contrasts": contrasts,
-                "percentiles": parser.get_parsed_content("percentiles"), "num_classes": num_classes,
-                "class_names": [f"class {i}" for i in range(num_classes)], "dataset_dir": ""}
-    info = {"task": "brainmvp_cls", "config_file": str(folder / (model or layout.BEST_MODEL_FILE)), "bundle_file": str(bundle),
+                "percentiles": parser.get_parsed_content("percentiles"), "dataset_dir": ""}
+    if segmentation:
+        labels = parser.get_parsed_content("labels")
+        settings.update({"overlap": parser.get_parsed_content("sw_overlap"), "num_classes": int(labels["out_channels"]),
+                         "class_names": ["background"] + [str(c) for c in labels["channel_names"]],
+                         "dataset_dir": _sample("brainmvp")})
+    else:
+        num_classes = int(parser.get_parsed_content("num_classes"))
+        settings.update({"num_classes": num_classes, "class_names": [f"class {i}" for i in range(num_classes)]})
+    info = {"task": task, "config_file": str(folder / (model or layout.BEST_MODEL_FILE)), "bundle_file": str(bundle),
             "metrics": dict(metrics.get("metrics", {})), "epochs": metrics.get("max_epochs", "?"),
             "split_sizes": metrics.get("split_sizes", {}), "pretrained_ckpt": metrics.get("pretrained_ckpt", "")}
     example = torch.rand(1, len(contrasts), *roi, generator=torch.Generator().manual_seed(0))
-    return AppModel("brainmvp", "classification", net.eval(), True, example, state, parser, Path(bundle), settings, info)
+    output = "segmentation" if segmentation else "classification"
+    return AppModel("brainmvp", output, net.eval(), True, example, state, parser, Path(bundle), settings, info)
 
 
 def _muscle_bundle(task: str) -> Path:
@@ -269,10 +267,8 @@ def find_app_model(folder: str | os.PathLike, config_file: str | os.PathLike | N
     if kind == "brainmvp_imported":  # not yet: its train.json would need BrainMVPModel around the imported backbone
         raise BadInputError(f"{folder} is an imported BrainMVP stage, whose export is not supported yet. Fine-tune from "
                             "it (bundles/finetune_brainmvp_seg.json --pretrained_ckpt) and export that output_dir.")
-    if kind == "brainmvp_seg":
-        return _brainmvp_seg(folder, config, overrides, model)
-    if kind == "brainmvp_cls":
-        return _brainmvp_cls(folder, config, overrides, model)
+    if kind in ("brainmvp_seg", "brainmvp_cls"):
+        return _brainmvp_task(folder, config, overrides, model, kind)
     if kind == "muscle":
         return _muscle(folder, config, overrides, model)
     raise BadInputError(f"{folder}: neither a BrainMVP stage / segmentation / classification folder nor a MUSCLE "
