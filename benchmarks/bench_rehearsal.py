@@ -23,7 +23,10 @@ and nothing more.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import tempfile
 import time
 import types
@@ -141,6 +144,21 @@ def run_variant(variant: str, current: str, previous: str, output_dir: str, epoc
     }
 
 
+@contextlib.contextmanager
+def logs_to_stderr():
+    """Send what the training writes to stdout (MONAI's and ignite's log lines) to stderr, at the file-descriptor
+    level (the log handlers hold the stdout stream they were made with), so stdout carries the report only."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _median_ms(values: list[float]) -> float:
     return 1e3 * statistics.median(values) if values else float("nan")
 
@@ -156,15 +174,17 @@ def main() -> None:
 
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="medcoss_bench_rehearsal_")
     start = time.perf_counter()
-    run_previous_stage(args.previous, output_dir)
-    print(f"previous stage {args.previous}: {time.perf_counter() - start:.0f} s -> {output_dir}", flush=True)
+    with logs_to_stderr():
+        run_previous_stage(args.previous, output_dir)
+        print(f"previous stage {args.previous}: {time.perf_counter() - start:.0f} s -> {output_dir}", flush=True)
 
     variants = ("sequential", "no teacher", "medcoss")
     best: dict[str, dict] = {}
     pooled: dict[str, dict[str, list[float]]] = {v: {"current": [], "buffer": [], "teacher": []} for v in variants}
     for _ in range(args.repeats):
         for variant in variants:
-            result = run_variant(variant, args.current, args.previous, output_dir, args.epochs)
+            with logs_to_stderr():
+                result = run_variant(variant, args.current, args.previous, output_dir, args.epochs)
             for key in pooled[variant]:
                 pooled[variant][key] += result[key]
             if variant not in best or result["loop_seconds"] < best[variant]["loop_seconds"]:
