@@ -100,6 +100,42 @@ def test_detection_wrapper_keeps_datalist_labels() -> None:
     assert out.tolist() == [[1.0, 2.0, 3.0, 4.0, pytest.approx(0.9), 2.0]]
 
 
+def test_exported_detection_map_is_the_fine_tuning_map() -> None:
+    """evaluate.json's mAP@0.5 (ignite's metric, MONAI-only bundle) equals the fine-tuning's (MONAI's COCOMetric) on
+    the same boxes: jittered true boxes, missed ones and false alarms of three classes, one class absent."""
+    from ignite.engine import Engine
+    from monai.bundle import ConfigParser
+
+    from medcoss_monai.apps.muscle.task_evaluation import detection_metrics
+    from medcoss_monai.bundle.export.portable import DETECTION_MAP50
+
+    g = torch.Generator().manual_seed(0)
+    predictions, targets, outputs = [], [], []
+    for _ in range(12):
+        n = int(torch.randint(0, 4, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 80
+        truth = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 20], 1)
+        labels = torch.randint(0, 2, (n,), generator=g)  # class 2 has no ground truth
+        keep = torch.rand(n, generator=g) > 0.25
+        found = truth[keep] + torch.randn(int(keep.sum()), 4, generator=g) * 3
+        corner = torch.rand(2, 2, generator=g) * 80
+        alarms = torch.cat([corner, corner + 15], 1)
+        boxes = torch.cat([found, alarms])
+        scores = torch.rand(len(boxes), generator=g)
+        pred_labels = torch.cat([labels[keep], torch.randint(0, 3, (2,), generator=g)])
+        predictions.append({"boxes": boxes, "scores": scores, "labels": pred_labels})
+        targets.append({"boxes": truth, "labels": labels})
+        outputs.append({"pred": torch.cat([boxes, scores[:, None], pred_labels[:, None].float()], 1),
+                        "true_boxes": truth[None], "true_labels": labels[None]})
+    expected = detection_metrics(predictions, targets, ["a", "b", "c"])["map50"]
+    metric = ConfigParser({"num_classes": 3, "metric": DETECTION_MAP50}).get_parsed_content("metric")[0]
+    engine = Engine(lambda e, batch: batch)
+    metric.attach(engine, "map50")
+    engine.run(outputs)
+    assert 0.1 < expected < 0.95
+    assert engine.state.metrics["map50"] == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def muscle_cls(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("muscle_cls")
@@ -164,6 +200,23 @@ def test_muscle_seg_and_det_bundles_run_without_medcoss(sample_data: Path, tasks
             d = out[0]
             boxes = torch.cat([d["boxes"], d["scores"][:, None], d["labels"][:, None].float()], 1).flatten()
             np.testing.assert_allclose(row, boxes.numpy(), rtol=1e-4, atol=1e-3)
+            check_detection_evaluate(bundle, net, chain, tasks_ready / f"tasks/{task}/datalist.json", tmp_path / kind)
+
+
+def check_detection_evaluate(bundle: Path, net: torch.nn.Module, chain, datalist: Path, tmp_path: Path) -> None:
+    """evaluate.json (MONAI-only) gives the mAP@0.5 the package's own metric gives the trained network's boxes."""
+    from medcoss_monai.apps.muscle.task_evaluation import detection_metrics
+
+    run_without_medcoss(bundle, [("configs/evaluate.json", datalist, tmp_path / "metrics")])
+    exported = float(dict(read_rows(tmp_path / "metrics/metrics.csv"))["map50"])
+    data = json.loads(datalist.read_text())
+    items = data["test"]
+    with torch.no_grad():
+        predictions = [net(chain({"image": i["image"]})["image"][None])[0] for i in items]
+    targets = [{"boxes": torch.tensor(i["boxes"], dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(i["labels"])}
+               for i in items]
+    classes = [f"class_{c}" for c in range(int(data["classes"]) if isinstance(data["classes"], int) else len(data["classes"]))]
+    assert exported == pytest.approx(detection_metrics(predictions, targets, classes)["map50"], abs=1e-3)
 
 
 @pytest.mark.slow

@@ -224,7 +224,8 @@ def write_app_bundle(m: AppModel, out: Path, name: str | None = None, version: s
     _write_json(out / "configs/inference.json", inference)
     _write_json(out / "configs/train.json", train)
     _write_json(out / "configs/multi_gpu_train.json", _ddp(m, train))
-    evaluate = portable_evaluate(inference, m.output, app_transforms(m, label=True), int(pred.shape[1]))
+    classes = int(m.settings["num_classes"]) if m.output == "detection" else int(pred.shape[1])  # pred: (boxes, 6)
+    evaluate = portable_evaluate(inference, m.output, app_transforms(m, label=True), classes)
     if evaluate is not None:
         _write_json(out / "configs/evaluate.json", evaluate)
     shutil.copyfile(layout.bundles_dir() / "logging.conf", out / "configs/logging.conf")

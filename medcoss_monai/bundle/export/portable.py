@@ -227,19 +227,22 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
 
     Args:
         inference: the bundle's inference config (:func:`portable_inference`).
-        output: ``"classification"``, ``"multilabel"`` (independent sigmoid labels, multi-hot ``label``) or
-            ``"segmentation"``; other outputs have no labelled metric here.
+        output: ``"classification"``, ``"multilabel"`` (independent sigmoid labels, multi-hot ``label``),
+            ``"segmentation"`` or ``"detection"`` (``boxes`` and ``labels`` per item, mAP@0.5); features have no
+            labelled metric.
         label_transforms: the preprocessing of an item with its ``label``.
-        num_classes: output channels.
+        num_classes: output channels (detection: classes).
 
     Returns:
         The config, or None for outputs without a metric (or with labels only medcoss_monai prepares).
     """
-    if output not in ("classification", "multilabel", "segmentation"):
+    if output not in ("classification", "multilabel", "segmentation", "detection"):
         return None
     cfg = {k: copy.deepcopy(v) for k, v in inference.items() if k not in ("class_names", "output_ext", "mask_values")}
     cfg["output_dir"] = "$@bundle_root + '/eval_metrics'"
     cfg["preprocessing"]["transforms"] = copy.deepcopy(label_transforms)
+    if output == "detection":
+        return _detection_evaluate(cfg, num_classes)
     onehot = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
               {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": num_classes}]
     cfg["postprocessing"]["transforms"] = onehot
@@ -260,6 +263,36 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
                         "metric_details": "*" if output == "segmentation" else None,
                         "batch_transform": _TEXT_NAMES if "prepare_batch" in cfg else _NAMES, "summary_ops": "*"}]
     return None if needs_medcoss(cfg) else cfg  # a label transform only the package runs: no MONAI-only evaluation
+
+
+DETECTION_MAP50 = {
+    # ignite's COCO-style average precision (101 recall points, at most 100 boxes per image and class) at IoU 0.5,
+    # averaged over the classes with ground truth: the mAP@0.5 the fine-tuning reports (MONAI's COCOMetric there)
+    "_target_": "ignite.metrics.ObjectDetectionAvgPrecisionRecall",
+    "iou_thresholds": [0.5],
+    "num_classes": "@num_classes",
+    "output_transform": ("$lambda o: ([{'bbox': o['pred'][:, :4], 'scores': o['pred'][:, 4], 'labels': o['pred'][:, 5].long()}], "
+                         "[{'bbox': o['true_boxes'][0].reshape(-1, 4).float(), 'labels': o['true_labels'][0].reshape(-1).long()}])"),
+}
+"""The detection metric of ``evaluate.json`` (``[0]`` of it: ignite's metric gives the precision and the recall)."""
+
+
+def _detection_evaluate(cfg: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """``evaluate.json`` of a detector: items with ``boxes`` ``[[x1, y1, x2, y2], ...]`` (pixels of the image as
+    stored) and ``labels`` (classes from 0), scored by :data:`DETECTION_MAP50`."""
+    cfg["num_classes"] = num_classes
+    cfg["preprocessing"]["transforms"].append({"_target_": "EnsureTyped", "keys": ["boxes", "labels"],
+                                               "dtype": ["$torch.float32", "$torch.int64"], "track_meta": False})
+    # one image per batch, not decollated (its boxes are one (N, 6) tensor); the ground truth joins the output
+    cfg["evaluator"]["decollate"] = False
+    cfg["postprocessing"]["transforms"] = [{"_target_": "CopyItemsd", "keys": ["boxes", "labels"],
+                                            "names": ["true_boxes", "true_labels"]},
+                                           {"_target_": "EnsureTyped", "keys": "pred", "track_meta": False}]
+    cfg["map50_metric"] = copy.deepcopy(DETECTION_MAP50)
+    cfg["evaluator"]["key_val_metric"] = {"map50": "$@map50_metric[0]"}
+    cfg["handlers"] = [cfg["handlers"][0], {"_target_": "StatsHandler", "iteration_log": False},
+                       {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*", "summary_ops": None}]
+    return cfg
 
 
 def ddp_overlay(train: Mapping[str, Any], project_overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
