@@ -1,5 +1,6 @@
 """BrainMVP classification fine-tuning: the reference's head on a stage's encoder, the study checks, and the bundle
-end to end on the ABIDE miniature (real T1 scans in INDI's layout, labels from its phenotypic sheet)."""
+end to end on the ABIDE miniature (real T1 scans in INDI's layout, labels from its phenotypic sheet) and the ADNI one
+(the IDA export with its collection CSV)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.test_brainmvp_finetune import TINY, stage_model  # noqa: F401  (fixtu
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_prepare_abide import abide_root  # noqa: E402,F401  (fixture)
+from test_prepare_pretraining import adni_cls_root, adni_root  # noqa: E402,F401  (fixtures)
 
 BUNDLE = BUNDLES / "finetune_brainmvp_cls.json"
 BACKBONE = json.loads((BUNDLES / "common" / "brainmvp.json").read_text())["backbone"]
@@ -95,6 +97,24 @@ def test_abide_miniature_fine_tunes_from_a_stage_and_is_tested_on_its_best_epoch
     best = torch.load(out / "model_best.pt", weights_only=True)
     assert set(best) == set(classification_network(BACKBONE, 1, 2).state_dict())
     check_zoo_export(out, datalist, tmp_path)
+
+
+@pytest.mark.slow
+def test_adni_miniature_fine_tunes_ad_against_cn(adni_cls_root: Path, stage_model, tmp_path: Path):
+    """The converted ADNI datalist (IDA export and collection CSV) through the bundle, as the BrainMVP suite's adni row
+    runs it: one epoch from a stage's weights, tested on its held-out subjects of both groups."""
+    from monai.bundle import run
+
+    path, _ = stage_model
+    datalist = tmp_path / "adni_cls.json"
+    data = prepare("adni_cls", adni_cls_root, datalist, progress=False)
+    out = tmp_path / "ft"
+    run(config_file=str(BUNDLE), output_dir=str(out), dataset_dir=str(datalist), pretrained_ckpt=str(path),
+        roi_size=[32, 32, 32], **{"train#trainer#max_epochs": 1})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split_sizes"] == {s: len(data[s]) for s in ("training", "validation", "test")}
+    assert metrics["studies"]["test"] == [s["study"] for s in data["test"]]
+    assert 0.0 <= metrics["metrics"]["AUC"] <= 1.0 and metrics["num_classes"] == 2
 
 
 def check_zoo_export(out: Path, datalist: Path, tmp_path: Path) -> None:

@@ -127,10 +127,11 @@ def test_every_suite_names_existing_bundles_and_registered_sets():
             bundle = json.loads((bundles_dir() / spec.bundle).read_text())
             assert all(k.split("#")[0] in bundle for k in spec.overrides), (suite, name)
             if spec.converter.endswith(":prepare"):
-                assert name in DATASETS, (suite, name)
+                assert (spec.dataset or name) in DATASETS, (suite, name)
             module, function = spec.converter.split(":")
             assert callable(getattr(importlib.import_module(module), function)), (suite, name)
-    assert SUITES["brainmvp"]["vs"].converter.endswith(":prepare_vs_brainmvp")  # BrainMVP's VS task reads T2 studies
+    assert SUITES["brainmvp"]["vs"].dataset == "vs_brainmvp"  # BrainMVP's VS task reads T2 studies
+    assert SUITES["brainmvp"]["adni"].dataset == "adni_cls"  # labelled scans, not the pre-training set
     assert list(MEDCOSS) == ["pudmed20k", "chestxr", "qata_cov19", "ricord", "lits", "vs", "la", "nct_crc_he", "glas"]
 
 

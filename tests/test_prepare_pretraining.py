@@ -1,5 +1,6 @@
-"""ADNI and TCGA converters (MedCoSS MRI and pathology pre-training): miniatures of the IDA and GDC
-download layouts built from a real brain MRI and a real whole-slide image of the sample data."""
+"""ADNI and TCGA converters (MedCoSS MRI and pathology pre-training; ADNI's AD-versus-CN classification for BrainMVP):
+miniatures of the IDA and GDC download layouts built from a real brain MRI and a real whole-slide image of the sample
+data."""
 
 from __future__ import annotations
 
@@ -60,6 +61,51 @@ def test_adni_misplaced_and_broken_files_are_listed(adni_root: Path, tmp_path: P
     assert sum(_splits(data)) == 10
     with pytest.raises(BadInputError, match=r"not found under .*: is this the ADNI folder\?"):
         prepare("adni", tmp_path / "ADNI" / "002_S_0295", tmp_path / "a.json", progress=False)
+
+
+ADNI_GROUPS = ("CN", "AD", "CN", "AD", "CN", "AD", "CN", "AD", "MCI", "EMCI")
+"""Research group of the miniature's subjects, in order (the first has two scans)."""
+
+
+@pytest.fixture
+def adni_cls_root(adni_root: Path) -> Path:
+    """The IDA export with its collection CSV beside the ADNI folder (the IDA writes some image IDs without "I")."""
+    rows = ["Image Data ID,Subject,Group,Sex,Age,Visit,Modality,Description,Type,Acq Date,Format,Downloaded"]
+    for k, group in enumerate(ADNI_GROUPS):
+        subject = f"{k + 2:03d}_S_{295 + k:04d}"
+        for scan in range(2 if k == 0 else 1):
+            image_id = f"I{40966 + 10 * k + scan}"
+            rows.append(f"{image_id if k % 2 else image_id[1:]},{subject},{group},F,75,sc,MRI,MPRAGE,Original,"
+                        f"4/18/2006,NiFTI,12/07/2026")
+    (adni_root.parent / "ADNI_AD_CN_12_07_2026.csv").write_text("\n".join(rows) + "\n")
+    return adni_root.parent
+
+
+def test_adni_classification_labels_ad_and_cn_by_research_group(adni_cls_root: Path, tmp_path: Path):
+    data = prepare("adni_cls", adni_cls_root, tmp_path / "adni_cls.json", seed=1, progress=False)
+    assert data["classes"] == ["CN", "AD"]
+    studies = data["training"] + data["validation"] + data["test"]
+    assert len(studies) == 9 and data["filtered"]["scans of other research groups (MCI, EMCI, LMCI, SMC)"] == 2
+    for study in studies:
+        k = int(study["group"].split("_S_")[1]) - 295
+        assert study["label"] == ["CN", "AD"].index(ADNI_GROUPS[k]) and study["diagnosis"] == ADNI_GROUPS[k]
+        assert Path(study["image"]["t1"]).is_file() and study["ida_id"] in study["image"]["t1"]
+    for split in ("training", "validation", "test"):
+        assert {s["label"] for s in data[split]} == {0, 1}, split  # per class: the validation AUC needs both
+    where = {s["ida_id"]: split for split in ("training", "validation", "test") for s in data[split]}
+    assert where["I40966"] == where["I40967"]  # one subject's scans in one split
+
+
+def test_adni_classification_needs_the_collection_csv_and_a_row_per_scan(adni_cls_root: Path, tmp_path: Path):
+    sheet = next(adni_cls_root.glob("*.csv"))
+    lines = sheet.read_text().splitlines()
+    sheet.write_text("\n".join(line for line in lines if not line.startswith("I40976")) + "\n")
+    with pytest.raises(BadInputError, match=r"I40976/.*: image I40976 has no row in .*ADNI_AD_CN_12_07_2026.csv"):
+        prepare("adni_cls", adni_cls_root, tmp_path / "a.json", progress=False)
+    sheet.unlink()
+    with pytest.raises(BadInputError, match=r"no IDA collection CSV \(columns Image Data ID, Subject, Group\) under "):
+        prepare("adni_cls", adni_cls_root, tmp_path / "a.json", progress=False)
+    assert not (tmp_path / "a.json").exists()
 
 
 PATIENTS = ("TCGA-A1-A0SB", "TCGA-A1-A0SD")

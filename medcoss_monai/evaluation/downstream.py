@@ -134,7 +134,7 @@ def ensure_datalist(spec: DownstreamSet, root: Path, out: Path, workers: int = 1
     if not path.is_file():
         module, function = spec.converter.split(":")
         convert = getattr(importlib.import_module(module), function)
-        convert(spec.name, root, path, cache_dir=out / "cache" / spec.name, workers=workers, progress=progress)
+        convert(spec.dataset or spec.name, root, path, cache_dir=out / "cache" / spec.name, workers=workers, progress=progress)
     with open(path, encoding="utf-8") as f:
         classes = json.load(f).get("classes")
     expected = spec.overrides.get("num_classes")

@@ -44,7 +44,8 @@ class DownstreamSet:
         metrics: column name -> its key in ``metrics.json``'s ``metrics`` (``#`` separates nested keys).
         data_id: the bundle id that takes the datalist; "" when an override holds :data:`DATALIST`.
         converter: ``"module:function"`` converting it, called as :func:`medcoss_monai.data.prepare.prepare`
-            is (``name, root, out, cache_dir=, workers=, seed=, progress=``), the default.
+            is (``dataset, root, out, cache_dir=, workers=, seed=, progress=``), the default.
+        dataset: the name the converter is given (default ``name``): the registry's name where the table's differs.
     """
 
     name: str
@@ -54,6 +55,7 @@ class DownstreamSet:
     metrics: Mapping[str, str] = field(default_factory=lambda: dict(_CLS))
     data_id: str = "dataset_dir"
     converter: str = "medcoss_monai.data.prepare:prepare"
+    dataset: str = ""
 
 
 # PubMed 20k is single-label (5 sentence roles); the text bundle's multi_label switch selects softmax,
@@ -81,13 +83,14 @@ _BRAIN_SEG = {"Dice": "mean_dice", "HD95": "hd95"}
 _BRATS = ["t1", "t1ce", "t2", "flair"]
 
 
-def _brain(name: str, contrasts: list[str], converter: str = DownstreamSet.converter, **task: Any) -> DownstreamSet:
+def _brain(name: str, contrasts: list[str], dataset: str = "", **task: Any) -> DownstreamSet:
     return DownstreamSet(name, "finetune_brainmvp_seg.json", "brain_seg", {"input_contrasts": contrasts, **task}, _BRAIN_SEG,
-                         converter=converter)
+                         dataset=dataset)
 
 
-def _brain_cls(name: str, contrasts: list[str], num_classes: int = 2) -> DownstreamSet:
-    return DownstreamSet(name, "finetune_brainmvp_cls.json", "brain_cls", {"input_contrasts": contrasts, "num_classes": num_classes})
+def _brain_cls(name: str, contrasts: list[str], dataset: str = "") -> DownstreamSet:
+    return DownstreamSet(name, "finetune_brainmvp_cls.json", "brain_cls", {"input_contrasts": contrasts, "num_classes": 2},
+                         dataset=dataset)
 
 
 BRAINMVP = {
@@ -101,16 +104,16 @@ BRAINMVP = {
         # MRBrainS13: T1, T1-IR and T2-FLAIR in the reference; CSF, grey and white matter
         _brain("mrbrains13", ["t1", "flair"], label_mode="classes", num_classes=4),
         # BrainMVP's VS task reads T2 studies: the vs_brainmvp converter, under the table's name vs
-        _brain("vs", ["t2"], converter="medcoss_monai.data.prepare.mri_seg:prepare_vs_brainmvp", label_mode="classes",
-               num_classes=2),
-        # classification: HGG vs LGG on the four BraTS contrasts; autism / ADHD vs control on the T1
+        _brain("vs", ["t2"], dataset="vs_brainmvp", label_mode="classes", num_classes=2),
+        # classification: HGG vs LGG on the four BraTS contrasts; autism / ADHD vs control, AD vs CN on the T1
         _brain_cls("brats2018", _BRATS),
         _brain_cls("abide", ["t1"]),
         _brain_cls("adhd200", ["t1"]),
+        _brain_cls("adni", ["t1"], dataset="adni_cls"),
     )
 }
-"""BrainMVP: its segmentation sets (``Downstream/dataset/multimodal_dataset.py``: the contrasts of each) and its
-classification sets (``Fine_tune/classification``); ADNI, the fourth classification set, has no converter with labels."""
+"""BrainMVP: its segmentation sets (``Downstream/dataset/multimodal_dataset.py``: the contrasts of each) and its four
+classification sets (``Fine_tune/classification``)."""
 
 
 _MUSCLE_CLS = {"ACC": "ACC", "AUC": "AUC"}

@@ -29,7 +29,7 @@ import numpy as np
 from medcoss_monai.data.prepare.common import PrepareContext, cached_map, find_file, save_nifti_atomic, seeded_split
 from medcoss_monai.errors import BadInputError
 
-__all__ = ["VS_SPLIT_FILE", "vs_reference_split", "vs_case_name", "convert_vs", "convert_vs_brainmvp", "prepare_vs_brainmvp",
+__all__ = ["VS_SPLIT_FILE", "vs_reference_split", "vs_case_name", "convert_vs", "convert_vs_brainmvp",
            "LA_SPACING_MM",
            "h5_to_nifti", "convert_la"]
 
@@ -193,17 +193,6 @@ def convert_vs_brainmvp(ctx: PrepareContext) -> dict[str, Any]:
         data[split] = studies
     data["filtered"]["cases without a T2 series and its RTSTRUCT"] = no_t2
     return data
-
-
-def prepare_vs_brainmvp(name: str, root: str | os.PathLike, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
-    """:func:`~medcoss_monai.data.prepare.prepare` of ``vs_brainmvp`` under a downstream table's name (``vs``).
-
-    The downstream tables call their converter with the row's name; BrainMVP's ``vs`` row needs the T2
-    studies, MedCoSS's the T1 items, hence this entry point for the BrainMVP row.
-    """
-    from medcoss_monai.data.prepare import prepare
-
-    return prepare("vs_brainmvp", root, out, **kwargs)
 
 
 def h5_to_nifti(h5_file: str, image_out: str, label_out: Path) -> None:

@@ -159,6 +159,11 @@ _SPECS = [
                 "NITRC, http://fcon_1000.projects.nitrc.org/indi/adhd200/", "CC BY-NC-SA (INDI terms)",
                 "the raw release per site: <Site>/<ScanDir ID>/session_1/anat_1/mprage.nii.gz with "
                 "<Site>/<Site>_phenotypic.csv", "indi:convert_adhd200"),
+    DatasetSpec("adni_cls", "ADNI (AD vs CN)", "BrainMVP downstream, classification",
+                "ADNI / LONI IDA, https://adni.loni.usc.edu/",
+                "ADNI Data Use Agreement (application required; no redistribution)",
+                "the IDA export (ADNI/<subject>/<description>/<date>/<image id>/*.nii) with the collection's CSV "
+                "(Image Data ID, Subject, Group) beside it", "volumes:convert_adni_cls"),
     DatasetSpec("abide", "ABIDE-I", "BrainMVP downstream, classification",
                 "NITRC, http://fcon_1000.projects.nitrc.org/indi/abide/", "CC BY-NC-SA (INDI terms)",
                 "Phenotypic_V1_0b.csv beside the raw site folders: <SITE>/<SUB_ID>/session_1/anat_1/mprage.nii.gz",
