@@ -1,5 +1,5 @@
 """Issue 26's "done when" for the papers' tables: ``evaluation.downstream --suite medcoss`` (and ``--suite brainmvp``) on
-a root holding the miniature of each of the suite's nine data sets (the converters' test folders, in their
+a root holding the miniature of each of the suite's data sets (nine and ten) (the converters' test folders, in their
 publishers' layouts, of real sample files) converts every one, fine-tunes every one for an epoch through its bundle,
 and writes the table."""
 
@@ -22,6 +22,7 @@ from test_prepare_sets import pudmed20k_root, qata_root  # noqa: E402,F401
 from test_prepare_vs import mri, vs_root  # noqa: E402,F401
 from test_brainmvp_finetune import stage_model  # noqa: E402,F401
 from test_prepare_abide import abide_root  # noqa: E402,F401
+from test_prepare_pretraining import adni_cls_root, adni_root  # noqa: E402,F401
 from test_prepare_adhd200 import adhd_root  # noqa: E402,F401
 from test_prepare_mrbrains13 import mrbrains_root  # noqa: E402,F401
 from test_prepare_stages import BRATS_2023  # noqa: E402
@@ -79,14 +80,15 @@ def brain_downstream_sets(root: Path, brain: dict) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # nine BrainMVP fine-tunings of one epoch with sliding-window tests
-def test_the_brainmvp_table_from_the_nine_miniatures(
-    tmp_path: Path, stage_model, brain, vs_root: Path, mrbrains_root: Path, abide_root: Path, adhd_root: Path, capfd,
+@pytest.mark.long  # ten BrainMVP fine-tunings of one epoch with sliding-window tests
+def test_the_brainmvp_table_from_the_ten_miniatures(
+    tmp_path: Path, stage_model, brain, vs_root: Path, mrbrains_root: Path, abide_root: Path, adhd_root: Path,
+    adni_cls_root: Path, capfd,
 ):
     path, _ = stage_model
     root = tmp_path / "root"
     folders = {**brain_downstream_sets(tmp_path / "made", brain), "vs": vs_root.parent,
-               "mrbrains13": mrbrains_root.parent, "abide": abide_root.parent, "adhd200": adhd_root}
+               "mrbrains13": mrbrains_root.parent, "abide": abide_root.parent, "adhd200": adhd_root, "adni": adni_cls_root}
     root.mkdir()
     run_table("brainmvp", path, root, folders, tmp_path / "out", capfd)
 

@@ -23,7 +23,7 @@ def _splits(data: dict) -> list[int]:
 @pytest.fixture
 def adni_root(tmp_path: Path, sample_data: Path) -> Path:
     t1 = nib.load(str(sample_data / "tasks" / "brainmvp_seg" / "slab0_t1.nii.gz"))
-    root = tmp_path / "ADNI"
+    root = tmp_path / "ida" / "ADNI"  # the IDA download in a folder of its own (a table's root links to it)
     for k in range(10):
         subject = f"{k + 2:03d}_S_{295 + k:04d}"
         for scan in range(2 if k == 0 else 1):
@@ -60,7 +60,7 @@ def test_adni_misplaced_and_broken_files_are_listed(adni_root: Path, tmp_path: P
     data = prepare("adni", adni_root, tmp_path / "a.json", skip_bad_inputs=True, progress=False)
     assert sum(_splits(data)) == 10
     with pytest.raises(BadInputError, match=r"not found under .*: is this the ADNI folder\?"):
-        prepare("adni", tmp_path / "ADNI" / "002_S_0295", tmp_path / "a.json", progress=False)
+        prepare("adni", adni_root / "002_S_0295", tmp_path / "a.json", progress=False)
 
 
 ADNI_GROUPS = ("CN", "AD", "CN", "AD", "CN", "AD", "CN", "AD", "MCI", "EMCI")
