@@ -271,3 +271,26 @@ def test_an_imported_uniformer_fine_tunes_with_a_missing_contrast(tmp_path, impo
     assert metrics["pretrained_ckpt"] == str(folder) and metrics["network_backbone"]["embed_norm"] == "layer"
     assert 0.0 <= metrics["metrics"]["mean_dice"] <= 1.0
     assert (out / "model_best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_an_imported_unet_fine_tunes_with_a_missing_contrast(tmp_path, sample_data):
+    """The released U-Net's format, as the UniFormer's above: one epoch from its folder (a U-Net task network with the
+    imported encoder), tested without T2, filled by the imported T2 template."""
+    state = random_state(unet_shapes(), seed=3)
+    folder = import_checkpoint("brainmvp_unet", save_released(state, tmp_path / "unet.pt"), tmp_path / "stage")
+    out = tmp_path / "ft"
+    workflow = ConfigWorkflow(config_file=str(FINETUNE), output_dir=str(out), pretrained_ckpt=str(folder), missing="t2",
+                              fill="template", repeats=1, crops_per_study=2, batch_size=2,
+                              **{"train#trainer#max_epochs": 1})
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    assert isinstance(network, BrainMVPUNet)
+    imported = torch.load(folder / "model.pt", weights_only=True)
+    torch.testing.assert_close(network.encoder.downs[0].weight, imported["backbone.encoder.downs.0.weight"])
+    bank = workflow.parser.get_parsed_content("templates")
+    assert torch.equal(bank.volumes["t2"], state["rep_template"][TEMPLATE_ORDER.index("t2")].clamp(0, 1))
+    workflow.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["missing"] == "t2" and metrics["fill"] == "template"
+    assert metrics["network_backbone"]["architecture"] == "unet" and 0.0 <= metrics["metrics"]["mean_dice"] <= 1.0
