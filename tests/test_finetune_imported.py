@@ -163,3 +163,15 @@ def test_an_imported_medcoss_stage_resamples_ct_as_the_reference_did(imported_st
     assert _spacing_after_loading(parsed("ct_seg", pretrained_ckpt=str(imported_stage)), item) == [1.0, 1.0, 1.0] != native
     given = parsed("ct_seg", pretrained_ckpt=str(imported_stage), ct_spacing=[2.5, 2.5, 2.5])
     assert _spacing_after_loading(given, item) == [2.5, 2.5, 2.5]
+
+
+@pytest.mark.slow
+def test_imported_stage_fine_tunes_through_ct_seg_on_its_grid(imported_stage, tmp_path):
+    """A volume task end to end from the imported stage: the 3D patch embedding it recorded, the CT resampled to
+    the reference's 1 mm grid (stage.json), and the test on held-out volumes."""
+    m = run_task("ct_seg", tmp_path, pretrained_ckpt=str(imported_stage))
+    assert m["pretrained"] is True and m["task"] == "ct_seg" and 0.0 <= m["metrics"]["Dice"] <= 1.0
+    best = torch.load(tmp_path / "model_best.pt", weights_only=True)
+    imported = torch.load(imported_stage / "model.pt", weights_only=True)
+    assert best["encoder.blocks.1.gamma_2"].shape == (48,)
+    assert best["encoder.patch_embed_3d.proj.weight"].shape == imported["patch_embed_3d.proj.weight"].shape == (48, 1, 16, 16, 16)
