@@ -19,7 +19,6 @@ is how the MedCoSS reference reads it::
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
