@@ -12,8 +12,9 @@ atol 1e-5, the tolerance of the other export tests).
 
 Default suite (66 s measured on 2 shared, loaded CPU cores; two subprocesses): the imported stage read as CT,
 X-ray classification fine-tuned from it, and the scripted reference encoder on synthetic tensors. Under
-``-m slow``: X-ray segmentation fine-tuned from it (49 s), a CT stage continuing it (48 s), and BrainMVP
-segmentation fine-tuned from an imported BrainMVP UniFormer stage (155 s, on a more heavily loaded machine).
+``-m slow``: X-ray segmentation fine-tuned from it (49 s), a CT stage continuing it (48 s), an imported BrainMVP
+stage (UniFormer and U-Net) itself, and (``long``) BrainMVP segmentation fine-tuned from an imported BrainMVP UniFormer
+stage (155 s, on a more heavily loaded machine).
 """
 
 from __future__ import annotations
@@ -243,8 +244,6 @@ def test_brainmvp_segmentation_fine_tuned_from_imported_stage_exports(tasks_read
     ft = tmp_path / "ft"
     run_bundle(config_file=str(ROOT / "bundles/finetune_brainmvp_seg.json"), output_dir=str(ft), pretrained_ckpt=str(stage),
                repeats=1, crops_per_study=2, batch_size=2, logging_file=False, **{"train#trainer#max_epochs": 1})
-    with pytest.raises(BadInputError, match="imported BrainMVP stage"):  # not the MedCoSS path's --modality advice
-        main(["--stage_dir", str(stage), "--out", str(tmp_path / "none")])
     bundle = main(["--finetune_dir", str(ft), "--out", str(tmp_path / "zoo")])
     check_zoo(bundle, tmp_path)
     # train.json builds the task's network (the imported UniFormer's sizes) and starts from its trained weights
@@ -261,3 +260,36 @@ def test_brainmvp_segmentation_fine_tuned_from_imported_stage_exports(tasks_read
     run_without_medcoss(bundle, [("configs/evaluate.json", datalist, tmp_path / "metrics")])
     exported = float(dict(read_csv_rows(tmp_path / "metrics/metrics.csv"))["mean_dice"])
     assert exported == pytest.approx(json.loads((ft / "metrics.json").read_text())["metrics"]["mean_dice"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["brainmvp_uniformer", "brainmvp_unet"])
+def test_imported_brainmvp_stage_exports_its_encoder_features(fmt: str, datalist, tmp_path: Path) -> None:
+    """An imported BrainMVP stage (the released UniFormer's or U-Net's format, small and random): Zoo checks; the
+    weights' licence repeated; the features of a held-out MRI without medcoss_monai are the imported encoder's on the
+    same input (the reference's 96^3 crop at 1 mm); train.json fine-tunes a segmentation from the imported encoder."""
+    from monai.bundle import ConfigParser
+
+    from medcoss_monai.weights import import_checkpoint
+    from test_weights_brainmvp import random_state, save_released, unet_shapes, uniformer_shapes
+
+    shapes = uniformer_shapes() if fmt == "brainmvp_uniformer" else unet_shapes()
+    stage = import_checkpoint(fmt, save_released(random_state(shapes), tmp_path / "released.pt"), tmp_path / "stage")
+    bundle = main(["--stage_dir", str(stage), "--out", str(tmp_path / "zoo")])
+    meta = check_zoo(bundle, tmp_path)
+    for text in (meta["intended_use"], (bundle / "docs/README.md").read_text(), (bundle / "LICENSE").read_text()):
+        assert "no licence is stated by shaohao011/BrainMVP" in text
+    mri = datalist("mri")["test"][0]["image"]
+    features = features_without_medcoss(bundle, mri, tmp_path / "features")
+    x = parse_inference(bundle).get_parsed_content("preprocessing")({"image": mri})["image"][None]
+    assert tuple(x.shape[2:]) == (96, 96, 96)
+    with torch.no_grad():
+        expected = load_pretrained(stage).backbone.encoder(x)[-1].mean(dim=(2, 3, 4))[0]
+    np.testing.assert_allclose(features, expected.numpy(), **TOL)
+    train = ConfigParser()
+    train.read_config(str(bundle / "configs/train.json"))
+    train.update({"bundle_root": str(bundle), "device": "$torch.device('cpu')"})
+    task_encoder = train.get_parsed_content("network").encoder.state_dict()
+    imported = load_state(stage / "model.pt")
+    same = [k for k, v in task_encoder.items() if f"backbone.encoder.{k}" in imported and v.shape == imported[f"backbone.encoder.{k}"].shape]
+    assert len(same) > 10 and all(torch.equal(task_encoder[k], imported[f"backbone.encoder.{k}"]) for k in same)

@@ -33,6 +33,7 @@ from medcoss_monai.bundle.export.portable import (
 )
 from medcoss_monai.bundle.export.zoo_apps import REFERENCES, AppModel
 from medcoss_monai.bundle.export.zoo_docs import bundle_license
+from medcoss_monai.bundle.export.zoo_imported import imported_origin, note_imported_files, note_imported_metadata
 from medcoss_monai.bundle.export.zoo_metadata import bundle_metadata, reader_packages
 
 __all__ = ["TRAINED_WEIGHTS", "app_inference", "app_transforms", "write_app_bundle"]
@@ -147,6 +148,9 @@ def _readme(name: str, m: AppModel, meta: dict[str, Any]) -> str:
               "detection": "`detections.csv` (one row per input: its file, then x1, y1, x2, y2, score, label per box)",
               "segmentation": "one label map per input, `<name>_seg<ext>`, on the input's grid"}[m.output]
     metrics = "\n".join(f"- {k}: {v}" for k, v in meta.get("eval_metrics", {}).items()) or "- not recorded"
+    training = (f"`configs/train.json` fine-tunes a segmentation from these weights (`models/` is their stage folder; "
+                f"give `--dataset_dir`)" if isinstance(m.info.get("imported"), dict)
+                else f"`configs/train.json` continues training from `{TRAINED_WEIGHTS}`")
     return f"""# {name}
 
 {meta['task']}. {meta['description']}
@@ -160,7 +164,7 @@ python -m monai.bundle run --config_file configs/inference.json --dataset_dir <i
 ## Evaluation and training
 - `configs/evaluate.json` (when the task has a labelled metric): the same chain on a labelled datalist,
   metrics by MONAI's `MetricsSaver` in `--output_dir`.
-- `configs/train.json` continues training from `{TRAINED_WEIGHTS}` (needs medcoss-monai);
+- {training} (needs medcoss-monai);
   `configs/multi_gpu_train.json` is its overlay for `torchrun`:
   `torchrun --nproc_per_node 2 -m monai.bundle run --config_file "['configs/train.json','configs/multi_gpu_train.json']"`.
 
@@ -184,6 +188,19 @@ def _train_config(m: AppModel) -> dict[str, Any]:
     for key in ("pretrained_ckpt", "templates_ckpt"):
         if key in cfg:
             cfg[key] = ""
+    return cfg
+
+
+def _imported_train_config(m: AppModel) -> dict[str, Any]:
+    """``train.json`` of an imported BrainMVP stage: the segmentation fine-tuning from the bundle's own weights.
+
+    ``models/`` is the stage folder it reads (``stage.json`` names ``trained_model.pt`` and the network), so the
+    task network follows the imported architecture and sizes and a missing contrast is filled from its templates.
+    """
+    cfg = copy.deepcopy(m.parser.get())
+    cfg["bundle_root"] = "."
+    cfg["output_dir"] = "$@bundle_root + '/runs'"
+    cfg["pretrained_ckpt"] = f"$os.path.join(@bundle_root, '{Path(TRAINED_WEIGHTS).parent}')"
     return cfg
 
 
@@ -219,7 +236,10 @@ def write_app_bundle(m: AppModel, out: Path, name: str | None = None, version: s
     inference = app_inference(m)
     meta = _metadata(m, name, version, pred)
     meta["required_packages_version"].update(reader_packages(inference))
-    train = _train_config(m)
+    origin, imported_stage = imported_origin(m.info), isinstance(m.info.get("imported"), dict)
+    if origin is not None:  # the released weights' licence applies to what was trained from them
+        note_imported_metadata(meta, origin, imported_stage)
+    train = _imported_train_config(m) if imported_stage else _train_config(m)
     _write_json(out / "configs/metadata.json", meta)
     _write_json(out / "configs/inference.json", inference)
     _write_json(out / "configs/train.json", train)
@@ -231,7 +251,12 @@ def write_app_bundle(m: AppModel, out: Path, name: str | None = None, version: s
     shutil.copyfile(layout.bundles_dir() / "logging.conf", out / "configs/logging.conf")
     torch.save({k: v.detach().cpu() for k, v in m.net.state_dict().items()}, out / configs.ZOO_WEIGHTS)
     torch.save(m.trained_state, out / TRAINED_WEIGHTS)
+    if imported_stage:  # models/ is the stage folder train.json fine-tunes from
+        record = {**{k: v for k, v in m.info.items() if k != "config_file"}, "model": Path(TRAINED_WEIGHTS).name}
+        _write_json(out / Path(TRAINED_WEIGHTS).parent / layout.STAGE_RECORD_FILE, record)
     save_torchscript(m.net, m.example, out / configs.ZOO_TORCHSCRIPT, meta, inference, trace=m.trace)
     (out / "docs/README.md").write_text(_readme(name, m, meta))
     (out / "LICENSE").write_text(bundle_license(Path(__file__).resolve().parents[3] / "LICENSE"))
+    if origin is not None:
+        note_imported_files(out, origin, imported_stage)
     return out

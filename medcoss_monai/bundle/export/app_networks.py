@@ -120,10 +120,11 @@ class MuscleDetector(nn.Module):
 
 
 class UniFormerFeatures(nn.Module):
-    """Pooled deepest features ``(B, C)`` of a BrainMVP UniFormer encoder (mean over the last stage's voxels).
+    """Pooled deepest features ``(B, C)`` of a BrainMVP encoder (mean over the last stage's voxels).
 
     Args:
-        encoder: the trained ``UniFormer3D``.
+        encoder: the trained ``UniFormer3D`` (or the U-Net encoder of an imported BrainMVP U-Net: both return their
+            feature maps, deepest last).
     """
 
     def __init__(self, encoder: nn.Module) -> None:

@@ -263,7 +263,7 @@ def write_bundle(
     if portable is not None:  # inference needs MONAI and PyTorch only (train.json still needs medcoss-monai)
         metadata["required_packages_version"].pop("medcoss-monai", None)
         metadata["required_packages_version"].update(reader_packages(inference))  # pydicom, pillow...
-    origin, imported_stage = imported_origin(trained), isinstance(trained.info.get("imported"), dict)
+    origin, imported_stage = imported_origin(trained.info), isinstance(trained.info.get("imported"), dict)
     if origin is not None:  # the released weights' licence applies to what was trained from them
         note_imported_metadata(metadata, origin, imported_stage)
     for sub in ("configs", "models", "docs"):

@@ -1,4 +1,5 @@
-"""Model Zoo export of BrainMVP and MUSCLE models (a BrainMVP stage, segmentation or classification, MUSCLE tasks).
+"""Model Zoo export of BrainMVP and MUSCLE models (a BrainMVP stage, trained here or imported, segmentation or
+classification, MUSCLE tasks).
 
 :func:`find_app_model` reads the trained folder and the bundle it was trained with, and builds the
 tensor-only network of :mod:`.app_networks` around the trained one; :func:`app_inference` writes its
@@ -135,6 +136,33 @@ def _sample(path_fn: str, *args: Any) -> str:
     return str(path) if path.is_file() else ""
 
 
+def _brainmvp_imported(folder: Path, config_file: Path | None, overrides: Mapping[str, Any]) -> AppModel:
+    """An imported BrainMVP stage (the authors' UniFormer or U-Net): its encoder's pooled features.
+
+    The input is the reference's pre-training input (``stage_brainmvp.json`` with ``brainmvp_paper_scale.json``: 1 mm,
+    the 96^3 centre crop; ``--config_file`` / overrides change it). The stage's ``train.json`` fine-tunes a segmentation
+    from these weights (:func:`~medcoss_monai.bundle.export.app_configs.write_app_bundle`): this project continues
+    BrainMVP pre-training only from a stage it trained.
+    """
+    from medcoss_monai.apps.brainmvp.stage_network import BrainMVPStageNetwork
+
+    info = _read_json(folder / layout.STAGE_RECORD_FILE)
+    net = BrainMVPStageNetwork.from_config({k: v for k, v in info["network"].items() if k != "_target_"})
+    state = _load_trained(net, folder / str(info.get("model") or layout.MODEL_FILE))
+    bundles = layout.bundles_dir()
+    inputs = config_file or [bundles / "stage_brainmvp.json", bundles / "brainmvp_paper_scale.json"]
+    read = layout.read_bundle(inputs, {"output_dir": str(folder.parent), **overrides})
+    roi = [int(s) for s in read.get_parsed_content("roi_size")]
+    settings = {"roi_size": roi, "spacing": read.get_parsed_content("spacing"),
+                "percentiles": read.get_parsed_content("percentiles"), "dataset_dir": ""}
+    finetune = bundles / "finetune_brainmvp_seg.json"
+    parser = layout.read_bundle(finetune, {"output_dir": str(folder), "pretrained_ckpt": str(folder)})
+    info = {**info, "config_file": str(folder / layout.STAGE_RECORD_FILE)}
+    example = torch.rand(1, 1, *roi, generator=torch.Generator().manual_seed(0))
+    return AppModel("brainmvp", "features", UniFormerFeatures(net.backbone.encoder).eval(), True, example, state, parser,
+                    finetune, settings, info)
+
+
 def _brainmvp_stage(folder: Path, config_file: Path | None, overrides: Mapping[str, Any]) -> AppModel:
     info = _read_json(folder / layout.STAGE_RECORD_FILE)
     bundle = config_file or layout.bundles_dir() / "stage_brainmvp.json"
@@ -264,9 +292,8 @@ def find_app_model(folder: str | os.PathLike, config_file: str | os.PathLike | N
     kind = app_kind(folder)
     if kind == "brainmvp_stage":
         return _brainmvp_stage(folder, config, overrides)
-    if kind == "brainmvp_imported":  # not yet: its train.json would need BrainMVPModel around the imported backbone
-        raise BadInputError(f"{folder} is an imported BrainMVP stage, whose export is not supported yet. Fine-tune from "
-                            "it (bundles/finetune_brainmvp_seg.json --pretrained_ckpt) and export that output_dir.")
+    if kind == "brainmvp_imported":
+        return _brainmvp_imported(folder, config, overrides)
     if kind in ("brainmvp_seg", "brainmvp_cls"):
         return _brainmvp_task(folder, config, overrides, model, kind)
     if kind == "muscle":

@@ -1,8 +1,8 @@
 """What an exported bundle owes to imported weights: the network its ``train.json`` continues, and their licence.
 
 An imported MedCoSS stage (``python -m medcoss_monai.weights import``) holds the authors' bare encoder; its bundle
-continues it as a stage after an imported stage does. Every stage or task trained from imported weights repeats
-their source and licence in the bundle's metadata, ``docs/README.md`` and ``LICENSE``.
+continues it as a stage after an imported stage does. Every stage or task trained from imported weights (MedCoSS or
+BrainMVP) repeats their source and licence in the bundle's metadata, ``docs/README.md`` and ``LICENSE``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def pretraining_network(trained: Trained) -> tuple[dict[str, Any], dict[str, tor
     return network, {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
-def imported_origin(trained: Trained) -> dict[str, Any] | None:
+def imported_origin(info: Mapping[str, Any]) -> dict[str, Any] | None:
     """The record of the imported weights a trained network descends from, if any.
 
     Followed from the network's own folder: an imported stage (its ``stage.json``'s ``"imported"``), the
@@ -53,18 +53,19 @@ def imported_origin(trained: Trained) -> dict[str, Any] | None:
     released weights' licence applies to what was trained from them, so the bundle repeats it.
 
     Args:
-        trained: what :func:`~.zoo_sources.find_stage` or :func:`~.zoo_sources.find_finetuned` found.
+        info: the facts of the exported network (``Trained.info`` of :mod:`.zoo_sources`, ``AppModel.info`` of
+            :mod:`.zoo_apps`): its ``task`` and ``pretrained_ckpt``, or the ``config_file`` (``stage.json``) of a stage.
 
     Returns:
         The ``"imported"`` record (``format``, ``source``, ``licence``, ``sha256``...), or None.
     """
-    if trained.info.get("task"):
-        if not trained.info.get("pretrained_ckpt"):
+    if info.get("task"):
+        if not info.get("pretrained_ckpt"):
             return None
-        start = Path(str(trained.info["pretrained_ckpt"]))
+        start = Path(str(info["pretrained_ckpt"]))
         folder = start if start.is_dir() else start.parent
     else:
-        folder = Path(str(trained.info.get("config_file", ""))).parent
+        folder = Path(str(info.get("config_file", ""))).parent
     seen: set[Path] = set()
     while folder not in seen and (folder / layout.STAGE_RECORD_FILE).is_file():
         seen.add(folder)
@@ -89,9 +90,9 @@ def note_imported_metadata(metadata: dict[str, Any], origin: Mapping[str, Any], 
     """Say in the metadata where the imported weights come from and under which licence."""
     where, licence = _imported_words(origin)
     if imported_stage:
-        metadata["description"] = (f"The MedCoSS authors' released encoder ({where}), not trained further here. "
-                                   "network_def returns the pooled (mean of final tokens) features; "
-                                   "configs/inference.json writes them for your files.")
+        metadata["description"] = (f"The authors' released encoder ({where}), not trained further here. "
+                                   "network_def returns its pooled features; configs/inference.json writes them for "
+                                   "your files.")
     else:
         metadata["description"] += f" Its encoder was initialised from {where}."
     metadata["intended_use"] = f"{metadata.get('intended_use', '')} Weights: {licence}.".strip()
