@@ -245,7 +245,9 @@ def test_brainmvp_segmentation_fine_tuned_from_imported_stage_exports(tasks_read
     run_bundle(config_file=str(ROOT / "bundles/finetune_brainmvp_seg.json"), output_dir=str(ft), pretrained_ckpt=str(stage),
                repeats=1, crops_per_study=2, batch_size=2, logging_file=False, **{"train#trainer#max_epochs": 1})
     bundle = main(["--finetune_dir", str(ft), "--out", str(tmp_path / "zoo")])
-    check_zoo(bundle, tmp_path)
+    meta = check_zoo(bundle, tmp_path)
+    assert "no licence is stated by shaohao011/BrainMVP" in meta["intended_use"]  # the released weights' note
+    assert "no licence is stated by shaohao011/BrainMVP" in (bundle / "LICENSE").read_text()
     # train.json builds the task's network (the imported UniFormer's sizes) and starts from its trained weights
     from monai.bundle import ConfigParser
 
