@@ -60,6 +60,9 @@ def check_layout_and_metadata(bundle: Path) -> dict[str, Any]:
     assert all(f'path: "{rel}"' in listed for rel in large)
     meta = metadata(bundle)
     assert meta["version"] in meta["changelog"]
+    import ignite
+
+    assert meta["optional_packages_version"] == {"pytorch-ignite": ignite.__version__}  # MONAI's evaluators run on it
     verify_metadata(meta_file=str(bundle / "configs/metadata.json"), filepath=str(schema_path()))
     for rel in ("configs/metadata.json", "configs/inference.json", "configs/train.json"):
         assert "%bundles/" not in (bundle / rel).read_text(), f"{rel} refers into the repository"

@@ -162,6 +162,8 @@ def bundle_metadata(
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "required_packages_version": {"medcoss-monai": _package_version()},
+        # MONAI's evaluators (every config's "evaluator") and the evaluation metrics are ignite's
+        "optional_packages_version": _versions("pytorch-ignite"),
         "supported_apps": {},
         "name": name,
         "task": title,
