@@ -107,7 +107,7 @@ def test_exported_detection_map_is_the_fine_tuning_map() -> None:
     from monai.bundle import ConfigParser
 
     from medcoss_monai.apps.muscle.task_evaluation import detection_metrics
-    from medcoss_monai.bundle.export.portable import DETECTION_MAP50
+    from medcoss_monai.bundle.export.evaluate_config import DETECTION_MAP50
 
     g = torch.Generator().manual_seed(0)
     predictions, targets, outputs = [], [], []

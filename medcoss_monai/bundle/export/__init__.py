@@ -3,8 +3,9 @@
 :mod:`.zoo_sources` finds what was trained, :mod:`.zoo` writes the bundle and is the command line;
 :mod:`.zoo_configs`, :mod:`.zoo_docs` and :mod:`.zoo_metadata` write the bundle's configs, text and
 metadata; :mod:`.inference_inputs` is what the exported ``configs/inference.json`` of a text bundle reads.
-:mod:`.portable` makes the inference and evaluation configs need MONAI and PyTorch only (``network_def``
-is the TorchScript ``models/model.ts``) and writes ``configs/multi_gpu_train.json``; :mod:`.zoo_apps`,
+:mod:`.portable` makes the inference configs need MONAI and PyTorch only (``network_def`` is the TorchScript
+``models/model.ts``) and writes ``configs/multi_gpu_train.json``; :mod:`.evaluate_config` writes
+``configs/evaluate.json`` from the inference config; :mod:`.zoo_apps`,
 :mod:`.app_networks` and :mod:`.app_configs` export BrainMVP and MUSCLE models.
 """
 

@@ -24,9 +24,9 @@ import torch
 
 from medcoss_monai import layout
 from medcoss_monai.bundle.export import zoo_configs as configs
+from medcoss_monai.bundle.export.evaluate_config import portable_evaluate
 from medcoss_monai.bundle.export.portable import (
     ddp_overlay,
-    portable_evaluate,
     portable_inference,
     save_torchscript,
     xray_loading,

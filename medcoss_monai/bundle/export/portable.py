@@ -6,8 +6,7 @@
   (CSV rows) or ``SaveImaged`` (label maps on the input grid). Radiographs (DICOM, PNG, JPEG) are loaded
   by MONAI readers and config expressions (:data:`XRAY_IDS`), reports tokenized by the HF tokenizer the
   bundle ships (:data:`TEXT_IDS`).
-- ``configs/evaluate.json`` (:func:`portable_evaluate`): the same chain on a labelled datalist, MONAI
-  metrics written by ``MetricsSaver``.
+- ``configs/evaluate.json``: :mod:`.evaluate_config` (the same chain on a labelled datalist).
 - ``configs/multi_gpu_train.json`` (:func:`ddp_overlay`): the Zoo's DDP overlay of ``train.json``.
 - :func:`save_torchscript`: ``models/model.ts`` scripted (or traced at the bundle's input size), with
   the metadata and inference config inside, as MONAI's ``ckpt_export`` writes it.
@@ -33,9 +32,11 @@ from medcoss_monai.bundle.export.zoo_configs import (
 
 __all__ = [
     "GRAY_XRAY",
+    "ITEM_NAMES",
     "PORTABLE_IMPORTS",
     "SLIDE_IDS",
     "TEXT_IDS",
+    "TEXT_ITEM_NAMES",
     "TORCHSCRIPT_DEF",
     "XRAY_IDS",
     "csv_saver",
@@ -43,7 +44,6 @@ __all__ = [
     "make_portable",
     "make_portable_transforms",
     "needs_medcoss",
-    "portable_evaluate",
     "portable_inference",
     "save_torchscript",
     "with_xray_ids",
@@ -85,7 +85,7 @@ XRAY_IDS = {
                   "else @xray_gray_image(x)).clamp(0.0, 1.0)"),
 }
 """Config ids of the MONAI-only X-ray loading (:func:`xray_loading`): a DICOM film or a PNG/JPEG as ``LoadXRay`` gives it."""
-_NAMES = "$lambda batch: [item['image'].meta for item in batch]"
+ITEM_NAMES = "$lambda batch: [item['image'].meta for item in batch]"
 _SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif")
 SLIDE_IDS = {
     "openslide": "$monai.utils.optional_import('openslide')[0]",
@@ -133,7 +133,7 @@ TEXT_IDS = {
 """Config ids of the MONAI-only text input: ``ReportTextd`` and ``TokenizeTextd`` as ``Lambda`` transforms."""
 TEXT_IMPORTS = ["$import json", "$import pathlib", "$import re", "$import transformers"]
 _TEXT_KEEP = ["id", "text_file", "text"]  # kept through SelectItemsd: they name the CSV rows
-_TEXT_NAMES = ("$lambda batch: [{'filename_or_obj': str(d.get('id') or d.get('text_file') or "
+TEXT_ITEM_NAMES = ("$lambda batch: [{'filename_or_obj': str(d.get('id') or d.get('text_file') or "
                "' '.join(str(d.get('text', '')).split()[:8]))} for d in batch]")
 _TEXT_ITEMS = ("$[dict(i, **{k: os.path.join(os.path.dirname(@dataset_dir), i[k]) for k in ('text_file',) "
                "if isinstance(i.get(k), str) and not os.path.isabs(i[k])}) "
@@ -203,96 +203,7 @@ def csv_saver(output: str, text: bool = False) -> dict[str, Any]:
     """
     filename = {"features": "features.csv", "classification": "predictions.csv", "detection": "detections.csv"}[output]
     return {"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": filename,
-            "batch_transform": _TEXT_NAMES if text else _NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"}
-
-
-MULTILABEL_AUC = {
-    "_target_": "ignite.metrics.EpochMetric",
-    # MONAI's per-label AUC, averaged over the labels both present and absent in the split (a label seen in one
-    # state only has none): the macro-AUC the fine-tuning's metrics.json reports
-    "compute_fn": "$lambda p, y: float(numpy.nanmean(monai.metrics.compute_roc_auc(p, y, average='none')))",
-    "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
-    "check_compute_fn": False,
-}
-"""The key metric of a multi-label evaluation (ignite's epoch metric: the AUC needs every item at once)."""
-
-
-def portable_evaluate(inference: Mapping[str, Any], output: str, label_transforms: list[Any], num_classes: int) -> dict[str, Any] | None:
-    """``configs/evaluate.json``: the inference chain on a labelled datalist, MONAI metrics in ``output_dir``.
-
-    Standalone in the Zoo style (``python -m monai.bundle run --config_file configs/evaluate.json
-    --dataset_dir datalist.json``): the labels go through the image's spatial transforms (``label_transforms``
-    replaces the preprocessing), metrics are computed on the network's grid and written by ``MetricsSaver``
-    (``metrics.csv``) with the per-item scores.
-
-    Args:
-        inference: the bundle's inference config (:func:`portable_inference`).
-        output: ``"classification"``, ``"multilabel"`` (independent sigmoid labels, multi-hot ``label``),
-            ``"segmentation"`` or ``"detection"`` (``boxes`` and ``labels`` per item, mAP@0.5); features have no
-            labelled metric.
-        label_transforms: the preprocessing of an item with its ``label``.
-        num_classes: output channels (detection: classes).
-
-    Returns:
-        The config, or None for outputs without a metric (or with labels only medcoss_monai prepares).
-    """
-    if output not in ("classification", "multilabel", "segmentation", "detection"):
-        return None
-    cfg = {k: copy.deepcopy(v) for k, v in inference.items() if k not in ("class_names", "output_ext", "mask_values")}
-    cfg["output_dir"] = "$@bundle_root + '/eval_metrics'"
-    cfg["preprocessing"]["transforms"] = copy.deepcopy(label_transforms)
-    if output == "detection":
-        return _detection_evaluate(cfg, num_classes)
-    onehot = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
-              {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": num_classes}]
-    cfg["postprocessing"]["transforms"] = onehot
-    pairs = "$monai.handlers.from_engine(['pred', 'label'])"
-    if output == "multilabel":
-        cfg["postprocessing"]["transforms"] = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]
-        name, metric = "auc", MULTILABEL_AUC
-    elif output == "segmentation":
-        name, metric = "mean_dice", {"_target_": "MeanDice", "include_background": False, "output_transform": pairs}
-    else:
-        # one-hot prediction equal to the one-hot label: the share of items classified right (MONAI's ConfusionMatrix
-        # "accuracy" is the mean of the per-class one-vs-rest accuracies, higher than this beyond two classes)
-        name, metric = "accuracy", {"_target_": "ignite.metrics.Accuracy", "is_multilabel": True, "output_transform": pairs}
-    cfg["evaluator"]["key_val_metric"] = {name: metric}
-    with_xray_ids(cfg)
-    cfg["handlers"] = [cfg["handlers"][0], {"_target_": "StatsHandler", "iteration_log": False},
-                       {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*",
-                        "metric_details": "*" if output == "segmentation" else None,
-                        "batch_transform": _TEXT_NAMES if "prepare_batch" in cfg else _NAMES, "summary_ops": "*"}]
-    return None if needs_medcoss(cfg) else cfg  # a label transform only the package runs: no MONAI-only evaluation
-
-
-DETECTION_MAP50 = {
-    # ignite's COCO-style average precision (101 recall points, at most 100 boxes per image and class) at IoU 0.5,
-    # averaged over the classes with ground truth: the mAP@0.5 the fine-tuning reports (MONAI's COCOMetric there)
-    "_target_": "ignite.metrics.ObjectDetectionAvgPrecisionRecall",
-    "iou_thresholds": [0.5],
-    "num_classes": "@num_classes",
-    "output_transform": ("$lambda o: ([{'bbox': o['pred'][:, :4], 'scores': o['pred'][:, 4], 'labels': o['pred'][:, 5].long()}], "
-                         "[{'bbox': o['true_boxes'][0].reshape(-1, 4).float(), 'labels': o['true_labels'][0].reshape(-1).long()}])"),
-}
-"""The detection metric of ``evaluate.json`` (``[0]`` of it: ignite's metric gives the precision and the recall)."""
-
-
-def _detection_evaluate(cfg: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    """``evaluate.json`` of a detector: items with ``boxes`` ``[[x1, y1, x2, y2], ...]`` (pixels of the image as
-    stored) and ``labels`` (classes from 0), scored by :data:`DETECTION_MAP50`."""
-    cfg["num_classes"] = num_classes
-    cfg["preprocessing"]["transforms"].append({"_target_": "EnsureTyped", "keys": ["boxes", "labels"],
-                                               "dtype": ["$torch.float32", "$torch.int64"], "track_meta": False})
-    # one image per batch, not decollated (its boxes are one (N, 6) tensor); the ground truth joins the output
-    cfg["evaluator"]["decollate"] = False
-    cfg["postprocessing"]["transforms"] = [{"_target_": "CopyItemsd", "keys": ["boxes", "labels"],
-                                            "names": ["true_boxes", "true_labels"]},
-                                           {"_target_": "EnsureTyped", "keys": "pred", "track_meta": False}]
-    cfg["map50_metric"] = copy.deepcopy(DETECTION_MAP50)
-    cfg["evaluator"]["key_val_metric"] = {"map50": "$@map50_metric[0]"}
-    cfg["handlers"] = [cfg["handlers"][0], {"_target_": "StatsHandler", "iteration_log": False},
-                       {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*", "summary_ops": None}]
-    return cfg
+            "batch_transform": TEXT_ITEM_NAMES if text else ITEM_NAMES, "output_transform": "$monai.handlers.from_engine(['pred'])"}
 
 
 def ddp_overlay(train: Mapping[str, Any], project_overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -43,11 +43,11 @@ from medcoss_monai import layout
 from medcoss_monai.bundle.stage import flag
 from medcoss_monai.bundle.export import zoo_configs as configs
 from medcoss_monai.bundle.export.app_configs import write_app_bundle
+from medcoss_monai.bundle.export.evaluate_config import portable_evaluate
 from medcoss_monai.bundle.export.portable import (
     ddp_overlay,
     make_portable,
     make_portable_transforms,
-    portable_evaluate,
     save_torchscript,
 )
 from medcoss_monai.bundle.export.zoo_configs import ZOO_TOKENIZER, ZOO_TORCHSCRIPT, ZOO_WEIGHTS
