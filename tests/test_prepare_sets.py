@@ -52,8 +52,8 @@ def test_not_implemented_set_is_refused_clearly(tmp_path: Path):
 
 
 @pytest.fixture
-def nct_root(tmp_path: Path, sample_data: Path) -> Path:
-    tiles = sorted((sample_data / "tasks" / "pathology_cls" / "images").glob("*.png"))
+def nct_root(tmp_path: Path, tasks_ready: Path) -> Path:
+    tiles = sorted((tasks_ready / "tasks" / "pathology_cls" / "images").glob("*.png"))
     root, k = tmp_path / "nct", 0
     for release, per_class in (("NCT-CRC-HE-100K", 5), ("CRC-VAL-HE-7K", 1)):
         for cls in NCT_CLASSES:
@@ -94,10 +94,10 @@ def test_nct_crc_he_wrong_root(tmp_path: Path):
 
 
 @pytest.fixture
-def glas_root(tmp_path: Path, sample_data: Path) -> Path:
+def glas_root(tmp_path: Path, tasks_ready: Path) -> Path:
     from scipy import ndimage
 
-    task = sample_data / "tasks" / "pathology_seg"
+    task = tasks_ready / "tasks" / "pathology_seg"
     pairs = sorted(zip(sorted((task / "images").glob("*.png")), sorted((task / "masks").glob("*.png"))))
     root = tmp_path / "Warwick_QU_Dataset"
     root.mkdir()
@@ -138,8 +138,8 @@ def test_glas_missing_annotation_is_listed(glas_root: Path, tmp_path: Path):
 
 
 @pytest.fixture
-def lits_root(tmp_path: Path, sample_data: Path) -> Path:
-    task = sample_data / "tasks" / "ct_seg"
+def lits_root(tmp_path: Path, tasks_ready: Path) -> Path:
+    task = tasks_ready / "tasks" / "ct_seg"
     root = tmp_path / "LiTS"
     numbers = [0, 1, 2, 3, 4, 5]  # 0 and 4 are reference test volumes
     for n, image in zip(numbers, sorted((task / "images").glob("*.nii.gz"))):
@@ -186,8 +186,8 @@ def test_lits_wrong_root(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def brain(sample_data: Path) -> dict[str, nib.Nifti1Image]:
-    task = sample_data / "tasks" / "brainmvp_seg"
+def brain(tasks_ready: Path) -> dict[str, nib.Nifti1Image]:
+    task = tasks_ready / "tasks" / "brainmvp_seg"  # the slabs the task preparation cuts
     return {k: nib.load(str(task / f"slab0_{k}.nii.gz")) for k in ("t1", "t2", "seg")}
 
 
@@ -278,8 +278,8 @@ def test_chestxr_reference_split_and_task_loading(tmp_path: Path, sample_data: P
 
 
 @pytest.fixture
-def qata_root(tmp_path: Path, sample_data: Path) -> Path:
-    task = sample_data / "tasks" / "xray_seg"
+def qata_root(tmp_path: Path, tasks_ready: Path) -> Path:
+    task = tasks_ready / "tasks" / "xray_seg"
     pairs = list(zip(sorted((task / "images").glob("*.png")), sorted((task / "masks").glob("*.png"))))[:13]
     root = tmp_path / "QaTa-COV19-v2"
     for k, (image, mask) in enumerate(pairs):
