@@ -49,6 +49,15 @@ def tasks_ready(sample_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def brain_slabs(sample_data: Path) -> Path:
+    """The BrainMVP sample task's folder: the held-out ICBM 2009c T1 / T2 / labels cut into axial slabs
+    (``slab<k>_{t1,t2,seg}.nii.gz``), cut on first use (not by ``tasks_ready``)."""
+    from medcoss_monai.apps.brainmvp.studies import sample_task_datalist
+
+    return Path(sample_task_datalist()).parent
+
+
+@pytest.fixture(scope="session")
 def datalist(sample_data: Path) -> Callable[[str], dict[str, Any]]:
     """A loader of the sample datalists: ``datalist("mri")["training"]``."""
     cache: dict[str, dict[str, Any]] = {}

@@ -15,9 +15,9 @@ from medcoss_monai.errors import BadInputError
 
 
 @pytest.fixture
-def mrbrains_root(tmp_path: Path, tasks_ready: Path) -> Path:
+def mrbrains_root(tmp_path: Path, brain_slabs: Path) -> Path:
     """Five subjects, one real slab each: T1 (also as T1_IR), T2 as T2_FLAIR, the labels as both label files."""
-    task = tasks_ready / "tasks" / "brainmvp_seg"  # the slabs the task preparation cuts
+    task = brain_slabs
     root = tmp_path / "MRBrainS13DataNii" / "TrainingData"
     for n in range(1, 6):
         (root / str(n)).mkdir(parents=True)

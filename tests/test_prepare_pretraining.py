@@ -21,8 +21,8 @@ def _splits(data: dict) -> list[int]:
 
 
 @pytest.fixture
-def adni_root(tmp_path: Path, tasks_ready: Path) -> Path:
-    t1 = nib.load(str(tasks_ready / "tasks" / "brainmvp_seg" / "slab0_t1.nii.gz"))  # cut by the task preparation
+def adni_root(tmp_path: Path, brain_slabs: Path) -> Path:
+    t1 = nib.load(str(brain_slabs / "slab0_t1.nii.gz"))
     root = tmp_path / "ida" / "ADNI"  # the IDA download in a folder of its own (a table's root links to it)
     for k in range(10):
         subject = f"{k + 2:03d}_S_{295 + k:04d}"

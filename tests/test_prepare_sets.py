@@ -186,9 +186,8 @@ def test_lits_wrong_root(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def brain(tasks_ready: Path) -> dict[str, nib.Nifti1Image]:
-    task = tasks_ready / "tasks" / "brainmvp_seg"  # the slabs the task preparation cuts
-    return {k: nib.load(str(task / f"slab0_{k}.nii.gz")) for k in ("t1", "t2", "seg")}
+def brain(brain_slabs: Path) -> dict[str, nib.Nifti1Image]:
+    return {k: nib.load(str(brain_slabs / f"slab0_{k}.nii.gz")) for k in ("t1", "t2", "seg")}
 
 
 def _crop(img: nib.Nifti1Image, k: int) -> nib.Nifti1Image:
