@@ -144,10 +144,10 @@ def _brainmvp_imported(folder: Path, config_file: Path | None, overrides: Mappin
     from these weights (:func:`~medcoss_monai.bundle.export.app_configs.write_app_bundle`): this project continues
     BrainMVP pre-training only from a stage it trained.
     """
-    from medcoss_monai.apps.brainmvp.stage_network import BrainMVPStageNetwork
-
-    info = _read_json(folder / layout.STAGE_RECORD_FILE)
-    net = BrainMVPStageNetwork.from_config({k: v for k, v in info["network"].items() if k != "_target_"})
+    record = folder / layout.STAGE_RECORD_FILE
+    info = _read_json(record)
+    network = layout.stage_network_class(IMPORTED_BRAINMVP, record)  # by name: bundle/ does not import apps/
+    net = network(**{k: v for k, v in info["network"].items() if k != "_target_"})
     state = _load_trained(net, folder / str(info.get("model") or layout.MODEL_FILE))
     bundles = layout.bundles_dir()
     inputs = config_file or [bundles / "stage_brainmvp.json", bundles / "brainmvp_paper_scale.json"]
