@@ -132,6 +132,7 @@ def test_installed_package_runs_a_stage_and_a_finetuning_outside_the_checkout(tm
     assert venv in package.parents, package
     stage_bundle = Path(run("-m", "medcoss_monai.bundle.locate", "stage_xray").strip())
     assert venv in stage_bundle.parents
+    assert "deeplesion  [" not in run("-m", "medcoss_monai.data.prepare", "--list")  # the catalogue file is packaged
 
     run("-m", "medcoss_monai.bundle.pipeline", "--stages", "xray", "--output_dir", "run", "--max_epochs", "1",
         "--forgetting", "false", "--progress_bar", "false", "--train#repeats", "4", "--batch_size", "4")

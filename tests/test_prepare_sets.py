@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from medcoss_monai.data.prepare import DATASETS, catalogue, prepare
+from medcoss_monai.data.prepare.registry import converter_of
 from medcoss_monai.data.prepare.tiles import NCT_CLASSES
 from medcoss_monai.data.prepare.volumes import LITS_TEST
 from medcoss_monai.errors import BadInputError
@@ -38,6 +39,14 @@ def test_list_prints_every_data_set_with_source_and_licence():
     assert out.count("source:") == out.count("licence:") == out.count("download:") == len(DATASETS)
     assert "brain_atlas  [not implemented yet]" in out and "deeplesion  [" not in out
     assert catalogue() + "\n" == out
+
+
+def test_every_catalogue_converter_is_a_function_of_the_package():
+    """A typo in datasets.yaml's ``converter`` would only show when a user prepares that data set."""
+    with_converter = [s for s in DATASETS.values() if s.converter]
+    assert len(with_converter) == len(DATASETS) - 1  # brain_atlas has none
+    for spec in with_converter:
+        assert callable(converter_of(spec)), spec.name
 
 
 def test_not_implemented_set_is_refused_clearly(tmp_path: Path):
