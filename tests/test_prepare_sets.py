@@ -181,7 +181,7 @@ def test_lits_unpaired_and_mismatched_volumes_are_listed(lits_root: Path, tmp_pa
     with pytest.raises(BadInputError) as err:
         prepare("lits", lits_root, tmp_path / "o.json", progress=False)
     assert "volume-5.nii: no segmentation-5.nii beside it" in str(err.value)
-    assert f"{seg3}: shape (4, 4, 4) differs from volume-3 shape" in str(err.value)
+    assert f"{seg3}: shape (4, 4, 4) differs from the image's shape" in str(err.value)
     data = prepare("lits", lits_root, tmp_path / "o.json", skip_bad_inputs=True, progress=False)
     assert sum(_splits(data)) == 4 and len(data["rejected"]) == 2
 

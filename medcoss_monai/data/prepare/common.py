@@ -111,6 +111,33 @@ def find_file(root: Path, names: str | Sequence[str], title: str, depth: int = 1
     raise BadInputError(f"{expected} not found under {root}: is this the {title} folder?")
 
 
+def paired_item(
+    ctx: PrepareContext, image: Path, label: Path, size_of: Callable[[Path], Any], item_id: str, unit: str = "size"
+) -> dict[str, str] | None:
+    """The ``{"image", "label", "id"}`` item of an image and its label map, when both read and agree in size.
+
+    Args:
+        ctx: the run's context; an unreadable file or a size mismatch is reported on it.
+        image: the image file.
+        label: its label file (known to exist).
+        size_of: reads a file's size (a header read, not the whole file).
+        item_id: the item's ``id``.
+        unit: what ``size_of`` gives, for the message (``"shape"``, ``"size"``).
+
+    Returns:
+        The item, or None when the pair was reported.
+    """
+    try:
+        sizes = size_of(image), size_of(label)
+    except Exception as e:  # the readers (PIL, nibabel) raise several types for broken files
+        ctx.bad(image, f"unreadable ({e.__class__.__name__}: {e})")
+        return None
+    if sizes[0] != sizes[1]:
+        ctx.bad(label, f"{unit} {sizes[1]} differs from the image's {unit} {sizes[0]} ({image.name})")
+        return None
+    return {"image": str(image), "label": str(label), "id": item_id}
+
+
 def seeded_split(
     items: Sequence[dict[str, Any]],
     fractions: dict[str, float],

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.data.prepare.common import DEFAULT_FRACTIONS, PrepareContext, find_file, seeded_split
+from medcoss_monai.data.prepare.common import DEFAULT_FRACTIONS, PrepareContext, find_file, paired_item, seeded_split
 from medcoss_monai.errors import BadInputError
 
 __all__ = ["ADNI_CLASSES", "LITS_TEST", "LITS_CLASSES", "convert_lits", "convert_adni", "convert_adni_cls"]
@@ -55,15 +55,9 @@ def convert_lits(ctx: PrepareContext) -> dict[str, Any]:
         if seg is None:
             ctx.bad(volume, f"no segmentation-{n}.nii beside it")
             continue
-        try:
-            shapes = _header_shape(volume), _header_shape(seg)
-        except Exception as e:  # nibabel raises several types for broken headers
-            ctx.bad(volume, f"unreadable NIfTI header ({e.__class__.__name__}: {e})")
-            continue
-        if shapes[0] != shapes[1]:
-            ctx.bad(seg, f"shape {shapes[1]} differs from volume-{n} shape {shapes[0]}")
-            continue
-        items.append({"image": str(volume), "label": str(seg), "id": f"volume-{n}"})
+        item = paired_item(ctx, volume, seg, _header_shape, f"volume-{n}", unit="shape")
+        if item is not None:
+            items.append(item)
     test_ids = {f"volume-{n}" for n in LITS_TEST}
     rest = [it for it in items if it["id"] not in test_ids]
     splits, record = seeded_split(rest, {"validation": LITS_VALIDATION}, ctx.seed)

@@ -18,7 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medcoss_monai.data.prepare.common import PrepareContext, class_folders_datalist, find_file, seeded_split
+from medcoss_monai.data.prepare.common import (
+    PrepareContext,
+    class_folders_datalist,
+    find_file,
+    paired_item,
+    seeded_split,
+)
 
 __all__ = ["CHESTXR_CLASSES", "convert_chestxr", "convert_qata_cov19"]
 
@@ -48,10 +54,16 @@ def convert_chestxr(ctx: PrepareContext) -> dict[str, Any]:
     )
 
 
-def _qata_pairs(release: Path, ctx: PrepareContext) -> list[dict[str, Any]]:
-    """Image / mask items of one QaTa release folder; a missing or differently sized mask is reported."""
+def _picture_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header."""
     from PIL import Image
 
+    with Image.open(path) as im:
+        return im.size
+
+
+def _qata_pairs(release: Path, ctx: PrepareContext) -> list[dict[str, Any]]:
+    """Image / mask items of one QaTa release folder; a missing or differently sized mask is reported."""
     items = []
     for image in sorted((release / "Images").glob("*")):
         if image.suffix.lower() not in _SUFFIXES:
@@ -60,16 +72,9 @@ def _qata_pairs(release: Path, ctx: PrepareContext) -> list[dict[str, Any]]:
         if not mask.is_file():
             ctx.bad(image, f"no Ground-truths/{mask.name}")
             continue
-        try:
-            with Image.open(image) as a, Image.open(mask) as b:
-                sizes = a.size, b.size
-        except Exception as e:  # PIL raises several types for unreadable files
-            ctx.bad(image, f"unreadable ({e.__class__.__name__}: {e})")
-            continue
-        if sizes[0] != sizes[1]:
-            ctx.bad(mask, f"size {sizes[1]} differs from the image's {sizes[0]}")
-            continue
-        items.append({"image": str(image), "label": str(mask), "id": image.stem})
+        item = paired_item(ctx, image, mask, _picture_size, image.stem)
+        if item is not None:
+            items.append(item)
     return items
 
 
