@@ -8,11 +8,13 @@ A section is stale once the recipe changed after its commit (:func:`recipe_chang
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import torch
 
 from medcoss_monai.utils import atomic_write_text
 
-__all__ = ["RECIPE_PATHS", "CODE_PATHS", "commit", "code_during", "measurement_facts", "provenance_line", "measured_section",
+__all__ = ["RECIPE_PATHS", "CODE_PATHS", "commit", "code_during", "measurement_facts", "provenance_line", "measured_section", "add_figure_arguments", "command_line",
            "write_section", "Measurement", "read_sections", "recipe_changed_since"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +154,29 @@ class Measurement:
         section = self.section(heading, body, seeds, command)
         write_section(doc, name, section, title=title)
         return section
+
+
+def add_figure_arguments(
+    parser: argparse.ArgumentParser, section: str, output_dir: str, seeds_help: str, docs_when: str = ""
+) -> None:
+    """Add the options every figures command shares: ``--output_dir``, ``--seeds`` (comma-separated) and ``--docs``.
+
+    Args:
+        parser: the command's parser.
+        section: the name of the section ``--docs`` writes.
+        output_dir: the default run folder.
+        seeds_help: what the seeds seed.
+        docs_when: a condition on ``--docs`` put first in its help (``"with --compare: "``).
+    """
+    parser.add_argument("--output_dir", default=output_dir, help="run folder")
+    parser.add_argument("--seeds", default="0,1,2", help=f"comma-separated {seeds_help}")
+    parser.add_argument("--docs", default="", help=f"{docs_when}also write the table as the '{section}' section of this "
+                        "document (e.g. docs/figures.md), with the command, commit, torch build, machine, seeds and time")
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> list[str]:
+    """The command as the user typed it: ``python -m module`` and its arguments (``sys.argv[1:]`` when None)."""
+    return ["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]
 
 
 def read_sections(doc: str | os.PathLike) -> dict[str, str]:

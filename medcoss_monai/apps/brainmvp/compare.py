@@ -29,7 +29,7 @@ from medcoss_monai import layout
 from medcoss_monai.apps.brainmvp.multicontrast import CONTRASTS
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
 from medcoss_monai.errors import BadInputError, install_run_hooks
-from medcoss_monai.provenance import Measurement
+from medcoss_monai.provenance import Measurement, add_figure_arguments, command_line
 from medcoss_monai.utils import atomic_write_text, parse_seeds
 
 __all__ = ["test_inputs", "run_compare", "compare_table", "main"]
@@ -136,13 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="runs/brainmvp_compare", help="comparison folder")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated fine-tuning seeds")
+    add_figure_arguments(parser, "brainmvp", "runs/brainmvp_compare", "fine-tuning seeds")
     parser.add_argument("--missing", default="t2,t1", help="contrasts dropped one at a time at test ('' for none)")
     parser.add_argument("--pretrain", default="", help="overrides of the stage, one string: \"--train#trainer#max_epochs 2\"")
     parser.add_argument("--finetune", default="", help="overrides of every fine-tuning and test, one string")
-    parser.add_argument("--docs", default="", help="also write the table as the 'brainmvp' section of this document "
-                        "(e.g. docs/figures.md), with the command, commit, torch build, machine, seeds and time")
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds, "--seeds")
     missing = [c.strip() for c in args.missing.split(",") if c.strip()]
@@ -155,9 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = compare_table(rows)
     print(table)
     if args.docs:
-        command = ["python", "-m", "medcoss_monai.apps.brainmvp.compare", *(sys.argv[1:] if argv is None else argv)]
         measurement.write(args.docs, "brainmvp", "BrainMVP on the sample data: pre-trained against scratch, contrasts missing",
-                          table, seeds, command)
+                          table, seeds, command_line("medcoss_monai.apps.brainmvp.compare", argv))
     return 0
 
 

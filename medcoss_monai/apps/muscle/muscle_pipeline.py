@@ -32,7 +32,7 @@ from pathlib import Path
 from medcoss_monai.errors import BadInputError, install_run_hooks
 from medcoss_monai import layout
 from medcoss_monai.bundle.pipeline import bundle_command, run_command
-from medcoss_monai.provenance import Measurement
+from medcoss_monai.provenance import Measurement, add_figure_arguments, command_line
 from medcoss_monai.utils import atomic_write_text, parse_seeds
 
 __all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
@@ -169,17 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     install_run_hooks()  # user errors end with their message; library probes at DEBUG
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="runs/muscle", help="run folder")
     parser.add_argument("--variant", default="muscle", choices=("muscle", "muscle--"), help="step 2 with or without memorisation")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step")
     parser.add_argument("--compare", action="store_true", help="scratch vs MD-MoCo vs MUSCLE-- vs MUSCLE over --seeds")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of --compare")
+    add_figure_arguments(parser, "muscle", "runs/muscle", "seeds of --compare", docs_when="with --compare: ")
     parser.add_argument("--step1", default="", help="overrides of step 1, one string: \"--train#trainer#max_epochs 2\"")
     parser.add_argument("--step2", default="", help="overrides of step 2, e.g. \"--rounds 2 --steps_per_visit 5\"")
     parser.add_argument("--step2_minus", default="", help="more overrides of step 2 as MUSCLE-- (--compare), e.g. its budget")
     parser.add_argument("--step3", default="", help="overrides of every fine-tuning, e.g. \"--train#trainer#max_epochs 3\"")
-    parser.add_argument("--docs", default="", help="with --compare: also write the table as the 'muscle' section of this "
-                        "document (e.g. docs/figures.md), with the command, commit, torch build, machine, seeds and time")
     args = parser.parse_args(argv)
     measurement = Measurement()
     if args.compare:
@@ -188,9 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = (Path(args.output_dir) / "comparison.md").read_text()
         print(table)
         if args.docs:
-            command = ["python", "-m", "medcoss_monai.apps.muscle.muscle_pipeline", *(sys.argv[1:] if argv is None else argv)]
             measurement.write(args.docs, "muscle", "MUSCLE on the sample data: fine-tuned from four backbones", table, seeds,
-                              command)
+                              command_line("medcoss_monai.apps.muscle.muscle_pipeline", argv))
     elif args.docs:
         raise BadInputError("--docs writes the table of --compare: add --compare.")
     else:
