@@ -99,6 +99,8 @@ def test_reference_inference_encoder_scripts_to_the_encoder_outputs() -> None:
         assert net.state_dict().keys() == {f"encoder.{k}" for k in encoder.state_dict()}
         with torch.no_grad():
             torch.testing.assert_close(torch.jit.script(net)(x, **kwargs), encoder(x, **kwargs), rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="token ids must be in"):  # checked before the table lookup, as for own stages
+        torch.jit.script(inference_network(encoder, "text"))(torch.full((1, 4), SIZES["vocab_size"]))
 
 
 def test_imported_stage_exports_and_runs_without_medcoss(imported_run: Path, datalist, tmp_path: Path) -> None:

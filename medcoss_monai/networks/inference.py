@@ -126,7 +126,51 @@ class PatchTokens(nn.Module):
         return F.linear(self.to_rows(x), weight, self.proj.bias), grid
 
 
-class InferenceEncoder(nn.Module):
+class _KindEncoder(nn.Module):
+    """What the two inference encoders share: the input kind, the check of text input, the forward contract.
+
+    A subclass builds its tables and implements ``encode`` (TorchScript compiles the inherited ``forward``
+    against it).
+
+    Args:
+        kind: ``"text"``, ``"2d"`` or ``"3d"``.
+        vocab_size: rows of the text table (token ids must be below it).
+    """
+
+    def __init__(self, kind: str, vocab_size: int) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+        self.kind = kind
+        self.vocab_size = int(vocab_size)
+
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """Encode a batch of the encoder's kind.
+
+        Args:
+            x: (B, L) token ids, or (B, C, *spatial) float images.
+            attention_mask: (B, L) text padding mask, 1 = token.
+
+        Returns:
+            ``(final tokens (B, L, hidden), output of every block, token grid)``: see the subclass for which tokens.
+        """
+        if self.kind == "text":
+            if x.is_floating_point() or x.dim() != 2:
+                raise ValueError("expected (B, L) integer token ids, got shape {}".format(x.shape))  # noqa: UP032
+            if int(x.max()) >= self.vocab_size or int(x.min()) < 0:
+                raise ValueError("token ids must be in [0, {})".format(self.vocab_size))  # noqa: UP032
+        return self.encode(x, attention_mask)
+
+    def encode(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        """The subclass's computation on checked input (see :meth:`forward`)."""
+        raise NotImplementedError
+
+
+class InferenceEncoder(_KindEncoder):
     """The :class:`~medcoss_monai.networks.UnifiedEncoder` run on one input kind, without masking.
 
     Holds every tokenizer of the encoder (its state dict keys are the encoder's) but runs only the
@@ -138,12 +182,8 @@ class InferenceEncoder(nn.Module):
     """
 
     def __init__(self, encoder: UnifiedEncoder, kind: str) -> None:
-        super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-        self.kind = kind
+        super().__init__(kind, encoder.vocab_size)
         self.kind_index = KINDS.index(kind)
-        self.vocab_size = int(encoder.vocab_size)
         self.flash = bool(encoder.use_flash_attention)
         self.text_embed = encoder.text_embed
         self.text_embed_scale = float(encoder.text_embed_scale)
@@ -157,23 +197,11 @@ class InferenceEncoder(nn.Module):
         self.blocks = encoder.blocks
         self.norm = encoder.norm
 
-    def forward(
-        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+    def encode(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
-        """Encode a batch of the encoder's kind.
-
-        Args:
-            x: (B, L) token ids, or (B, C, *spatial) float images.
-            attention_mask: (B, L) text padding mask, 1 = token.
-
-        Returns:
-            ``(final normed tokens (B, L, hidden), output of every block, token grid)``.
-        """
+        """``(final normed tokens (B, L, hidden), output of every block, token grid)`` of checked input."""
         if self.kind == "text":
-            if x.is_floating_point() or x.dim() != 2:
-                raise ValueError("expected (B, L) integer token ids, got shape {}".format(x.shape))  # noqa: UP032
-            if int(x.max()) >= self.vocab_size or int(x.min()) < 0:
-                raise ValueError("token ids must be in [0, {})".format(self.vocab_size))  # noqa: UP032
             grid = [x.shape[1]]
             tokens = self.text_embed(x) * self.text_embed_scale + self.pos_embed_text(grid)
         elif self.kind == "2d":
@@ -203,12 +231,10 @@ class _ReferenceText(nn.Module):
         self.token_type, self.norm = embedding.token_type, embedding.norm
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) token ids -> (B, L, hidden)."""
+        """(B, L) token ids (checked by the encoder) -> (B, L, hidden)."""
         length = ids.shape[1]
         if length > self.position.num_embeddings:
             raise ValueError("the text is longer than the {} positions of the model".format(self.position.num_embeddings))  # noqa: UP032
-        if int(ids.min()) < 0 or int(ids.max()) >= self.token.num_embeddings:
-            raise ValueError("token ids must be in [0, {})".format(self.token.num_embeddings))  # noqa: UP032
         return self.norm(self.token(ids) + self.position.weight[:length] + self.token_type.weight[0])
 
 
@@ -245,7 +271,7 @@ class _ReferenceLayer(nn.Module):
         return x + self.gamma_2 * self.mlp(self.norm2(x))
 
 
-class ReferenceInferenceEncoder(nn.Module):
+class ReferenceInferenceEncoder(_KindEncoder):
     """The :class:`~medcoss_monai.networks.MedCoSSReferenceEncoder` (an imported MedCoSS stage) run on one input
     kind, in eval mode, in the form of :class:`InferenceEncoder`.
 
@@ -259,10 +285,7 @@ class ReferenceInferenceEncoder(nn.Module):
     """
 
     def __init__(self, encoder: MedCoSSReferenceEncoder, kind: str) -> None:
-        super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-        self.kind = kind
+        super().__init__(kind, encoder.text_embed.token.num_embeddings)
         self.num_heads = int(encoder.num_heads)
         self.causal = encoder.text_attention == "causal"
         self.per_sample = encoder.text_mask_layout == "per_sample"
@@ -289,23 +312,14 @@ class ReferenceInferenceEncoder(nn.Module):
         rows = torch.arange(b, device=bias.device)[:, None] * self.num_heads + torch.arange(self.num_heads, device=bias.device)
         return bias[rows % b]
 
-    def forward(
-        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
+    def encode(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
-        """Encode a batch of the encoder's kind.
-
-        Args:
-            x: (B, L) token ids, or (B, C, *spatial) float images.
-            attention_mask: (B, L) text padding mask, 1 = token.
-
-        Returns:
-            ``(last layer's tokens (B, L, hidden), output of every layer, token grid)``, the class token left out.
-        """
+        """``(last layer's tokens (B, L, hidden), output of every layer, token grid)`` of checked input, the class
+        token left out."""
         bias: torch.Tensor | None = None
         start = 1
         if self.kind == "text":
-            if x.is_floating_point() or x.dim() != 2:
-                raise ValueError("expected (B, L) integer token ids, got shape {}".format(x.shape))  # noqa: UP032
             mask = torch.ones_like(x) if attention_mask is None else attention_mask
             tokens = self.text_embed(x)
             bias = self._text_bias(mask, tokens.dtype)
