@@ -127,22 +127,26 @@ class PatchTokens(nn.Module):
 
 
 class _KindEncoder(nn.Module):
-    """What the two inference encoders share: the input kind, the check of text input, the forward contract.
+    """What the two inference encoders share: the input kind, the check of text input, the patch projections
+    (both encoders cut images alike), the forward contract.
 
-    A subclass builds its tables and implements ``encode`` (TorchScript compiles the inherited ``forward``
-    against it).
+    A subclass builds its other tables and implements ``encode`` (TorchScript compiles the inherited
+    ``forward`` against it).
 
     Args:
+        encoder: the trained encoder (its ``patch_embed_2d`` / ``patch_embed_3d`` are taken).
         kind: ``"text"``, ``"2d"`` or ``"3d"``.
         vocab_size: rows of the text table (token ids must be below it).
     """
 
-    def __init__(self, kind: str, vocab_size: int) -> None:
+    def __init__(self, encoder: nn.Module, kind: str, vocab_size: int) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
         self.kind = kind
         self.vocab_size = int(vocab_size)
+        self.patch_embed_2d = PatchTokens(encoder.patch_embed_2d)
+        self.patch_embed_3d = PatchTokens(encoder.patch_embed_3d)
 
     def forward(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -182,15 +186,13 @@ class InferenceEncoder(_KindEncoder):
     """
 
     def __init__(self, encoder: UnifiedEncoder, kind: str) -> None:
-        super().__init__(kind, encoder.vocab_size)
+        super().__init__(encoder, kind, encoder.vocab_size)
         self.kind_index = KINDS.index(kind)
         self.flash = bool(encoder.use_flash_attention)
         self.text_embed = encoder.text_embed
         self.text_embed_scale = float(encoder.text_embed_scale)
         self.pos_embed_text = PositionTable(encoder.pos_embed_text)
-        self.patch_embed_2d = PatchTokens(encoder.patch_embed_2d)
         self.pos_embed_2d = PositionTable(encoder.pos_embed_2d)
-        self.patch_embed_3d = PatchTokens(encoder.patch_embed_3d)
         self.pos_embed_3d = PositionTable(encoder.pos_embed_3d)
         self.kind_embed = encoder.kind_embed
         self.embed_dropout = encoder.embed_dropout
@@ -285,14 +287,12 @@ class ReferenceInferenceEncoder(_KindEncoder):
     """
 
     def __init__(self, encoder: MedCoSSReferenceEncoder, kind: str) -> None:
-        super().__init__(kind, encoder.text_embed.token.num_embeddings)
+        super().__init__(encoder, kind, encoder.text_embed.token.num_embeddings)
         self.num_heads = int(encoder.num_heads)
         self.causal = encoder.text_attention == "causal"
         self.per_sample = encoder.text_mask_layout == "per_sample"
         self.mask_fill = float(MASK_FILL)  # an attribute: TorchScript reads no global float
         self.text_embed = _ReferenceText(encoder.text_embed)
-        self.patch_embed_2d = PatchTokens(encoder.patch_embed_2d)
-        self.patch_embed_3d = PatchTokens(encoder.patch_embed_3d)
         self.pos_embed_2d = _ReferencePositions(encoder.pos_embed_2d)
         self.pos_embed_3d = _ReferencePositions(encoder.pos_embed_3d)
         self.image_norm = encoder.image_norm
