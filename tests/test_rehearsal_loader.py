@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from medcoss_monai.buffer.rehearsal_loader import BUFFER_FLAG, SOURCE_KEY, RehearsalLoader
+from medcoss_monai.buffer.rehearsal_loader import BUFFER_FLAG, SOURCE_KEY, CyclingLoaders, RehearsalLoader
 
 
 def _loader(name, n):
@@ -60,3 +60,14 @@ def test_ratio_relative_to_the_current_loader():
     assert counts == {"ct": 50, "report": 10, "xray": 10}
     with pytest.raises(ValueError, match="relative_to"):
         RehearsalLoader(_loader("c", 1), {}, "ct", relative_to="both")
+
+
+def test_cycling_loaders_start_again_when_exhausted_and_after_restart():
+    """Mechanics: per key, a loader runs to its end, then from its start; restart begins every key anew."""
+    loaders = CyclingLoaders({"a": [1, 2, 3], "b": [10, 20]})
+    assert [loaders.next("a") for _ in range(5)] == [1, 2, 3, 1, 2]
+    assert [loaders.next("b") for _ in range(3)] == [10, 20, 10]
+    loaders.restart()
+    assert [loaders.next("a"), loaders.next("b")] == [1, 10]
+    with pytest.raises(KeyError):
+        loaders.next("c")

@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RehearsalLoader", "BUFFER_FLAG", "SOURCE_KEY"]
+__all__ = ["RehearsalLoader", "CyclingLoaders", "BUFFER_FLAG", "SOURCE_KEY"]
 
 BUFFER_FLAG = "is_buffer"
 """Batch key set to True on batches drawn from a rehearsal buffer."""
 SOURCE_KEY = "source"
 """Batch key naming the modality a batch comes from."""
+
+
+class CyclingLoaders:
+    """Batches of several loaders by key, each loader started again when it runs out (and after :meth:`restart`).
+
+    Args:
+        loaders: ``{key: loader}``.
+    """
+
+    def __init__(self, loaders: Mapping[str, Iterable]) -> None:
+        self.loaders = loaders
+        self._iters: dict[str, Iterator] = {}
+
+    def next(self, key: str) -> Any:
+        """The next batch of ``key``'s loader (a fresh pass over it once it is exhausted)."""
+        try:
+            return next(self._iters[key])
+        except (KeyError, StopIteration):
+            self._iters[key] = iter(self.loaders[key])
+            return next(self._iters[key])
+
+    def restart(self) -> None:
+        """Start every loader afresh at its next use."""
+        self._iters.clear()
 
 
 class RehearsalLoader:
@@ -63,7 +87,7 @@ class RehearsalLoader:
         self.ratio = float(ratio)
         self.seed = int(seed)
         self.epoch = 0
-        self._iters: dict[str, Iterator] = {}
+        self._buffer_batches = CyclingLoaders(self.buffers)
 
     @property
     def dataset(self) -> Any:
@@ -124,14 +148,7 @@ class RehearsalLoader:
         Called at the start of each epoch so an epoch's buffer batches do not depend on where the
         previous epoch stopped (what a resumed run cannot know).
         """
-        self._iters.clear()
-
-    def _next_buffer_batch(self, modality: str) -> Any:
-        try:
-            return next(self._iters[modality])
-        except (KeyError, StopIteration):
-            self._iters[modality] = iter(self.buffers[modality])
-            return next(self._iters[modality])
+        self._buffer_batches.restart()
 
     def __iter__(self) -> Iterator[dict]:
         schedule = self.schedule(self.epoch)
@@ -142,7 +159,7 @@ class RehearsalLoader:
                 batch = dict(next(current))
                 batch[BUFFER_FLAG] = False
             else:
-                batch = dict(self._next_buffer_batch(source))
+                batch = dict(self._buffer_batches.next(source))
                 batch[BUFFER_FLAG] = True
             batch[SOURCE_KEY] = source
             yield batch

@@ -10,6 +10,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from medcoss_monai.apps.muscle.multitask_trainer import MultiTaskKeys
+from medcoss_monai.buffer.rehearsal_loader import CyclingLoaders
 from medcoss_monai.errors import BadInputError
 
 __all__ = ["memory_items", "TaskReplay"]
@@ -54,7 +55,7 @@ class TaskReplay:
         self.memories = dict(memories)
         self.schedule = schedule
         self.weight = float(weight)
-        self._iters: dict[str, Any] = {}
+        self._memory_batches = CyclingLoaders(self.memories)
 
     def attach(self, engine: Engine) -> None:
         """Register on ``LOSS_COMPLETED`` (nothing when the weight is 0 or there is no memory).
@@ -72,15 +73,7 @@ class TaskReplay:
 
     def restart(self, engine: Engine | None = None) -> None:
         """Start every memory loader afresh at its next use."""
-        self._iters = {}
-
-    def next_batch(self, task: str) -> Any:
-        """The next memory batch of ``task`` (its loader restarts when exhausted)."""
-        try:
-            return next(self._iters[task])
-        except (KeyError, StopIteration):
-            self._iters[task] = iter(self.memories[task])
-            return next(self._iters[task])
+        self._memory_batches.restart()
 
     def replayed_task(self, engine: Engine) -> str | None:
         """The earlier task replayed at this iteration (turns by iteration), or None."""
@@ -92,7 +85,7 @@ class TaskReplay:
         if task is None:
             return
         k = MultiTaskKeys
-        term = self.weight * engine.task_loss(task, self.next_batch(task))
+        term = self.weight * engine.task_loss(task, self._memory_batches.next(task))
         out = engine.state.output
         out[k.LOSS_TERMS][REPLAY_LOSS] = term
         out[k.LOSS] = out[k.LOSS] + term
