@@ -26,15 +26,17 @@ directory, in the checkout or installed. :func:`read_bundle` still resolves ``%b
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+from monai.bundle.reference_resolver import ReferenceResolver
 
 from medcoss_monai.errors import BadInputError, CheckpointError
 from medcoss_monai.networks.encoder import KINDS
@@ -320,10 +322,34 @@ def _absolute_macros(config: Any, bundles: Path) -> Any:
     return config
 
 
+def _config_ids(config: Any, prefix: str = "") -> Iterator[str]:
+    """Every id of a config's nested dicts (``train#trainer#max_epochs``), the candidates of a suggestion."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            yield f"{prefix}{key}"
+            yield from _config_ids(value, f"{prefix}{key}#")
+
+
+def _refuse_undefined(parser: ConfigParser, ids: Iterable[str], files: Sequence[Any]) -> None:
+    """Refuse ids the bundle files do not define: MONAI would add a misspelt override that nothing reads."""
+    problems = []
+    for key in ids:
+        parts = ReferenceResolver.split_id(key)
+        # a nested id may add a key to a dict the bundle defines (an argument of a component), as in MONAI
+        if key in parser or (len(parts) > 1 and isinstance(parser.get("#".join(parts[:-1])), dict)):
+            continue
+        close = difflib.get_close_matches(key, list(_config_ids(parser.config)), n=1)
+        problems.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    if problems:
+        raise BadInputError(f"{', '.join(str(f) for f in files)}: the bundle defines no id {', '.join(problems)}; an "
+                            "override must name one of its ids (a misspelt one would be silently ignored).")
+
+
 def read_bundle(
     config_files: str | os.PathLike | Sequence[str | os.PathLike],
     overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
     bundles: str | os.PathLike | None = None,
+    user_overrides: Mapping[str, Any] | None = None,
 ) -> ConfigParser:
     """Read bundle files as ``monai.bundle run`` does: merge, override, then resolve macros.
 
@@ -334,15 +360,22 @@ def read_bundle(
         config_files: one bundle file, or several merged in order (a stage bundle and overlays).
         overrides: ``{id: value}`` pairs set after merging (values are used as given).
         bundles: the bundles folder the macros refer to (default :func:`bundles_dir`).
+        user_overrides: ``{id: value}`` pairs a user gave (``--id value``), set after ``overrides``;
+            each id must be one the files define (a nested ``a#b`` may add a key to a dict ``a``).
 
     Returns:
         A parser holding the merged config, not yet parsed (``get_parsed_content`` parses it).
+
+    Raises:
+        BadInputError: an id of ``user_overrides`` is not defined by the files (checked before any is set),
+            naming the id, the files and the closest defined id.
     """
     files = [config_files] if isinstance(config_files, (str, os.PathLike)) else list(config_files)
     config = ConfigParser.load_config_files([str(f) for f in files])
     parser = ConfigParser(_absolute_macros(config, Path(bundles or bundles_dir()).resolve()))
+    _refuse_undefined(parser, user_overrides or {}, files)
     pairs = overrides.items() if isinstance(overrides, Mapping) else overrides
-    for key, value in pairs:
+    for key, value in [*pairs, *(user_overrides or {}).items()]:
         parser[key] = value
     parser.resolve_macro_and_relative_ids()
     return parser

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from medcoss_monai.bundle.export import main, schema_path
+from medcoss_monai.bundle.export.zoo_apps import IMPORTED_BRAINMVP
 from medcoss_monai.bundle.export.zoo_configs import unlabelled_transforms
 from medcoss_monai.bundle.export.inference_inputs import TextInferenceBatch, inference_items
 from medcoss_monai.errors import BadInputError
@@ -252,6 +253,45 @@ def test_export_command_line_errors(tmp_path: Path) -> None:
         main(["--finetune_dir", str(tmp_path), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit):  # overrides belong to a fine-tuned task
         main(["--stage_dir", str(tmp_path), "--out", str(tmp_path / "out"), "--num_classes", "3"])
+
+
+UNTRAINED_FOLDERS = {  # the record that picks each export path (app_kind, find_finetuned), its bundle, a misspelt id
+    "medcoss_task": ("metrics.json", {"task": "ct_seg"}, "finetune_ct_seg.json", "num_classes"),
+    "muscle": ("metrics.json", {"task": "muscle_bodypart_cls"}, "finetune_muscle_cls.json", "image_size"),
+    "brainmvp_stage": ("stage.json", {"method": "brainmvp"}, "stage_brainmvp.json", "roi_size"),
+    "brainmvp_imported": ("stage.json", {"network": {"_target_": IMPORTED_BRAINMVP}}, "brainmvp_paper_scale.json",
+                          "roi_size"),
+    "brainmvp_seg": ("metrics.json", {"label_mode": "classes", "fill": "none"}, "finetune_brainmvp_seg.json", "roi_size"),
+    "brainmvp_cls": ("metrics.json", {"task": "brainmvp_cls"}, "finetune_brainmvp_cls.json", "roi_size"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNTRAINED_FOLDERS))
+def test_export_refuses_undefined_override(tmp_path: Path, kind: str) -> None:
+    record, content, bundle, meant = UNTRAINED_FOLDERS[kind]
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / record).write_text(json.dumps(content))
+    for name in ("model.pt", "model_best.pt"):  # never read: the bundle is checked first
+        (folder / name).write_bytes(b"")
+    before = sorted(tmp_path.rglob("*"))
+    src = "--stage_dir" if record == "stage.json" else "--finetune_dir"
+    with pytest.raises(BadInputError, match=rf"{bundle}.*'{meant}e' \(did you mean '{meant}'\?\)"):
+        main([src, str(folder), "--out", str(tmp_path / "zoo"), f"--{meant}e", "3"])
+    assert sorted(tmp_path.rglob("*")) == before  # refused before anything was written
+
+
+def test_read_bundle_checks_user_override_ids() -> None:
+    from medcoss_monai.layout import bundles_dir, read_bundle
+
+    bundle = bundles_dir() / "finetune_ct_seg.json"
+    parser = read_bundle(bundle, {"output_dir": "x", "not_in_bundle": 1},  # the caller's own ids are not checked
+                         user_overrides={"train#trainer#max_epochs": 2, "train#trainer#new_arg": 3, "num_classes": 4})
+    assert (parser["train#trainer#max_epochs"], parser["train#trainer#new_arg"], parser["num_classes"]) == (2, 3, 4)
+    with pytest.raises(BadInputError, match=r"'train#trainerr#max_epochs' \(did you mean 'train#trainer#max_epochs'"):
+        read_bundle(bundle, user_overrides={"train#trainerr#max_epochs": 2})
+    with pytest.raises(BadInputError, match=r"no id 'num_classess' .*, 'zzz';"):  # every undefined id, at once
+        read_bundle(bundle, user_overrides={"num_classess": 2, "zzz": 1})
 
 
 def test_stage_bundles_metadata_validates() -> None:

@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """Command line: ``python -m medcoss_monai.bundle.export (--stage_dir DIR | --finetune_dir DIR) --out DIR``.
 
     With ``--finetune_dir``, further ``--id value`` pairs override the task bundle as at training
-    time (``--num_classes 3``).
+    time (``--num_classes 3``); an id the bundle does not define is refused before anything is written.
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).

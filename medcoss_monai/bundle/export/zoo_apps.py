@@ -146,12 +146,12 @@ def _brainmvp_imported(folder: Path, config_file: Path | None, overrides: Mappin
     """
     record = folder / layout.STAGE_RECORD_FILE
     info = _read_json(record)
+    bundles = layout.bundles_dir()
+    inputs = config_file or [bundles / "stage_brainmvp.json", bundles / "brainmvp_paper_scale.json"]
+    read = layout.read_bundle(inputs, {"output_dir": str(folder.parent)}, user_overrides=overrides)
     network = layout.stage_network_class(IMPORTED_BRAINMVP, record)  # by name: bundle/ does not import apps/
     net = network(**{k: v for k, v in info["network"].items() if k != "_target_"})
     state = _load_trained(net, folder / str(info.get("model") or layout.MODEL_FILE))
-    bundles = layout.bundles_dir()
-    inputs = config_file or [bundles / "stage_brainmvp.json", bundles / "brainmvp_paper_scale.json"]
-    read = layout.read_bundle(inputs, {"output_dir": str(folder.parent), **overrides})
     roi = [int(s) for s in read.get_parsed_content("roi_size")]
     settings = {"roi_size": roi, "spacing": read.get_parsed_content("spacing"),
                 "percentiles": read.get_parsed_content("percentiles"), "dataset_dir": ""}
@@ -167,7 +167,7 @@ def _brainmvp_stage(folder: Path, config_file: Path | None, overrides: Mapping[s
     info = _read_json(folder / layout.STAGE_RECORD_FILE)
     bundle = config_file or layout.bundles_dir() / "stage_brainmvp.json"
     recorded = {k: info[k] for k in ("roi_size", "spacing", "percentiles", "contrasts") if k in info}
-    parser = layout.read_bundle(bundle, {"output_dir": str(folder.parent), **recorded, **overrides})
+    parser = layout.read_bundle(bundle, {"output_dir": str(folder.parent), **recorded}, user_overrides=overrides)
     model = parser.get_parsed_content("network_def")
     state = _load_trained(model, folder / str(info.get("model", layout.MODEL_FILE)))
     roi = [int(s) for s in parser.get_parsed_content("roi_size")]
@@ -202,7 +202,7 @@ def _brainmvp_task(folder: Path, config_file: Path | None, overrides: Mapping[st
     segmentation = task == "brainmvp_seg"
     bundle = config_file or layout.bundles_dir() / f"finetune_{task}.json"
     fixed = {"output_dir": str(folder), "pretrained_ckpt": "", **({"templates_ckpt": ""} if segmentation else {})}
-    parser = layout.read_bundle(bundle, {**fixed, **_recorded_settings(metrics), **overrides})
+    parser = layout.read_bundle(bundle, {**fixed, **_recorded_settings(metrics)}, user_overrides=overrides)
     if segmentation and parser.get_parsed_content("label_mode") != "classes":
         raise BadInputError(f"{folder}: label_mode '{parser.get_parsed_content('label_mode')}' is not exported yet "
                             "(only 'classes', softmax over the label values)")
@@ -252,7 +252,7 @@ def _muscle(folder: Path, config_file: Path | None, overrides: Mapping[str, Any]
     metrics = _read_json(folder / layout.METRICS_FILE)
     task = str(overrides.get("task") or metrics["task"])
     bundle = config_file or _muscle_bundle(task)
-    parser = layout.read_bundle(bundle, {"output_dir": str(folder), "pretrained_ckpt": "", **overrides})
+    parser = layout.read_bundle(bundle, {"output_dir": str(folder), "pretrained_ckpt": ""}, user_overrides=overrides)
     net = parser.get_parsed_content("network_def")
     state = _load_trained(net, folder / (model or layout.MODEL_FILE))
     spec = parser.get_parsed_content("tasks")[task]
@@ -285,7 +285,8 @@ def find_app_model(folder: str | os.PathLike, config_file: str | os.PathLike | N
         The :class:`AppModel`.
 
     Raises:
-        BadInputError: the folder is not one of these, or its weights do not fit the bundle's network.
+        BadInputError: the folder is not one of these, an override names an id the bundle does not define, or its
+            weights do not fit the bundle's network.
     """
     folder, overrides = Path(folder), dict(overrides or {})
     config = Path(config_file) if config_file else None

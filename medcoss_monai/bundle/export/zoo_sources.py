@@ -167,8 +167,8 @@ def find_finetuned(
         The :class:`Trained` network.
 
     Raises:
-        BadInputError: the folder, its weights or the bundle are missing, or no stage bundle registers
-            the task's modality.
+        BadInputError: the folder, its weights or the bundle are missing, no stage bundle registers
+            the task's modality, or an override names an id the bundle does not define.
     """
     folder = Path(finetune_dir)
     if not folder.is_dir():
@@ -189,15 +189,17 @@ def find_finetuned(
     if not names or not (folder / names[0]).is_file():
         raise BadInputError(f"{folder} holds none of {[model] if model else list(WEIGHT_NAMES)}: train the task first.")
     weights = folder / names[0]
+    # what metrics.json records of the training run; the user's overrides win over it
+    recorded: dict[str, Any] = {"output_dir": str(folder)}
     if task:
-        overrides.setdefault("task", task)  # a bundle run for another task (--task mri_tissue_seg)
+        recorded["task"] = task  # a bundle run for another task (--task mri_tissue_seg)
     if metrics.get("pretrained_ckpt") is not None:
-        overrides.setdefault("pretrained_ckpt", metrics["pretrained_ckpt"])  # where its tokenizer was found
+        recorded["pretrained_ckpt"] = metrics["pretrained_ckpt"]  # where its tokenizer was found
     if isinstance(metrics.get("head"), str):
-        overrides.setdefault("head", metrics["head"])  # the classifier it was trained with (--head mlp)
+        recorded["head"] = metrics["head"]  # the classifier it was trained with (--head mlp)
     if isinstance(metrics.get("multi_label"), bool):
-        overrides.setdefault("multi_label", metrics["multi_label"])  # text_cls's switch (--multi_label false)
-    parser = layout.read_bundle(config_file, {"output_dir": str(folder), **overrides})
+        recorded["multi_label"] = metrics["multi_label"]  # text_cls's switch (--multi_label false)
+    parser = layout.read_bundle(config_file, recorded, user_overrides=overrides)
     if net_id not in parser:
         raise KeyError(f"{config_file}: no id '{net_id}' (pass --net_id, the id of the network config)")
     task = str(parser.get("task", task))
