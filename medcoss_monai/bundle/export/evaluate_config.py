@@ -54,19 +54,21 @@ def portable_evaluate(inference: Mapping[str, Any], output: str, label_transform
     cfg["preprocessing"]["transforms"] = copy.deepcopy(label_transforms)
     if output == "detection":
         return _detection_evaluate(cfg, num_classes)
-    onehot = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
-              {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": num_classes}]
-    cfg["postprocessing"]["transforms"] = onehot
     pairs = "$monai.handlers.from_engine(['pred', 'label'])"
-    if output == "multilabel":
-        cfg["postprocessing"]["transforms"] = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]
+    if output == "multilabel":  # independent labels: the AUC scores the sigmoid probabilities
+        post = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]
         name, metric = "auc", MULTILABEL_AUC
-    elif output == "segmentation":
-        name, metric = "mean_dice", {"_target_": "MeanDice", "include_background": False, "output_transform": pairs}
-    else:
-        # one-hot prediction equal to the one-hot label: the share of items classified right (MONAI's ConfusionMatrix
-        # "accuracy" is the mean of the per-class one-vs-rest accuracies, higher than this beyond two classes)
-        name, metric = "accuracy", {"_target_": "ignite.metrics.Accuracy", "is_multilabel": True, "output_transform": pairs}
+    else:  # one class per item (per voxel): the metric compares the one-hot prediction and label
+        post = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": num_classes}]
+        if output == "segmentation":
+            name, metric = "mean_dice", {"_target_": "MeanDice", "include_background": False, "output_transform": pairs}
+        else:
+            # one-hot prediction equal to the one-hot label: the share of items classified right (MONAI's
+            # ConfusionMatrix "accuracy" is the mean of the per-class one-vs-rest accuracies, higher beyond two classes)
+            name, metric = "accuracy", {"_target_": "ignite.metrics.Accuracy", "is_multilabel": True,
+                                        "output_transform": pairs}
+    cfg["postprocessing"]["transforms"] = post
     cfg["evaluator"]["key_val_metric"] = {name: metric}
     with_xray_ids(cfg)
     cfg["handlers"] = [cfg["handlers"][0], {"_target_": "StatsHandler", "iteration_log": False},
