@@ -87,6 +87,7 @@ _HOOK_STATE = (
 )
 
 
+@pytest.mark.slow
 def test_import_changes_nothing_outside_the_package_and_the_entry_points_install_the_hooks():
     result = subprocess.run([sys.executable, "-c", _HOOK_STATE], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -95,6 +96,7 @@ def test_import_changes_nothing_outside_the_package_and_the_entry_points_install
     assert installed == "False [1, 1]"
 
 
+@pytest.mark.slow
 def test_the_export_command_line_ends_a_user_error_with_its_message(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "medcoss_monai.bundle.export", "--stage_dir", str(tmp_path), "--out", str(tmp_path / "b")],

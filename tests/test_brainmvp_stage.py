@@ -27,6 +27,7 @@ def _trainer(output_dir, **overrides):
     return parser.get_parsed_content("train#trainer"), parser.get_parsed_content("network"), parser.get_parsed_content("train#optimizer")
 
 
+@pytest.mark.slow
 def test_resume_keeps_templates_and_optimizer_state(tmp_path, sample_data):
     trainer, _, _ = _trainer(tmp_path, **{"train#trainer#max_epochs": 1})
     trainer.run()

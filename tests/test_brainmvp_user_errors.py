@@ -17,6 +17,7 @@ from medcoss_monai.apps.brainmvp.uniformer import UniFormer3D
 from medcoss_monai.errors import BadInputError
 
 
+@pytest.mark.slow
 def test_stage_refusal_is_its_message_only(sample_data, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/stage_brainmvp.json",
            "--output_dir", str(tmp_path), "--progress_bar", "false", "--mask_ratio", "1.5"]

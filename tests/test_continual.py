@@ -38,6 +38,7 @@ def test_report_buffer_is_kmeans_5_percent(report_run):
     assert buf["sampler"] == "kmeans" and all("text" in it and "cluster" in it for it in buf["items"])
 
 
+@pytest.mark.slow
 def test_medcoss_distills_on_buffer_batches(report_run, tmp_path):
     _, ct = _continue(report_run, tmp_path, "medcoss")
     rows = read_history(ct)
@@ -46,6 +47,7 @@ def test_medcoss_distills_on_buffer_batches(report_run, tmp_path):
     assert (ct / "buffer.json").is_file()
 
 
+@pytest.mark.slow
 def test_sequential_has_no_rehearsal(report_run, tmp_path):
     _, ct = _continue(report_run, tmp_path, "sequential")
     assert all(float(r["distill_loss"]) == 0 for r in read_history(ct))
@@ -81,6 +83,7 @@ def test_joint_is_one_stage_over_all_modalities(sample_data, tmp_path):
     assert matrix[1]["text_mlm_acc"] is not None and matrix[1]["ct_mae_mse"] is not None
 
 
+@pytest.mark.slow
 def test_pipeline_runs_the_curriculum_and_writes_the_forgetting_matrix(sample_data, tmp_path, capfd):
     from medcoss_monai.bundle.pipeline import main
 
@@ -102,6 +105,7 @@ def test_pipeline_runs_the_curriculum_and_writes_the_forgetting_matrix(sample_da
     assert "average forgetting" in printed and "stage_ct" in printed and "--text_n_test 200" in printed
 
 
+@pytest.mark.slow
 def test_vanished_buffer_files_are_refused(sample_data, tmp_path):
     out = tmp_path / "run"
     run_stage("ct", out, previous_stage="")
@@ -120,6 +124,7 @@ def test_vanished_buffer_files_are_refused(sample_data, tmp_path):
     assert not (out / "stage_mri" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_without_losing_or_repeating_epochs(sample_data, tmp_path):
     out = tmp_path / "run"
     ct = run_stage("ct", out, epochs=2)  # as if the stage had been killed after epoch 2

@@ -128,6 +128,7 @@ def test_second_fetch_is_offline(sample_data: Path, monkeypatch: pytest.MonkeyPa
     assert fetch(verbose=False) == sample_data
 
 
+@pytest.mark.slow
 def test_fetch_rebuilds_datalists_offline(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Verified files are reused without any download; the atlas and datalists are remade for the new folder."""
     for rel in SHA256:

@@ -15,6 +15,7 @@ def _ct_parser(tmp_path, **overrides):
     return read_bundle(BUNDLES / "stage_ct.json", {"output_dir": str(tmp_path / "run"), "max_items": 2, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sample_data")
 def test_disk_cache_holds_the_deterministic_part_and_matches_memory(tmp_path):
     parser = _ct_parser(tmp_path, dataset_cache="disk")

@@ -19,6 +19,7 @@ from medcoss_monai.networks.checkpoint import load_strict
 torch.set_num_threads(2)
 
 
+@pytest.mark.slow
 def test_ct_crops_come_from_the_held_out_volume_only(sample_data, datalist):
     batches = list(held_out_batches("ct", batch_size=16, seed=0))
     crops = torch.cat(batches)
@@ -33,6 +34,7 @@ def test_ct_crops_come_from_the_held_out_volume_only(sample_data, datalist):
     assert [Path(i["image"]).name for i in parser.get_parsed_content("test#datalist")] == ["cxr.nii.gz"]
 
 
+@pytest.mark.slow
 def test_a_short_stage_lowers_the_held_out_mse(sample_data, tmp_path):
     """Real evidence at small scale: 54 steps of the pathology stage beat its initialisation on the held-out tile."""
     torch.manual_seed(0)

@@ -47,6 +47,7 @@ def ct(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return _export_stage("ct", sample_data, tmp_path_factory.mktemp("ct"))
 
 
+@pytest.mark.slow
 def test_layout_weights_and_readme(ct: tuple[Path, Path]) -> None:
     stage, bundle = ct
     meta = check_layout_and_metadata(bundle)
@@ -94,6 +95,7 @@ def test_schema_rejects_metadata_without_output(ct: tuple[Path, Path], tmp_path:
     assert "'pred' is a required property" in str(excinfo.value.__cause__)
 
 
+@pytest.mark.slow
 def test_zoo_checks_and_inference_on_held_out_file(ct: tuple[Path, Path], datalist, tmp_path: Path) -> None:
     """verify_net_in_out, ckpt_export by scripting (same output as eager on the real input), the stage's network
     gives the same features, and inference.json run in the bundle folder writes them for the held-out CT."""

@@ -143,6 +143,7 @@ def muscle_cls(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return ft, main(["--finetune_dir", str(ft), "--out", str(tmp / "zoo")])
 
 
+@pytest.mark.slow
 def test_muscle_cls_bundle_passes_zoo_checks_and_runs_without_medcoss(muscle_cls, tasks_ready: Path, tmp_path: Path) -> None:
     from monai.transforms import Compose
 

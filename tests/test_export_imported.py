@@ -103,6 +103,7 @@ def test_reference_inference_encoder_scripts_to_the_encoder_outputs() -> None:
         torch.jit.script(inference_network(encoder, "text"))(torch.full((1, 4), SIZES["vocab_size"]))
 
 
+@pytest.mark.slow
 def test_imported_stage_exports_and_runs_without_medcoss(imported_run: Path, datalist, tmp_path: Path) -> None:
     run = imported_run
     stage = run / "stage_released"
@@ -146,6 +147,7 @@ def test_imported_stage_exports_and_runs_without_medcoss(imported_run: Path, dat
     assert not (tmp_path / "evil").exists()
 
 
+@pytest.mark.slow
 def test_task_fine_tuned_from_imported_stage_exports(imported_run, tasks_ready: Path, tmp_path: Path) -> None:
     """X-ray classification fine-tuned from the imported stage: Zoo checks, and its predictions on the test split,
     medcoss_monai unimportable, are the fine-tuned network's on the same inputs."""

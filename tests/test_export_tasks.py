@@ -119,6 +119,7 @@ def _nrrd_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     return tuple(int(s) for s in image.GetLargestPossibleRegion().GetSize()), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
+@pytest.mark.slow
 def test_ct_seg_bundle_segments_on_the_input_grid(ct_seg: tuple[Path, Path], tasks_ready: Path, tmp_path: Path) -> None:
     import nibabel as nib
 

@@ -71,6 +71,7 @@ def test_report_bundle_ships_its_tokenizer(report: tuple[Path, Path], reports: P
     assert "verify_net_in_out" in (bundle / "docs/README.md").read_text()  # the README says how it is checked
 
 
+@pytest.mark.slow
 def test_report_bundle_scripted_network_and_inference(report: tuple[Path, Path], reports: Path, tmp_path: Path) -> None:
     _, bundle = report
     args, kwargs, expected = check_zoo_network(bundle, tmp_path, reports / "report_0.txt")
@@ -116,6 +117,7 @@ def test_text_cls_bundle_writes_label_probabilities(report: tuple[Path, Path], r
     assert exported == pytest.approx(measured, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_single_label_text_cls_exports_softmax_and_accuracy(report: tuple[Path, Path], tmp_path: Path) -> None:
     """text_cls with ``--multi_label false`` (PubMed 20k's setting) exports softmax probabilities, and its
     evaluate.json, MONAI and PyTorch only, gives the test accuracy fine-tuning measured."""

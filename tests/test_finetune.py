@@ -134,6 +134,7 @@ def test_pathology_cls_from_scratch_and_stage(tmp_path, stage_ckpt):
     assert pre["split_sizes"] == scratch["split_sizes"]  # fixed split
 
 
+@pytest.mark.slow
 def test_ct_seg_from_ct_stage_bundle(tmp_path, ct_stage_ckpt, small_ct_seg):
     m = run_finetune("ct_seg", tmp_path, pretrained_ckpt=str(ct_stage_ckpt), dataset_dir=str(small_ct_seg))
     check_metrics(m, "ct_seg", SEG_KEYS, True)
@@ -211,6 +212,7 @@ def test_mask_shape_mismatch_rejected(tmp_path, tasks_ready):
     assert isinstance(err, BadInputError) and "differs from image" in str(err) and str(mask) in str(err)
 
 
+@pytest.mark.slow
 def test_skip_bad_inputs_drops_bad_task_items(tmp_path, tasks_ready):
     from PIL import Image
 

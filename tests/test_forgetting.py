@@ -51,6 +51,7 @@ def test_stage_order_follows_chain(tmp_path):
     assert stage_order(tmp_path) == ["ct", "report"]
 
 
+@pytest.mark.slow
 def test_forgetting_csv_rows_columns_and_png(run):
     root, rows, summary = run
     with open(root / "forgetting.csv", newline="") as f:

@@ -114,6 +114,7 @@ def imported_run(tmp_path_factory, sample_data):
 CT = {"previous_stage": "released", "train#repeats": 1, "batch_size": 2, "crops_per_volume": 2, "progress_bar": False}
 
 
+@pytest.mark.slow
 def test_ct_stage_network_and_teacher_are_the_imported_model(imported_run, caplog):
     run, encoder = imported_run
     imported = torch.load(run / "stage_released" / "model.pt", weights_only=True)

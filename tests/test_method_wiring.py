@@ -73,6 +73,7 @@ def medcoss(report_run, tmp_path_factory):
     return train_ct(report_run, tmp_path_factory.mktemp("wiring_medcoss"), "medcoss")
 
 
+@pytest.mark.slow
 def test_medcoss_buffer_batches_get_distillation_only(medcoss):
     its = medcoss["iterations"]
     buffer = [it for it in its if it["buffer"]]
@@ -102,6 +103,7 @@ def test_mixup_reaches_the_teacher_and_the_labels(medcoss):
             assert torch.equal(it["student_input"], it["original"])
 
 
+@pytest.mark.slow
 def test_er_buffer_batches_get_the_pretext_loss(report_run, tmp_path):
     its = train_ct(report_run, tmp_path / "er", "er")["iterations"]
     buffer = [it for it in its if it["buffer"]]
@@ -114,6 +116,7 @@ def test_sequential_never_sees_a_buffer_batch(report_run, tmp_path):
     assert its and not any(it["buffer"] for it in its) and all("distill_loss" not in it["terms"] for it in its)
 
 
+@pytest.mark.slow
 def test_distill_weight_scales_the_term(report_run, tmp_path, medcoss):
     """The same run with distill_weight 3: identical up to the first distilled batch, whose term is 3x."""
     heavy = train_ct(report_run, tmp_path / "heavy", "medcoss", distill_weight=3.0)["iterations"]

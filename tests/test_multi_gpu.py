@@ -57,6 +57,7 @@ def _worker(rank: int, init_file: str, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_overlay_shards_current_data_like_one_process(tmp_path: Path) -> None:
     """Two gloo ranks see every sample of an epoch once (plus DistributedSampler padding), as one process does,
     the trainer gets a DDP network over the optimizer's parameters, and the LR schedule length uses per-rank batches."""

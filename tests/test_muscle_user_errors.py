@@ -31,6 +31,7 @@ def _run(bundle: str, args: list[str], tmp_path) -> subprocess.CompletedProcess:
     ],
     ids=["multitask_max_epochs", "finetune_output_stride", "mdmoco_bn_splits"],
 )
+@pytest.mark.slow
 def test_muscle_bundle_refusal_is_its_message_only(sample_data, tmp_path, bundle, args, message):
     """A refusal raised while MONAI instantiates a component (the trainer, the backbone) or inside the engine
     (the MoCo step) ends with its message: no traceback, no "Failed to instantiate component"."""

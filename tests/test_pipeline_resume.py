@@ -87,6 +87,7 @@ def test_pipeline_killed_in_stage_one_resumes_to_the_uninterrupted_weights(sampl
     assert stamps == {s: (killed / s / "model.pt").stat().st_mtime_ns for s in stamps}
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_finished_stage_of_another_chain(tmp_path):
     folder = tmp_path / "stage_xray"
     folder.mkdir()

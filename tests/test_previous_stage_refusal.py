@@ -19,6 +19,7 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_missing_previous_stage_is_refused_in_a_used_run_folder(sample_data, tmp_path, capfd, monkeypatch):
     run = tmp_path / "run"
     # alone in an empty folder, a stage with a configured previous stage is a first stage, said at WARNING

@@ -65,6 +65,7 @@ def test_a_section_measured_before_a_recipe_change_is_stale():
     assert provenance.recipe_changed_since(f"commit `{parent.stdout.strip()}`")
 
 
+@pytest.mark.slow
 def test_a_benchmark_becomes_its_section_with_what_it_printed(tmp_path):
     spec = importlib.util.spec_from_file_location("run_benchmarks", provenance.REPO / "benchmarks" / "run_benchmarks.py")
     runner = importlib.util.module_from_spec(spec)

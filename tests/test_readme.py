@@ -66,6 +66,7 @@ def test_every_module_the_readme_runs_exists():
         assert importlib.util.find_spec(module) is not None, f"README runs `python -m {module}`, which does not exist"
 
 
+@pytest.mark.slow
 def test_cheap_readme_commands_run_as_written(tmp_path):
     commands = readme_commands()
     listing = next(c for c in commands if c.startswith("python -m medcoss_monai.data.prepare --list"))

@@ -104,6 +104,7 @@ def test_methods_are_the_method_bundles():
         run_pipeline(["ct"], "/tmp/unused", method="no_such_method")
 
 
+@pytest.mark.slow
 def test_stage_bundle_runs_alone_from_the_command_line(sample_data, tmp_path):
     """The user's command, one file, from a folder outside the checkout: the bundle is self-contained."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLES / "stage_xray.json"),

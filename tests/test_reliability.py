@@ -57,6 +57,7 @@ def bad_ct_datalist(sample_data, datalist, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_bad_datalist_ends_with_the_problem_and_no_traceback(bad_ct_datalist, tmp_path):
     out = tmp_path / "run"
     result = _bundle_process("stage_ct.json", output_dir=out, dataset_dir=bad_ct_datalist, progress_bar="false")
@@ -117,6 +118,7 @@ def test_foreign_garbage_and_malicious_checkpoints_are_refused(tmp_path):
         load_state(tmp_path / "list.pt")
 
 
+@pytest.mark.slow
 def test_foreign_checkpoint_on_the_command_line_ends_with_the_file(sample_data, tmp_path):
     foreign = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, foreign)
@@ -130,6 +132,7 @@ def test_foreign_checkpoint_on_the_command_line_ends_with_the_file(sample_data, 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_another_architecture_is_refused_before_training(sample_data, tmp_path):
     out = tmp_path / "run"
     folder = run_stage("ct", out, previous_stage="")
@@ -150,6 +153,7 @@ def test_resume_with_another_architecture_is_refused_before_training(sample_data
     assert "hidden_size: 192 in the checkpoint, 96 now" in _last_lines(result.stderr, 5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_outputs(sample_data, tmp_path):
     out = tmp_path / "run"
     folder = run_stage("ct", out, previous_stage="")
@@ -166,6 +170,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_outputs(sample_data, tmp_path):
     assert not (folder / "checkpoint_epoch=2.pt").exists()
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_and_a_killed_one_leaves_no_lock(sample_data, tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
@@ -188,6 +193,7 @@ def test_second_writer_is_refused_and_a_killed_one_leaves_no_lock(sample_data, t
     assert (folder / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_previous_checkpoint(sample_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     folder = run_stage("ct", out, previous_stage="")

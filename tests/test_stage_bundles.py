@@ -22,6 +22,7 @@ def curriculum(sample_data, tmp_path_factory):
     return out, {m: run_stage(m, out) for m in MODALITIES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_stage_outputs(curriculum, modality):
     _, stages = curriculum
@@ -92,6 +93,7 @@ def test_chaining_a_stage_of_another_architecture_is_refused(curriculum, tmp_pat
     assert not (tmp_path / "stage_ct" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_report_loss_falls(sample_data, tmp_path):
     folder = run_stage("report", tmp_path, epochs=4, max_items=128, base_lr=0.02)
     losses = [float(r["loss"]) for r in read_history(folder)]

@@ -301,6 +301,7 @@ def test_medcoss_model_encode_tokens_and_load_pretrained_of_a_trained_stage(tmp_
         net.encode_tokens(images["2d"][:, :1], "text")
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, wordpiece):
     """``python -m medcoss_monai.weights import`` in its own process: a released file becomes a stage folder."""
     ckpt = save_released(reference_state(seed=3), tmp_path / "MedCoSS.pth")
