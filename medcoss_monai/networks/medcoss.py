@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -186,20 +186,12 @@ class MedCoSSModel(nn.Module):
             raise ValueError(f"kind {kind!r} was given for a {found} input of shape {tuple(x.shape)}.")
         return self.encoder(x, attention_mask=attention_mask)["tokens"]
 
-    def encode(
-        self,
-        x: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mask_ratio: float = 0.0,
-        noise: torch.Tensor | None = None,
-    ) -> dict[str, Any]:
-        """The encoder's dict output (:meth:`UnifiedEncoder.forward`), the visible patches only when masked.
-
-        An encoder whose ``forward`` returns pooled features (the reference encoder) gives it with
-        ``forward_masked``.
-        """
-        run = getattr(self.encoder, "forward_masked", None) or self.encoder
-        return run(x, attention_mask=attention_mask, mask_ratio=mask_ratio, noise=noise)
+    @property
+    def _encode(self) -> Callable[..., dict[str, Any]]:
+        """The encoder's dict output (:meth:`UnifiedEncoder.forward`: ``x, attention_mask, mask_ratio, noise``),
+        the visible patches only when masked; an encoder whose ``forward`` returns pooled features (the
+        reference encoder) gives it with ``forward_masked``."""
+        return getattr(self.encoder, "forward_masked", None) or self.encoder
 
     @staticmethod
     def latent(out: dict[str, Any]) -> torch.Tensor:
@@ -249,11 +241,11 @@ class MedCoSSModel(nn.Module):
             raise ValueError(f"pretext must be one of {PRETEXTS}, got {pretext!r}.")
         kind = self.encoder.kind_of(x)
         if pretext is None:
-            out = self.encode(x, attention_mask=attention_mask)
+            out = self._encode(x, attention_mask=attention_mask)
             return self.encoder.pool(out["tokens"], out["attention_mask"])
         if pretext == "encode":
             ratio = mask_ratio if kind != "text" else 0.0  # text is masked at the token level, by the transforms
-            out = self.encode(x, attention_mask=attention_mask, mask_ratio=ratio, noise=noise)
+            out = self._encode(x, attention_mask=attention_mask, mask_ratio=ratio, noise=noise)
             return {
                 "latent": self.latent(out),
                 "mask": out["mask"],
@@ -265,7 +257,7 @@ class MedCoSSModel(nn.Module):
                 raise ValueError(
                     "pretext 'mae' needs a (B, C, H, W) or (B, C, H, W, D) float image; got token ids (use 'mlm')."
                 )
-            out = self.encode(x, mask_ratio=mask_ratio, noise=noise)
+            out = self._encode(x, mask_ratio=mask_ratio, noise=noise)
             pred = self.mae_decoder(out["tokens"], out["ids_restore"], kind, out["grid"])
             return {
                 "pred": pred,
@@ -276,7 +268,7 @@ class MedCoSSModel(nn.Module):
             }
         if kind != "text":
             raise ValueError(f"pretext 'mlm' needs (B, L) integer token ids; got a {kind} image (use 'mae').")
-        out = self.encode(x, attention_mask=attention_mask)
+        out = self._encode(x, attention_mask=attention_mask)
         if labels is None:
             return {"logits": self.mlm_head(out["tokens"]), "latent": out["tokens"]}
         if tuple(labels.shape) != tuple(x.shape):
