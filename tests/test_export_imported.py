@@ -285,6 +285,8 @@ def test_imported_brainmvp_stage_exports_its_encoder_features(fmt: str, datalist
     meta = check_zoo(bundle, tmp_path)
     for text in (meta["intended_use"], (bundle / "docs/README.md").read_text(), (bundle / "LICENSE").read_text()):
         assert "no licence is stated by shaohao011/BrainMVP" in text
+    shipped = json.loads((bundle / "models/stage.json").read_text())["imported"]  # no path of the exporter's disk
+    assert shipped["checkpoint"] == "released.pt" and str(tmp_path) not in (bundle / "models/stage.json").read_text()
     mri = datalist("mri")["test"][0]["image"]
     features = features_without_medcoss(bundle, mri, tmp_path / "features")
     x = parse_inference(bundle).get_parsed_content("preprocessing")({"image": mri})["image"][None]

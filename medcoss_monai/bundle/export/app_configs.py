@@ -253,6 +253,8 @@ def write_app_bundle(m: AppModel, out: Path, name: str | None = None, version: s
     torch.save(m.trained_state, out / TRAINED_WEIGHTS)
     if imported_stage:  # models/ is the stage folder train.json fine-tunes from
         record = {**{k: v for k, v in m.info.items() if k != "config_file"}, "model": Path(TRAINED_WEIGHTS).name}
+        # the released file by its name and checksum: where it lay on the exporter's disk is not the bundle's business
+        record["imported"] = {**m.info["imported"], "checkpoint": Path(str(m.info["imported"].get("checkpoint", ""))).name}
         _write_json(out / Path(TRAINED_WEIGHTS).parent / layout.STAGE_RECORD_FILE, record)
     save_torchscript(m.net, m.example, out / configs.ZOO_TORCHSCRIPT, meta, inference, trace=m.trace)
     (out / "docs/README.md").write_text(_readme(name, m, meta))
