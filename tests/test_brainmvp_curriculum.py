@@ -18,6 +18,7 @@ from medcoss_monai.apps.brainmvp.pretext import BrainMVPPretext
 from medcoss_monai.engines.pretext_trainer import pretext_of_batch
 from medcoss_monai.layout import read_bundle
 from medcoss_monai.networks.checkpoint import load_state
+from tests.ddp_utils import in_process_group
 from tests.stage_utils import BUNDLES, REPO
 
 CURRICULUM = str(BUNDLES / "curriculum_brainmvp.json")
@@ -139,30 +140,25 @@ def test_brainmvp_stage_in_the_curriculum_rehearses_distils_resumes_and_is_rehea
     assert float(_rows(out / "stage_ct" / "loss_history.csv")[0]["distill_loss"]) > 0
 
 
-def _ddp_worker(rank: int, init_file: str, out: str) -> None:
+def _train_one_epoch_and_compare_heads(rank: int, out: str) -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        overrides = {"output_dir": out, "previous_stage": "", "train#repeats": 1, "train#trainer#max_epochs": 1, **SMALL}
-        parser = read_bundle([CURRICULUM, str(BUNDLES / "multi_gpu.json")], overrides)
-        parser.parse()
-        parser.get_parsed_content("initialize")
-        trainer, heads = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("pretext_heads")
-        steps = []
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: steps.append(sorted(e.state.output["loss_terms"])))
-        trainer.run()
-        # every rank ends with the same templates and projection head although each saw its own crops
-        gathered = {}
-        for key, value in heads.state_dict().items():
-            copies = [torch.zeros_like(value) for _ in range(2)]
-            dist.all_gather(copies, value.contiguous())
-            gathered[key] = bool(torch.equal(copies[0], copies[1]))
-        moved = bool(any(v.abs().sum() > 0 for k, v in heads.state_dict().items() if ".templates.templates." in k))
-        Path(out, f"rank{rank}.json").write_text(json.dumps({"same": gathered, "moved": moved, "terms": steps}))
-    finally:
-        dist.destroy_process_group()
+    overrides = {"output_dir": out, "previous_stage": "", "train#repeats": 1, "train#trainer#max_epochs": 1, **SMALL}
+    parser = read_bundle([CURRICULUM, str(BUNDLES / "multi_gpu.json")], overrides)
+    parser.parse()
+    parser.get_parsed_content("initialize")
+    trainer, heads = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("pretext_heads")
+    steps = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: steps.append(sorted(e.state.output["loss_terms"])))
+    trainer.run()
+    # every rank ends with the same templates and projection head although each saw its own crops
+    gathered = {}
+    for key, value in heads.state_dict().items():
+        copies = [torch.zeros_like(value) for _ in range(2)]
+        dist.all_gather(copies, value.contiguous())
+        gathered[key] = bool(torch.equal(copies[0], copies[1]))
+    moved = bool(any(v.abs().sum() > 0 for k, v in heads.state_dict().items() if ".templates.templates." in k))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"same": gathered, "moved": moved, "terms": steps}))
 
 
 @pytest.mark.slow
@@ -170,7 +166,8 @@ def test_two_processes_keep_one_set_of_templates(tmp_path, sample_data):
     """Under the multi-GPU overlay (gloo, CPU) the head outside the DDP wrapper gets averaged gradients."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_process_group, args=(2, str(tmp_path / "init"), _train_one_epoch_and_compare_heads, str(tmp_path)),
+             nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["moved"] and all(r["same"].values()), r["same"]

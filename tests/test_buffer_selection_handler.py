@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from medcoss_monai.buffer import load_buffer_manifest
 from medcoss_monai.handlers.buffer_selection import BufferSelectionHandler, embed_crops, embed_dataset
+from tests.ddp_utils import in_process_group
 
 
 class TinyEncoder(torch.nn.Module):
@@ -120,31 +121,26 @@ def test_embed_dataset_orders_shuffled_batches_and_passes_attention_mask():
     assert np.all(feats[0] == 0) and np.any(feats[1] != 0)  # the mask reached the network
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        ds = Features(31, with_index=False)  # 31 items on 2 ranks: the sampler pads one duplicate
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=3)
-        loader = DataLoader(ds, batch_size=5, sampler=sampler)
-        items = [{"text": f"item {i}", "id": str(i)} for i in range(31)]
-        h = BufferSelectionHandler(loader, out_dir, "report", items=items, cluster_ratio=0.1, buffer_ratio=0.2, network=TinyEncoder())
-        written = h(None)
-        np.save(os.path.join(out_dir, f"selected_{rank}.npy"), h.selected)
-        np.save(os.path.join(out_dir, f"feats_{rank}.npy"), embed_dataset(TinyEncoder(), loader))
-        crops = _crop_loader(batch_size=1).dataset  # 5 volumes on 2 ranks: the sampler repeats one volume's crops
-        crop_loader = MonaiDataLoader(crops, batch_size=1, sampler=DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=3))
-        np.save(os.path.join(out_dir, f"crops_{rank}.npy"), embed_crops(CropEncoder(), crop_loader)[0])
-        assert (written is not None) == (rank == 0)
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world: int, out_dir: str) -> None:
+    ds = Features(31, with_index=False)  # 31 items on 2 ranks: the sampler pads one duplicate
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=3)
+    loader = DataLoader(ds, batch_size=5, sampler=sampler)
+    items = [{"text": f"item {i}", "id": str(i)} for i in range(31)]
+    h = BufferSelectionHandler(loader, out_dir, "report", items=items, cluster_ratio=0.1, buffer_ratio=0.2, network=TinyEncoder())
+    written = h(None)
+    np.save(os.path.join(out_dir, f"selected_{rank}.npy"), h.selected)
+    np.save(os.path.join(out_dir, f"feats_{rank}.npy"), embed_dataset(TinyEncoder(), loader))
+    crops = _crop_loader(batch_size=1).dataset  # 5 volumes on 2 ranks: the sampler repeats one volume's crops
+    crop_loader = MonaiDataLoader(crops, batch_size=1, sampler=DistributedSampler(crops, num_replicas=world, rank=rank, shuffle=True, seed=3))
+    np.save(os.path.join(out_dir, f"crops_{rank}.npy"), embed_crops(CropEncoder(), crop_loader)[0])
+    assert (written is not None) == (rank == 0)
 
 
 @pytest.mark.slow  # two spawned processes each import torch/monai: ~30 s on 2 cores
 def test_distributed_gather_dedups_padding_and_only_rank0_writes(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_process_group, args=(2, str(tmp_path / "pg"), _ddp_worker, 2, str(tmp_path)), nprocs=2, join=True)
     ref = embed_dataset(TinyEncoder(), DataLoader(Features(31, with_index=False), batch_size=5))
     for r in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"feats_{r}.npy"), ref, rtol=1e-5, atol=1e-6)

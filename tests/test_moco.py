@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from medcoss_monai.networks.checkpoint import load_state
 from medcoss_monai.apps.muscle.moco import MoCo, resnet_backbone
+from tests.ddp_utils import in_process_group
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,23 +151,16 @@ def test_mdmoco_bundle_killed_then_resumed_equals_uninterrupted_run(sample_data,
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and all(np.isfinite(float(r["loss"])) for r in rows)
 
 
-def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
+def _gather_worker(rank: int, out_dir: str) -> None:
     from medcoss_monai.apps.muscle.moco import gather_from_all_ranks
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)  # the same initial network and queue on both ranks, as DDP's broadcast gives
-        model = MoCo("resnet18", embed_dim=4, queue_size=8).train()
-        model.enqueue(gather_from_all_ranks(torch.full((2, 4), float(rank + 1))))
-        known = model.queue.clone()
-        torch.manual_seed(100 + rank)  # each rank sees other images
-        model(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
-        torch.save({"known": known, "queue": model.queue, "ptr": model.queue_ptr}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)  # the same initial network and queue on both ranks, as DDP's broadcast gives
+    model = MoCo("resnet18", embed_dim=4, queue_size=8).train()
+    model.enqueue(gather_from_all_ranks(torch.full((2, 4), float(rank + 1))))
+    known = model.queue.clone()
+    torch.manual_seed(100 + rank)  # each rank sees other images
+    model(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    torch.save({"known": known, "queue": model.queue, "ptr": model.queue_ptr}, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
@@ -174,7 +168,7 @@ def test_keys_of_all_processes_enter_every_queue(tmp_path):
     """Under torch.distributed every rank enqueues the keys of all ranks, in rank order (gloo, 2 CPU processes)."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_process_group, args=(2, str(tmp_path / "init"), _gather_worker, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(r0["known"][:2], torch.ones(2, 4)) and torch.equal(r0["known"][2:4], torch.full((2, 4), 2.0))
     assert torch.equal(r0["known"], r1["known"])
@@ -251,22 +245,15 @@ def test_shuffle_then_unshuffle_restores_the_order():
         grouped_forward(lambda v: v, x[:6], 4)
 
 
-def _shuffle_worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)  # the same network on both ranks, as DDP's broadcast gives
-        model = MoCo("resnet18", embed_dim=8, queue_size=16, bn_splits=1).train()
-        own = torch.randperm(8, generator=torch.Generator().manual_seed(10 + rank))  # each rank draws another
-        model.key_permutation = lambda n, device: own.clone()
-        torch.manual_seed(100 + rank)
-        xq, xk = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
-        model(xq, xk)
-        torch.save({"perm": own, "xk": xk, "queue": model.queue, "state": model.state_dict()}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _shuffle_worker(rank: int, out_dir: str) -> None:
+    torch.manual_seed(0)  # the same network on both ranks, as DDP's broadcast gives
+    model = MoCo("resnet18", embed_dim=8, queue_size=16, bn_splits=1).train()
+    own = torch.randperm(8, generator=torch.Generator().manual_seed(10 + rank))  # each rank draws another
+    model.key_permutation = lambda n, device: own.clone()
+    torch.manual_seed(100 + rank)
+    xq, xk = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
+    model(xq, xk)
+    torch.save({"perm": own, "xk": xk, "queue": model.queue, "state": model.state_dict()}, Path(out_dir) / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
@@ -275,7 +262,7 @@ def test_shuffle_bn_across_two_processes_uses_rank_0s_permutation(tmp_path):
     encodes its shard of 4, and every rank's queue holds the 8 keys back in batch order."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_shuffle_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_process_group, args=(2, str(tmp_path / "init"), _shuffle_worker, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert not torch.equal(r0["perm"], r1["perm"])
     model = MoCo("resnet18", embed_dim=8, queue_size=16, bn_splits=1).train()

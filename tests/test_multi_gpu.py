@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from medcoss_monai.layout import bundles_dir, read_bundle
+from tests.ddp_utils import in_process_group
 
 N_ITEMS, REPEATS, WORLD = 5, 3, 2  # 15 samples: not a multiple of world * batch, so padding shows
 
@@ -29,39 +29,34 @@ def _parse(config_files: list[str], output_dir: str):
     return read_bundle(config_files, overrides)
 
 
-def _worker(rank: int, init_file: str, tmp: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        parser = _parse([str(bundles_dir() / "stage_ct.json"), str(bundles_dir() / "multi_gpu.json")], tmp)
-        parser.get_parsed_content("initialize")  # the overlay's own initialize accepts an existing group
-        loader = parser.get_parsed_content("train#current_loader")
-        epochs = []
-        for epoch in (1, 2):
-            loader.sampler.set_epoch(epoch)
-            epochs.append([int(i) for i in loader.sampler])
-        scheduler = parser.get_parsed_content("train#lr_scheduler")
-        net = parser.get_parsed_content("train#trainer#network")
-        result = {
-            "indices": epochs,
-            "batches": len(loader),
-            "rehearsal_batches": len(parser.get_parsed_content("train#dataloader")),
-            "t_total": scheduler.t_total,
-            "ddp": isinstance(net, torch.nn.parallel.DistributedDataParallel),
-            "find_unused": bool(getattr(net, "find_unused_parameters", False)),
-            "optimizer_holds_ddp_params": {id(p) for g in parser.get_parsed_content("train#optimizer").param_groups
-                                           for p in g["params"]} == {id(p) for p in net.module.parameters() if p.requires_grad},
-        }
-        Path(tmp, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, tmp: str) -> None:
+    parser = _parse([str(bundles_dir() / "stage_ct.json"), str(bundles_dir() / "multi_gpu.json")], tmp)
+    parser.get_parsed_content("initialize")  # the overlay's own initialize accepts an existing group
+    loader = parser.get_parsed_content("train#current_loader")
+    epochs = []
+    for epoch in (1, 2):
+        loader.sampler.set_epoch(epoch)
+        epochs.append([int(i) for i in loader.sampler])
+    scheduler = parser.get_parsed_content("train#lr_scheduler")
+    net = parser.get_parsed_content("train#trainer#network")
+    result = {
+        "indices": epochs,
+        "batches": len(loader),
+        "rehearsal_batches": len(parser.get_parsed_content("train#dataloader")),
+        "t_total": scheduler.t_total,
+        "ddp": isinstance(net, torch.nn.parallel.DistributedDataParallel),
+        "find_unused": bool(getattr(net, "find_unused_parameters", False)),
+        "optimizer_holds_ddp_params": {id(p) for g in parser.get_parsed_content("train#optimizer").param_groups
+                                       for p in g["params"]} == {id(p) for p in net.module.parameters() if p.requires_grad},
+    }
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(result))
 
 
 @pytest.mark.slow
 def test_overlay_shards_current_data_like_one_process(tmp_path: Path) -> None:
     """Two gloo ranks see every sample of an epoch once (plus DistributedSampler padding), as one process does,
     the trainer gets a DDP network over the optimizer's parameters, and the LR schedule length uses per-rank batches."""
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(in_process_group, args=(WORLD, str(tmp_path / "init"), _worker, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
     single = _parse([str(bundles_dir() / "stage_ct.json")], str(tmp_path))

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
@@ -16,6 +15,7 @@ from medcoss_monai.engines.pretext_trainer import PretextEvents, PretextKeys
 from medcoss_monai.engines.steps import average_gradients, optimizer_parameters
 from medcoss_monai.handlers.gradient_sync import GradientAllReduce
 from medcoss_monai.networks import MedCoSSModel
+from tests.ddp_utils import in_process_group
 
 
 def _net() -> MedCoSSModel:
@@ -111,27 +111,23 @@ def test_a_head_takes_only_the_batches_holding_its_keys():
         PretextTrainer("cpu", 1, [], net, trainer.optimizer, pretext_heads={"plain": nn.Linear(1, 1)})
 
 
-def _average_on_two_ranks(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        used, unused = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
-        used.grad = torch.full((3,), float(rank + 1))  # rank 0: 1, rank 1: 2
-        if rank == 1:
-            unused.grad = torch.full((2,), 4.0)  # only rank 1's batch used it
-        average_gradients([used, unused], fill_missing=True)
-        net = nn.Linear(2, 1)
-        net.weight.grad = torch.full_like(net.weight, 10.0 * (rank + 1))
-        net.bias.grad = torch.full_like(net.bias, -float(rank))
-        GradientAllReduce()(SimpleNamespace(network=net))
-        torch.save({"used": used.grad, "unused": unused.grad, "weight": net.weight.grad, "bias": net.bias.grad},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _average_on_two_ranks(rank: int, out_dir: str) -> None:
+    used, unused = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    used.grad = torch.full((3,), float(rank + 1))  # rank 0: 1, rank 1: 2
+    if rank == 1:
+        unused.grad = torch.full((2,), 4.0)  # only rank 1's batch used it
+    average_gradients([used, unused], fill_missing=True)
+    net = nn.Linear(2, 1)
+    net.weight.grad = torch.full_like(net.weight, 10.0 * (rank + 1))
+    net.bias.grad = torch.full_like(net.bias, -float(rank))
+    GradientAllReduce()(SimpleNamespace(network=net))
+    torch.save({"used": used.grad, "unused": unused.grad, "weight": net.weight.grad, "bias": net.bias.grad},
+               os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
 def test_gradients_are_averaged_over_two_processes(tmp_path):
-    mp.spawn(_average_on_two_ranks, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(in_process_group, args=(2, str(tmp_path / "init"), _average_on_two_ranks, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(grads["used"], torch.full((3,), 1.5))
