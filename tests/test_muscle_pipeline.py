@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from medcoss_monai.apps.muscle.muscle_pipeline import FINETUNE_BUNDLES, bundle_command, main
+from medcoss_monai.apps.muscle.muscle_pipeline import FINETUNE_BUNDLES, bundle_command, main, write_step2_table
 from medcoss_monai.errors import BadInputError
 from medcoss_monai.networks.checkpoint import load_state
 
@@ -80,6 +80,36 @@ def test_pipeline_refuses_bad_seeds_before_training(tmp_path, monkeypatch):
         main(["--output_dir", str(tmp_path / "x"), "--docs", str(tmp_path / "figures.md")])
     assert not (tmp_path / "figures.md").exists() and not (tmp_path / "x").exists()
     assert bundle_command(["a.json", "b.json"])[5] == "['a.json','b.json']"
+
+
+def _visit_rows(folder, visits):
+    """Write ``visit_metrics.csv``: ``visits`` = [(round, task visited, score of every task)]."""
+    folder.mkdir(parents=True)
+    tasks = list(FINETUNE_BUNDLES)
+    lines = ["visit,round,task," + ",".join(tasks)]
+    lines += [f"{i},{r},{task}," + ",".join(str(v) for v in scores) for i, (r, task, scores) in enumerate(visits, 1)]
+    (folder / "visit_metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_step2_table_rows_visits_only_where_every_seed_trained_the_same_task(tmp_path):
+    cls, seg, det = FINETUNE_BUNDLES
+    # MUSCLE: round 1 in another order per seed, round 2 in the same; MUSCLE--: one round, one order
+    _visit_rows(tmp_path / "seed_0" / "muscle_multitask", [(1, cls, (0.1, 0, 0)), (1, seg, (0.2, 0.5, 0)),
+                                                           (2, cls, (0.3, 0.6, 0.1)), (2, seg, (0.4, 0.7, 0.2))])
+    _visit_rows(tmp_path / "seed_1" / "muscle_multitask", [(1, seg, (0.0, 0.4, 0)), (1, cls, (0.4, 0.3, 0)),
+                                                           (2, cls, (0.5, 0.6, 0.3)), (2, seg, (0.6, 0.9, 0.4))])
+    for seed, first in ((0, 0.2), (1, 0.4)):
+        _visit_rows(tmp_path / f"seed_{seed}" / "muscle_multitask_minus", [(1, cls, (first, 0, 0)), (1, det, (0.1, 0, 0.5))])
+    table = write_step2_table(tmp_path, [0, 1])
+    assert (tmp_path / "step2_visits.md").read_text() == table
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| muscle")]
+    assert rows == [
+        ["muscle", "round 1 (order differs by seed)", "0.300 ± 0.141", "0.400 ± 0.141", "0.000 ± 0.000"],  # the round's end
+        ["muscle", f"round 2, visit of {cls}", "0.400 ± 0.141", "0.600 ± 0.000", "0.200 ± 0.141"],
+        ["muscle", f"round 2, visit of {seg}", "0.500 ± 0.141", "0.800 ± 0.141", "0.300 ± 0.141"],
+        ["muscle--", f"round 1, visit of {cls}", "0.300 ± 0.141", "0.000 ± 0.000", "0.000 ± 0.000"],
+        ["muscle--", f"round 1, visit of {det}", "0.100 ± 0.000", "0.000 ± 0.000", "0.500 ± 0.000"],
+    ]
 
 
 @pytest.mark.slow

@@ -16,12 +16,14 @@ Each step is ``python -m monai.bundle run`` on its bundle, exactly as a user wou
 ``--compare`` runs, for every seed of ``--seeds``, step 1, step 2 as MUSCLE and as MUSCLE--, and
 fine-tunes every task from four backbones (scratch, MD-MoCo, MUSCLE--, MUSCLE); it writes
 ``comparison.csv`` (one row per seed, backbone and task) and ``comparison.md`` (mean and standard
-deviation over seeds). Run it from the repository root, as the bundles are.
+deviation over seeds) with step 2's table: every task's validation score after each visit or round of
+MUSCLE and MUSCLE-- (``step2_visits.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -35,7 +37,7 @@ from medcoss_monai.bundle.pipeline import bundle_command, run_command
 from medcoss_monai.provenance import Measurement, add_figure_arguments, command_line
 from medcoss_monai.utils import atomic_write_text, parse_seeds
 
-__all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "main"]
+__all__ = ["FINETUNE_BUNDLES", "BACKBONES", "bundle_command", "run_steps", "compare", "write_step2_table", "main"]
 
 FINETUNE_BUNDLES = {
     "muscle_bodypart_cls": "finetune_muscle_cls.json",
@@ -46,6 +48,8 @@ FINETUNE_BUNDLES = {
 BACKBONES = ("scratch", "mdmoco", "muscle--", "muscle")
 """The backbones ``--compare`` fine-tunes from."""
 MDMOCO_DIR, MULTITASK_DIR = "muscle_mdmoco", "muscle_multitask"
+STEP2_DIRS = {"muscle": MULTITASK_DIR, "muscle--": "muscle_multitask_minus"}
+"""Step 2's folder of each variant in a run folder."""
 _FAILED = "this step failed and later steps were not run"
 
 
@@ -81,7 +85,7 @@ def run_steps(
     if not (skip_step1 and mdmoco.is_file()):
         run_command("step 1: MD-MoCo", bundle_command([bundles / "muscle_mdmoco.json"], [*common, *step1]), _FAILED)
     configs = [bundles / "muscle_multitask.json"] + ([bundles / "muscle_minus.json"] if variant == "muscle--" else [])
-    step2_dir = out / (MULTITASK_DIR if variant == "muscle" else "muscle_multitask_minus")
+    step2_dir = out / STEP2_DIRS[variant]
     run_command(f"step 2: multi-task continual learning ({variant})",
                 bundle_command(configs, [*common, "--stage_dir", str(step2_dir), "--pretrained_ckpt", str(mdmoco), *step2]), _FAILED)
     return finetune_all(step2_dir / layout.MODEL_FILE, out / "finetune" / variant, seed, step3, tasks)
@@ -131,7 +135,47 @@ def compare(
             for task, metrics in results[backbone].items():
                 rows.append({"seed": seed, "backbone": backbone, "task": task, **metrics})
         write_comparison(rows, Path(output_dir))
+    write_step2_table(Path(output_dir), seeds)
     return rows
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def write_step2_table(output_dir: Path, seeds: Sequence[int]) -> str:
+    """``step2_visits.md``: every task's validation score during step 2, mean ± sd over seeds, per variant.
+
+    A visit gets its own row where every seed trained the same task at that point of the round (MUSCLE--'s
+    fixed order); where the seeds' reshuffled orders differ (MUSCLE), only the end of each round is comparable
+    and gets a row.
+
+    Args:
+        output_dir: the comparison folder (``seed_<n>/<step 2 folder>/visit_metrics.csv``).
+        seeds: the seeds whose runs are read.
+
+    Returns:
+        The markdown table (also written to ``output_dir/step2_visits.md``).
+    """
+    tasks = list(FINETUNE_BUNDLES)
+    md = ["\nStep 2: each task's validation score (AUC, Dice, mAP@0.5) after training on a visit or a round; "
+          "mean ± sd over seeds\n", "| variant | after | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for variant, folder in STEP2_DIRS.items():
+        runs = []
+        for seed in seeds:
+            with open(output_dir / f"seed_{seed}" / folder / "visit_metrics.csv", newline="", encoding="utf-8") as f:
+                runs.append(list(csv.DictReader(f)))
+        for r in sorted({int(row["round"]) for row in runs[0]}):
+            rounds = [[row for row in rows if int(row["round"]) == r] for rows in runs]
+            same_order = all([row["task"] for row in rr] == [row["task"] for row in rounds[0]] for rr in rounds)
+            for i in range(len(rounds[0])) if same_order else [-1]:
+                after = f"round {r}, visit of {rounds[0][i]['task']}" if same_order else f"round {r} (order differs by seed)"
+                cells = [_mean_sd([float(rr[i][task]) for rr in rounds]) for task in tasks]
+                md.append(f"| {variant} | {after} | " + " | ".join(cells) + " |")
+    table = "\n".join(md) + "\n"
+    atomic_write_text(table, output_dir / "step2_visits.md")
+    return table
 
 
 def write_comparison(rows: Sequence[dict], output_dir: Path) -> None:
@@ -149,11 +193,7 @@ def write_comparison(rows: Sequence[dict], output_dir: Path) -> None:
             sel = [r for r in rows if r["task"] == task and r["backbone"] == backbone]
             if not sel:
                 continue
-            cells = []
-            for m in metrics:
-                vals = [float(r[m]) for r in sel]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.mean(vals):.3f} ± {sd:.3f}")
+            cells = [_mean_sd([float(r[m]) for r in sel]) for m in metrics]
             md.append(f"| {backbone} | {len(sel)} | " + " | ".join(cells) + " |")
     atomic_write_text("\n".join(md) + "\n", output_dir / "comparison.md")
 
@@ -182,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compare:
         seeds = parse_seeds(args.seeds, "--seeds")
         compare(args.output_dir, seeds, args.step1.split(), args.step2.split(), args.step2_minus.split(), args.step3.split())
-        table = (Path(args.output_dir) / "comparison.md").read_text()
+        table = "".join((Path(args.output_dir) / name).read_text() for name in ("comparison.md", "step2_visits.md"))
         print(table)
         if args.docs:
             measurement.write(args.docs, "muscle", "MUSCLE on the sample data: fine-tuned from four backbones", table, seeds,
