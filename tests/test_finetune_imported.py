@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_weights_medcoss import reference_state, save_released
+from test_weights_medcoss import reference_state, save_released, wordpiece_folder
 
 from medcoss_monai import layout
+from medcoss_monai.bundle.finetune import task_items
 from medcoss_monai.data.checks import BadInputError
 from medcoss_monai.networks import EncoderClassifier, MedCoSSModel, MedCoSSReferenceEncoder, UNETRStyleSegmenter
 
@@ -70,6 +71,31 @@ def test_imported_stage_fine_tunes_through_xray_cls_from_its_model_pt(imported_s
     m = run_task("xray_cls", tmp_path, pretrained_ckpt=str(imported_stage / "model.pt"))
     assert m["pretrained"] is True and {"ACC", "AUC", "F1"} <= set(m["metrics"])
     assert torch.load(tmp_path / "model_best.pt", weights_only=True)["head.layers.2.weight"].shape == (2, 48)
+
+
+def test_imported_stage_with_its_tokenizer_fine_tunes_text(tmp_path, tasks_ready):
+    """A checkpoint imported with ``--tokenizer`` fine-tunes ``finetune_text_cls.json``, reading the task's texts with
+    the tokenizer saved in the stage (a Bio_ClinicalBERT-layout WordPiece folder), not one trained on the task."""
+    from medcoss_monai.weights import __main__ as cli
+
+    texts = [item["text"] for item in task_items(parsed("text_cls").get_parsed_content("dataset_dir"), "text_cls", "training")]
+    tokenizer_src = wordpiece_folder(tmp_path / "wordpiece", texts)
+    ckpt = save_released(reference_state(seed=5), tmp_path / "MedCoSS_small.pth")
+    stage = tmp_path / "stage"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "install_run_hooks", lambda: None)
+        cli.main(["import", "--format", "medcoss", "--checkpoint", str(ckpt), "--out", str(stage), "--tokenizer", str(tokenizer_src)])
+    parser = parsed("text_cls", pretrained_ckpt=str(stage), output_dir=str(tmp_path / "ft"))
+    assert parser.get_parsed_content("tokenizer_dir") == str(stage / layout.TOKENIZER_DIR)
+    vocab = (tokenizer_src / "vocab.txt").read_text().split()
+    assert parser.get_parsed_content("tokenizer").convert_ids_to_tokens(list(range(len(vocab)))) == vocab
+    metrics = run_task("text_cls", tmp_path / "ft", pretrained_ckpt=str(stage))
+    assert metrics["pretrained_ckpt"] == str(stage) and metrics["split"] == "test" and "AUC" in metrics["metrics"]
+    assert not (tmp_path / "ft" / layout.TOKENIZER_DIR).exists()  # no tokenizer was trained for the task
+    tuned, imported = torch.load(tmp_path / "ft" / "model_best.pt", weights_only=True), torch.load(stage / "model.pt", weights_only=True)
+    shared = [k for k in imported if "encoder." + k in tuned]
+    assert len(shared) == len(imported)  # every imported tensor is in the fine-tuned encoder
+    assert not all(torch.equal(tuned["encoder." + k], imported[k]) for k in shared)  # and fine-tuning changed them
 
 
 def test_network_is_the_stage_record_with_its_weights(imported_stage):

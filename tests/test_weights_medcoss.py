@@ -85,17 +85,22 @@ def reports(datalist) -> list[str]:
     return [it["text"] for it in datalist("report")["training"][:200]]
 
 
-@pytest.fixture(scope="module")
-def wordpiece(tmp_path_factory, reports) -> Path:
+def wordpiece_folder(folder: Path, texts: list[str]) -> Path:
     """A WordPiece tokenizer folder laid out as Bio_ClinicalBERT's on the hub (``vocab.txt``, a BERT ``config.json``),
-    over the most frequent words of the real reports."""
-    words = collections.Counter(w for r in reports for w in re.findall(r"[a-z]+|[^a-z\s]", r.lower()))
-    folder = tmp_path_factory.mktemp("wordpiece")
+    over the 400 most frequent words of ``texts``."""
+    words = collections.Counter(w for r in texts for w in re.findall(r"[a-z]+|[^a-z\s]", r.lower()))
+    folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(w for w, _ in words.most_common(400))]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": len(vocab)}))
     (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory, reports) -> Path:
+    """The tokenizer folder over the real reports."""
+    return wordpiece_folder(tmp_path_factory.mktemp("wordpiece"), reports)
 
 
 @pytest.fixture(scope="module")
