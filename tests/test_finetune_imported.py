@@ -16,7 +16,7 @@ import torch
 from test_weights_medcoss import reference_state, save_released, wordpiece_folder
 
 from medcoss_monai import layout
-from medcoss_monai.bundle.finetune import task_items
+from medcoss_monai.bundle.finetune import default_tokenizer_dir, task_items
 from medcoss_monai.data.checks import BadInputError
 from medcoss_monai.networks import EncoderClassifier, MedCoSSModel, MedCoSSReferenceEncoder, UNETRStyleSegmenter
 
@@ -96,6 +96,36 @@ def test_imported_stage_with_its_tokenizer_fine_tunes_text(tmp_path, tasks_ready
     shared = [k for k in imported if "encoder." + k in tuned]
     assert len(shared) == len(imported)  # every imported tensor is in the fine-tuned encoder
     assert not all(torch.equal(tuned["encoder." + k], imported[k]) for k in shared)  # and fine-tuning changed them
+
+
+def _stage(run: Path, name: str, previous: str | None, **record) -> Path:
+    folder = run / f"stage_{name}"
+    folder.mkdir(parents=True)
+    (folder / layout.STAGE_RECORD_FILE).write_text(json.dumps({"previous_stage": previous, **record}))
+    return folder
+
+
+def test_a_later_stage_fine_tunes_text_with_its_report_stages_tokenizer(tmp_path, datalist, imported_stage):
+    """The text table of a curriculum's last stage was learnt in its report stage: fine-tuning text from the
+    last stage reads the texts with that stage's tokenizer, not a new one (whose ids would index it at random)."""
+    from medcoss_monai.transforms import train_bpe_tokenizer
+
+    run = tmp_path / "run"
+    report = _stage(run, "report", None)
+    train_bpe_tokenizer([it["text"] for it in datalist("report")["training"][:100]], report / layout.TOKENIZER_DIR, vocab_size=512)
+    _stage(run, "xray", "report")
+    ct = _stage(run, "ct", "xray")
+    out = tmp_path / "ft"
+    assert default_tokenizer_dir(str(ct), out) == default_tokenizer_dir(str(ct / layout.MODEL_FILE), out) == str(report / layout.TOKENIZER_DIR)
+    # a chain without a report stage has no text to keep: a tokenizer is trained for the task
+    assert default_tokenizer_dir(str(_stage(tmp_path / "other", "xray", None)), out) == str(out / layout.TOKENIZER_DIR)
+    # the released MedCoSS text table goes with Bio_ClinicalBERT's ids: imported without it, text fine-tuning from
+    # it, or from a stage continuing it, is refused
+    released = _stage(tmp_path / "continued", "report", None, imported={"format": "medcoss", "checkpoint": "/w/MedCoSS.pth"})
+    for ckpt in (imported_stage, released, _stage(released.parent, "ct", "report")):
+        with pytest.raises(BadInputError, match="without its tokenizer.*--tokenizer"):
+            default_tokenizer_dir(str(ckpt), out)
+    assert not out.exists()
 
 
 def test_network_is_the_stage_record_with_its_weights(imported_stage):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from medcoss_monai import layout
+from medcoss_monai.bundle.finetune_encoder import stage_chain
 from medcoss_monai.data.checks import (
     EXPECTED_SPATIAL_DIMS,
     BadInputError,
@@ -172,16 +173,36 @@ def split_sizes(*splits: Sequence[Any]) -> dict[str, int]:
 
 
 def default_tokenizer_dir(pretrained_ckpt: str | None, output_dir: str | os.PathLike) -> str:
-    """The tokenizer saved beside a report-stage checkpoint (``<stage>/tokenizer``), else ``output_dir/tokenizer``.
+    """The tokenizer the pre-trained text table was learnt with, else ``output_dir/tokenizer`` (trained there).
 
-    A fine-tune from scratch (or from a stage without a tokenizer) trains one into ``output_dir/tokenizer``.
+    It is the ``tokenizer/`` of the stage of ``pretrained_ckpt`` or, nearest first, of the stages before it in
+    its run folder: a curriculum's later stages (X-ray ... pathology) carry the report stage's text table but
+    not its tokenizer folder, and a new tokenizer's ids would index that table at random.
+
+    Args:
+        pretrained_ckpt: a stage folder or weights file; "" or None fine-tunes from scratch.
+        output_dir: the fine-tuning folder.
+
+    Returns:
+        The tokenizer folder.
+
+    Raises:
+        BadInputError: a stage of the chain was imported from a released checkpoint whose text table goes with
+            the authors' tokenizer and no tokenizer was saved with it (import with ``--tokenizer``).
     """
     if pretrained_ckpt:
         path = Path(pretrained_ckpt)
-        stage_tok = (path if path.is_dir() else path.parent) / layout.TOKENIZER_DIR
-        if (stage_tok / "tokenizer.json").is_file():
-            return str(stage_tok)
-        logger.warning(f"No tokenizer next to '{pretrained_ckpt}'; a new one is trained into {output_dir}/tokenizer.")
+        for stage in stage_chain(path if path.is_dir() else path.parent):
+            if (stage / layout.TOKENIZER_DIR / "tokenizer.json").is_file():
+                return str(stage / layout.TOKENIZER_DIR)
+            imported = layout.read_stage_record(stage).get("imported") or {}
+            if imported.get("format") == "medcoss":
+                raise BadInputError(
+                    f"{stage}: imported from {imported.get('checkpoint') or 'a released checkpoint'} without its tokenizer, "
+                    "and its text table is indexed by that tokenizer's ids: import it again with --tokenizer "
+                    "emilyalsentzer/Bio_ClinicalBERT (or a folder holding that tokenizer)."
+                )
+        logger.warning(f"No tokenizer in the stages of '{pretrained_ckpt}'; a new one is trained into {output_dir}/tokenizer.")
     return str(Path(output_dir) / layout.TOKENIZER_DIR)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "encoder_spec",
     "build_encoder",
     "stage_setting",
+    "stage_chain",
     "chain_settings",
 ]
 
@@ -74,6 +75,25 @@ def stage_folder(pretrained_ckpt: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def stage_chain(folder: str | os.PathLike) -> list[Path]:
+    """A stage folder and the stages before it in the same run folder (``stage.json``'s ``previous_stage``).
+
+    Args:
+        folder: the stage folder.
+
+    Returns:
+        The existing folders, nearest first (the stage itself first); a loop in the records ends the chain.
+    """
+    folder, chain = Path(folder), []
+    while folder.is_dir() and folder.resolve() not in {f.resolve() for f in chain}:
+        chain.append(folder)
+        previous = layout.read_stage_record(folder).get("previous_stage")
+        if not previous or not isinstance(previous, str):
+            break
+        folder = layout.stage_dir(folder.parent, previous)
+    return chain
+
+
 def chain_settings(folder: str | os.PathLike) -> dict[str, Any]:
     """The settings a stage recorded, completed by those of its previous stages in the same run folder.
 
@@ -86,14 +106,9 @@ def chain_settings(folder: str | os.PathLike) -> dict[str, Any]:
     Returns:
         ``{setting: value}`` (plain values, :func:`medcoss_monai.layout.recorded_settings`).
     """
-    folder, settings, seen = Path(folder), {}, set()
-    while folder.is_dir() and folder.resolve() not in seen:
-        seen.add(folder.resolve())
-        settings = {**layout.recorded_settings(folder), **settings}
-        previous = layout.read_stage_record(folder).get("previous_stage")
-        if not previous or not isinstance(previous, str):
-            break
-        folder = layout.stage_dir(folder.parent, previous)
+    settings: dict[str, Any] = {}
+    for stage in stage_chain(folder):
+        settings = {**layout.recorded_settings(stage), **settings}
     return settings
 
 
